@@ -1,0 +1,58 @@
+"""create_app(settings) -> FastAPI: wires the service's routers, shared state and (in sandbox mode) the sandbox."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import AsyncIterator, Callable, AsyncContextManager
+
+from fastapi import FastAPI
+
+from service import __version__
+from service.config import Settings
+from service.storage import open_store
+
+LifespanPart = Callable[[FastAPI], AsyncContextManager[None]]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if settings.mode == "sandbox":
+        from service.sandbox.setup import prepare_settings
+
+        prepare_settings(settings)  # adds the sandbox FHIR base and CDS client to the allowlists
+
+    parts: list[LifespanPart] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.store = open_store(settings.resolved_storage_url())
+        async with AsyncExitStack() as stack:
+            for part in parts:
+                await stack.enter_async_context(part(app))
+            try:
+                yield
+            finally:
+                await app.state.store.close()
+
+    app = FastAPI(
+        title="onco-exercise",
+        version=__version__,
+        description="CDS Hooks service and SMART on FHIR app for safe, personalised exercise referral in oncology.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.lifespan_parts = parts
+
+    from service import ops
+    from service.cds_hooks.routes import router as cds_router
+    from service.smart.routes import router as smart_router
+
+    ops.install(app, settings)
+    app.include_router(cds_router)
+    app.include_router(smart_router)
+
+    if settings.mode == "sandbox":
+        from service.sandbox.setup import install as install_sandbox
+
+        install_sandbox(app, settings)
+    return app

@@ -1,0 +1,190 @@
+"""The typed values the clinical core passes around: what we know about a patient, and what we prescribe.
+
+These types are the contract between the functional core and every outer layer (FHIR resources, CDS cards,
+the SMART app, the CLI). They are frozen so a Prescription can be shared and cached without surprises.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Literal
+
+Setting = Literal["home-based", "community", "supervised", "defer"]
+ComponentType = Literal["aerobic", "resistance", "flexibility", "balance"]
+TreatmentKind = Literal["chemotherapy", "immunotherapy", "endocrine", "targeted", "radiotherapy", "surgery"]
+
+# Settings ordered from least to most restrictive: the most restrictive one wins.
+SETTING_ORDER: tuple[Setting, ...] = ("home-based", "community", "supervised", "defer")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What we know: PatientSnapshot
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CodedFact:
+    """A Condition reduced to what the rules use; `ref` is the FHIR relative reference ("Condition/123")."""
+
+    ref: str
+    system: str
+    code: str
+    display: str
+    onset: date | None = None
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One Observation value, normalised to the canonical UCUM unit of its measure.
+
+    `measure` is the key of the observation codes table in terminology/ (e.g. "platelets", "hemoglobin",
+    "six-minute-walk", "ecog", "evs-minutes-per-week"); `components` holds component values such as
+    systolic/diastolic for blood pressure (keyed by measure name too).
+    """
+
+    measure: str
+    value: float
+    unit: str
+    effective: datetime
+    ref: str
+    code: str
+    components: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Treatment:
+    """An antineoplastic treatment (medication or procedure) with its time window."""
+
+    kind: TreatmentKind
+    ref: str
+    display: str
+    start: datetime | None
+    end: datetime | None
+    active: bool
+    cardiotoxic: bool = False
+
+
+@dataclass(frozen=True)
+class Referral:
+    """An existing exercise ServiceRequest (and its fulfil Task when known), for follow-up cards."""
+
+    ref: str
+    status: str
+    authored: datetime | None
+    task_ref: str | None = None
+    task_status: str | None = None
+    identifier: str | None = None
+
+
+@dataclass(frozen=True)
+class PatientSnapshot:
+    """Everything the rules need about one patient at `as_of`, and what was missing or stale."""
+
+    as_of: datetime
+    patient_ref: str | None
+    birth_date: date | None
+    sex: str | None
+    cancers: tuple[CodedFact, ...] = ()
+    metastases: tuple[CodedFact, ...] = ()
+    bone_metastases: tuple[CodedFact, ...] = ()
+    comorbidities: dict[str, tuple[CodedFact, ...]] = field(default_factory=dict)
+    treatments: tuple[Treatment, ...] = ()
+    latest: dict[str, Measurement] = field(default_factory=dict)
+    history: dict[str, tuple[Measurement, ...]] = field(default_factory=dict)
+    stale: dict[str, Measurement] = field(default_factory=dict)
+    referrals: tuple[Referral, ...] = ()
+
+    @property
+    def age(self) -> int | None:
+        if self.birth_date is None:
+            return None
+        d = self.as_of.date()
+        b = self.birth_date
+        return d.year - b.year - ((d.month, d.day) < (b.month, b.day))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What we prescribe: Prescription
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What the patient told us; shapes the plan within the safety limits."""
+
+    preferred_setting: Setting | None = None
+    activities: tuple[str, ...] = ()
+    days_available: tuple[str, ...] = ()
+    equipment: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """Intensity on a named scale, e.g. scale "RPE 6-20" low 12 high 13 label "moderate"."""
+
+    label: str
+    scale: str
+    low: float | None = None
+    high: float | None = None
+    hrr_low_pct: int | None = None
+    hrr_high_pct: int | None = None
+
+
+@dataclass(frozen=True)
+class Component:
+    type: ComponentType
+    frequency_per_week: int
+    minutes_per_session: int
+    intensity: Intensity
+    activities: tuple[str, ...] = ()
+    sets: int | None = None
+    repetitions: str | None = None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Precaution:
+    code: str
+    text: str
+    rule: str
+    source: str
+
+
+@dataclass(frozen=True)
+class MissingData:
+    measure: str
+    text: str
+    recommendation: str
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One line of the rationale: which data point fired which rule, with what effect and on what source."""
+
+    rule: str
+    finding: str
+    effect: str
+    source: str
+    refs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prescription:
+    eligible: bool
+    setting: Setting
+    clearance_required: bool
+    components: tuple[Component, ...]
+    precautions: tuple[Precaution, ...]
+    missing_data: tuple[MissingData, ...]
+    rationale: tuple[Reason, ...]
+    progression: tuple[str, ...]
+    stop_rules: tuple[str, ...]
+    red_flags: tuple[Reason, ...]
+    ruleset_version: str
+    generated_at: datetime
+    patient_ref: str | None = None
+    cancer_refs: tuple[str, ...] = ()
+    supporting_refs: tuple[str, ...] = ()
+    preferences: Preferences | None = None
+    notes: tuple[str, ...] = ()

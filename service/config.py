@@ -1,0 +1,154 @@
+"""Settings from ONCO_EXERCISE_* environment variables, validated once at start.
+
+Every setting is documented in the README's configuration table; `tests/test_readme.py` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import platformdirs
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Mode = Literal["serve", "sandbox"]
+Strategy = Literal["auto", "full", "service-request-only", "document", "care-coordination"]
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("onco-exercise"))
+
+
+def _normalise_base(url: str) -> str:
+    """FHIR base URLs compare without a trailing slash; only http(s) URLs with a host are accepted."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL with a host: {url!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"a base URL has no query or fragment: {url!r}")
+    return url
+
+
+class Settings(BaseSettings):
+    """All configuration. Field names map to ONCO_EXERCISE_<NAME> (upper case)."""
+
+    model_config = SettingsConfigDict(env_prefix="ONCO_EXERCISE_", extra="ignore", frozen=False)
+
+    mode: Mode = "serve"
+    public_url: str = "http://127.0.0.1:8000"
+    fhir_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cds_clients: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
+
+    storage_url: str = ""  # "" -> sqlite file in data_dir; "sqlite:///path.db"; "redis://host:6379/0"
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    smart_client_id: str = "onco-exercise"
+    smart_client_auth: Literal["public", "private_key_jwt"] = "public"
+    smart_private_jwks_file: Path | None = None  # JWKS (private) for private_key_jwt; generated if absent
+    smart_alg: Literal["RS384", "ES384"] = "ES384"
+
+    writeback_strategy: Strategy = "auto"
+    care_coordination_fhir_url: str | None = None
+    exercise_service_ref: str = "Organization/exercise-oncology-service"
+    exercise_service_name: str = "Exercise oncology service"
+
+    hook_budget_seconds: float = 2.0
+    fhir_timeout_seconds: float = 10.0
+    max_body_bytes: int = 2_000_000
+    session_ttl_seconds: int = 8 * 3600
+    cookie_secure: bool = True
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Sandbox only
+    sandbox_access_token_seconds: int = 300
+    sandbox_reset: bool = False
+
+    @field_validator("fhir_servers", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("fhir_servers")
+    @classmethod
+    def _check_servers(cls, v: list[str]) -> list[str]:
+        return [_normalise_base(u) for u in v]
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, v: str) -> str:
+        return _normalise_base(v)
+
+    @field_validator("cds_clients", mode="before")
+    @classmethod
+    def _parse_clients(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if not v.strip():
+                return []
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"ONCO_EXERCISE_CDS_CLIENTS is not valid JSON: {exc.msg}") from None
+        if not isinstance(v, list):
+            raise ValueError("ONCO_EXERCISE_CDS_CLIENTS must be a JSON list of {iss, jwks_url | jwks}")
+        for i, c in enumerate(v):
+            if not isinstance(c, dict) or not isinstance(c.get("iss"), str) or not c["iss"]:
+                raise ValueError(f"CDS client #{i}: needs a non-empty string 'iss'")
+            if ("jwks_url" in c) == ("jwks" in c):
+                raise ValueError(f"CDS client {c['iss']!r}: give exactly one of 'jwks_url' or 'jwks'")
+            if "jwks_url" in c:
+                _normalise_base(c["jwks_url"])
+            elif not isinstance(c["jwks"], dict) or not isinstance(c["jwks"].get("keys"), list):
+                raise ValueError(f"CDS client {c['iss']!r}: 'jwks' must be a JWKS object with 'keys'")
+        return v
+
+    @field_validator("care_coordination_fhir_url")
+    @classmethod
+    def _check_cc(cls, v: str | None) -> str | None:
+        return _normalise_base(v) if v else None
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> "Settings":
+        if self.writeback_strategy == "care-coordination" and not self.care_coordination_fhir_url:
+            raise ValueError("ONCO_EXERCISE_WRITEBACK_STRATEGY=care-coordination needs "
+                             "ONCO_EXERCISE_CARE_COORDINATION_FHIR_URL")
+        if self.hook_budget_seconds <= 0 or self.fhir_timeout_seconds <= 0:
+            raise ValueError("time budgets must be positive")
+        return self
+
+    # -- derived -------------------------------------------------------------------------------------------
+
+    @property
+    def sandbox_fhir_base(self) -> str:
+        return f"{self.public_url}/sandbox/fhir"
+
+    def fhir_allowed(self, url: str | None) -> bool:
+        """True only for an allowlisted FHIR base (exact match, trailing slash ignored)."""
+        if not url or not isinstance(url, str):
+            return False
+        try:
+            return _normalise_base(url) in self.fhir_servers
+        except ValueError:
+            return False
+
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or f"sqlite:///{self.data_dir / 'state.db'}"
+
+
+def settings_problem(exc: Exception) -> str:
+    """A readable one-paragraph message for a settings validation error (no traceback, no secret values)."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        lines = []
+        for e in errors():
+            name = "ONCO_EXERCISE_" + "_".join(str(p) for p in e.get("loc", ()) if isinstance(p, str)).upper()
+            lines.append(f"{name}: {e.get('msg')}")
+        return "invalid configuration:\n  " + "\n  ".join(lines)
+    return f"invalid configuration: {exc}"

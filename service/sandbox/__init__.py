@@ -1,0 +1,1 @@
+"""The embedded EHR for demos and tests. Never active under `onco-exercise serve`."""

@@ -1,0 +1,1 @@
+"""SMART on FHIR app: launch, callback, sessions, token refresh, UI and its JSON API."""

@@ -1,0 +1,162 @@
+"""Small shared state (SMART sessions, OAuth state, JWT jti replay cache, CDS feedback, idempotency keys).
+
+One interface, two back ends: SQLite (one machine, default) and Redis (several replicas). Values are JSON
+objects grouped by namespace; every entry may expire. `add` and `pop` are atomic, which is what replay caches,
+single-use `state` and double-click protection need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class Store(Protocol):
+    async def get(self, ns: str, key: str) -> dict[str, Any] | None: ...
+
+    async def put(self, ns: str, key: str, value: dict[str, Any], ttl: float | None = None) -> None: ...
+
+    async def add(self, ns: str, key: str, value: dict[str, Any], ttl: float | None = None) -> bool:
+        """Store only if absent (or expired); True when this call stored it."""
+        ...
+
+    async def pop(self, ns: str, key: str) -> dict[str, Any] | None:
+        """Return and delete in one step; None when absent or expired."""
+        ...
+
+    async def delete(self, ns: str, key: str) -> None: ...
+
+    async def scan(self, ns: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+        """Live entries of a namespace whose key starts with prefix (small namespaces only)."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """SQLite in WAL mode; calls run in a worker thread so the event loop never blocks on disk."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS kv (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+            " expires REAL, PRIMARY KEY (ns, key))"
+        )
+        self._lock = asyncio.Lock()
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args)
+
+    @staticmethod
+    def _exp(ttl: float | None) -> float | None:
+        return None if ttl is None else time.time() + ttl
+
+    def _get(self, ns: str, key: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            "SELECT value FROM kv WHERE ns=? AND key=? AND (expires IS NULL OR expires>?)", (ns, key, time.time())
+        ).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def _put(self, ns: str, key: str, value: dict[str, Any], ttl: float | None) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO kv (ns, key, value, expires) VALUES (?,?,?,?)",
+            (ns, key, json.dumps(value), self._exp(ttl)),
+        )
+
+    def _add(self, ns: str, key: str, value: dict[str, Any], ttl: float | None) -> bool:
+        now = time.time()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM kv WHERE ns=? AND key=? AND expires IS NOT NULL AND expires<=?",
+                             (ns, key, now))
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO kv (ns, key, value, expires) VALUES (?,?,?,?)",
+                (ns, key, json.dumps(value), self._exp(ttl)),
+            )
+            self._db.execute("COMMIT")
+            return cur.rowcount == 1
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _pop(self, ns: str, key: str) -> dict[str, Any] | None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self._db.execute(
+                "SELECT value FROM kv WHERE ns=? AND key=? AND (expires IS NULL OR expires>?)",
+                (ns, key, time.time()),
+            ).fetchone()
+            self._db.execute("DELETE FROM kv WHERE ns=? AND key=?", (ns, key))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return json.loads(row[0]) if row else None
+
+    def _delete(self, ns: str, key: str) -> None:
+        self._db.execute("DELETE FROM kv WHERE ns=? AND key=?", (ns, key))
+
+    def _scan(self, ns: str, prefix: str) -> list[tuple[str, dict[str, Any]]]:
+        rows = self._db.execute(
+            "SELECT key, value FROM kv WHERE ns=? AND substr(key, 1, ?)=? AND (expires IS NULL OR expires>?)"
+            " ORDER BY key",
+            (ns, len(prefix), prefix, time.time()),
+        ).fetchall()
+        return [(k, json.loads(v)) for k, v in rows]
+
+    def _purge(self) -> None:
+        self._db.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires<=?", (time.time(),))
+
+    async def get(self, ns: str, key: str) -> dict[str, Any] | None:
+        return await self._run(self._get, ns, key)
+
+    async def put(self, ns: str, key: str, value: dict[str, Any], ttl: float | None = None) -> None:
+        await self._run(self._put, ns, key, value, ttl)
+
+    async def add(self, ns: str, key: str, value: dict[str, Any], ttl: float | None = None) -> bool:
+        return await self._run(self._add, ns, key, value, ttl)
+
+    async def pop(self, ns: str, key: str) -> dict[str, Any] | None:
+        return await self._run(self._pop, ns, key)
+
+    async def delete(self, ns: str, key: str) -> None:
+        await self._run(self._delete, ns, key)
+
+    async def scan(self, ns: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+        return await self._run(self._scan, ns, prefix)
+
+    async def purge_expired(self) -> None:
+        await self._run(self._purge)
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(self._db.execute, "SELECT 1")
+            return True
+        except sqlite3.Error:
+            return False
+
+    async def close(self) -> None:
+        self._db.close()
+
+
+def open_store(url: str) -> Store:
+    """sqlite:///path or sqlite:///:memory: or redis://..."""
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url[len("sqlite:///"):])
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from service.redis_store import RedisStore  # imported lazily: only multi-replica deployments need it
+
+        return RedisStore(url)
+    raise ValueError(f"unsupported storage URL scheme: {url.split(':', 1)[0]!r} (use sqlite:/// or redis://)")
