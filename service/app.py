@@ -21,7 +21,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         prepare_settings(settings)  # adds the sandbox FHIR base and CDS client to the allowlists
 
-    parts: list[LifespanPart] = []
+    from service.fhir.validate import warm_up_lifespan
+
+    parts: list[LifespanPart] = [warm_up_lifespan]  # compile the validator before the first signing
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

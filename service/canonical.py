@@ -8,6 +8,7 @@ CS_LOCAL_OBSERVATION = f"{BASE}/CodeSystem/local-observation"
 CS_OVERRIDE_REASON = f"{BASE}/CodeSystem/override-reason"
 
 ID_PRESCRIPTION = f"{BASE}/identifier/prescription"
+RULESET = f"{BASE}/ruleset"  # names a rule-set version (Provenance policy/entity)
 
 PA_BASE = "http://hl7.org/fhir/us/physical-activity"
 PA_TEMPORARY_CODES = f"{PA_BASE}/CodeSystem/pa-temporary-codes"

@@ -29,31 +29,215 @@ def _load_settings(**overrides: object):  # -> Settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Production server: settings validated before anything starts; refuses settings that cannot work."""
+    import logging
+
     import uvicorn
 
     from service.app import create_app
+    from service.logs import configure_logging
 
     settings = _load_settings(mode="serve")
-    app = create_app(settings)
+    errors, warnings = settings.serve_problems()
+    if errors:
+        return _fail("refusing to start:\n  " + "\n  ".join(errors))
+    configure_logging(settings.log_level, settings.log_json)
+    log = logging.getLogger("onco_exercise.serve")
+    for w in warnings:
+        log.warning("configuration: %s", w)
+    try:
+        app = create_app(settings)
+    except (ValueError, OSError) as exc:  # e.g. an unreadable key file named in the settings
+        return _fail(f"cannot start: {exc}")
+    log.info("starting on %s:%d (public URL %s, %d FHIR server(s), %d CDS client(s))", args.host, args.port,
+             settings.public_url, len(settings.fhir_servers), len(settings.cds_clients))
+    # proxy_headers: replicas run behind a reverse proxy (docker/nginx.conf); uvicorn's own logging is routed
+    # through ours (log_config=None) so it is JSON and redacted too; access lines come from service.ops.
     uvicorn.run(app, host=args.host, port=args.port, workers=1, proxy_headers=True, forwarded_allow_ips="*",
-                log_config=None, access_log=False)
+                log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=10)
     return 0
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
-    return _fail("the sandbox is not implemented yet")
+    """Everything on one origin with the embedded EHR; loopback only unless explicitly allowed (see docs/sandbox.md)."""
+    import asyncio
+    import errno
+    import ipaddress
+    import logging
+    import os
+    import socket
+
+    host = args.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and os.environ.get("ONCO_EXERCISE_SANDBOX_ALLOW_REMOTE") != "1":
+        return _fail(f"the sandbox binds loopback addresses only (got --host {host}): its sign-in has no passwords "
+                     "and its data is synthetic. Set ONCO_EXERCISE_SANDBOX_ALLOW_REMOTE=1 to bind it anyway "
+                     "(e.g. inside a container), or use `onco-exercise serve` against a real EHR.")
+    if not 0 < args.port < 65536:
+        return _fail(f"--port must be between 1 and 65535 (got {args.port})")
+
+    overrides: dict[str, object] = {"mode": "sandbox", "sandbox_reset": bool(args.reset)}
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir.expanduser().resolve()
+    if not os.environ.get("ONCO_EXERCISE_PUBLIC_URL"):
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "localhost") else host
+        if ":" in shown and not shown.startswith("["):
+            shown = f"[{shown}]"
+        overrides["public_url"] = f"http://{shown}:{args.port}"
+        if "ONCO_EXERCISE_COOKIE_SECURE" not in os.environ:
+            overrides["cookie_secure"] = False  # plain http on loopback: Secure cookies would never come back
+    settings = _load_settings(**overrides)
+
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), args.port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return _fail(f"port {args.port} on {host} is already in use (is another sandbox running?); "
+                             f"stop it or choose another port with --port")
+            return _fail(f"cannot listen on {host}:{args.port}: {exc.strerror}")
+
+    import uvicorn
+
+    from service.app import create_app
+    from service.logs import configure_logging
+
+    json_logs = settings.log_json if "ONCO_EXERCISE_LOG_JSON" in os.environ else False
+    configure_logging(settings.log_level, json_logs)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        app = create_app(settings)
+    except (ValueError, OSError) as exc:
+        return _fail(f"cannot start the sandbox: {exc}")
+    config = uvicorn.Config(app, host=host.strip("[]"), port=args.port, log_config=None, access_log=False,
+                            lifespan="on", server_header=False, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    base = settings.public_url
+
+    async def run() -> bool:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            print(
+                "\nonco-exercise sandbox is ready (synthetic data only; Ctrl+C to stop)\n"
+                f"  EHR screen (start here)  {base}/sandbox/\n"
+                f"  FHIR R4 base             {base}/sandbox/fhir\n"
+                f"  SMART configuration      {base}/sandbox/fhir/.well-known/smart-configuration\n"
+                f"  CDS Hooks discovery      {base}/cds-services\n"
+                f"  SMART app launch URL     {base}/smart/launch\n"
+                f"  Exercise-service inbox   {base}/sandbox/exercise-service/\n"
+                f"  Data directory           {settings.data_dir}{'  (reset)' if settings.sandbox_reset else ''}\n",
+                flush=True,
+            )
+        await task
+        return server.started
+
+    try:
+        started = asyncio.run(run())
+    except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start
+        return _fail("the sandbox did not start (see the messages above)", int(exc.code or 1))
+    if not started:
+        return _fail("the sandbox did not start (see the messages above)", 1)
+    logging.getLogger("onco_exercise.sandbox").info("sandbox stopped")
+    return 0
 
 
 def cmd_prescribe(args: argparse.Namespace) -> int:
-    return _fail("prescribe is not implemented yet")
+    """Print the prescription for a FHIR R4 Bundle; every input problem is one readable line, exit 2."""
+    import json
+    from datetime import datetime, time, timezone
+
+    from service.clinical.prescribe import prescribe
+    from service.clinical.serialize import preferences_from_json, prescription_to_json, prescription_to_text
+    from service.clinical.snapshot import build_snapshot_report, check_r4_bundle
+    from service.terminology import TerminologyError
+
+    def load(path: Path, what: str) -> object:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"{what} file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read {what} file {path}: {exc}") from None
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{path} is not JSON: {exc}") from None
+
+    try:
+        if args.now:
+            try:
+                day = datetime.strptime(args.now, "%Y-%m-%d").date()
+            except ValueError:
+                raise ValueError(f"--now {args.now!r} is not a date (YYYY-MM-DD)") from None
+            now = datetime.combine(day, time(23, 59, 59), tzinfo=timezone.utc)
+        else:
+            now = datetime.now(timezone.utc)
+        bundle = load(args.bundle, "bundle")
+        check_r4_bundle(bundle, str(args.bundle))
+        prefs = None
+        if args.preferences is not None:
+            raw = load(args.preferences, "preferences")
+            try:
+                prefs = preferences_from_json(raw)
+            except ValueError as exc:
+                raise ValueError(f"{args.preferences}: {exc}") from None
+        snapshot, issues = build_snapshot_report(bundle, now)
+        prescription = prescribe(snapshot, now, prefs)
+    except TerminologyError as exc:
+        return _fail(f"terminology: {exc}", 1)
+    except ValueError as exc:
+        return _fail(str(exc))
+    for issue in issues:
+        print(f"onco-exercise: note: {issue}", file=sys.stderr)
+    if args.format == "text":
+        sys.stdout.write(prescription_to_text(prescription))
+    else:
+        sys.stdout.write(json.dumps(prescription_to_json(prescription), indent=2, ensure_ascii=False) + "\n")
+    return 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    return _fail("validate is not implemented yet")
+    """Exit 0 when every file is valid, 1 when any has an error, 2 when a file is unreadable or not JSON."""
+    import json
+
+    from service.fhir.validate import validate_resource
+
+    counts = {"error": 0, "warning": 0, "information": 0}
+    unreadable = 0
+    for path in args.files:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            unreadable += 1
+            _fail(f"{path}: cannot read file ({getattr(exc, 'strerror', None) or exc})")
+            continue
+        except ValueError as exc:
+            unreadable += 1
+            _fail(f"{path}: not valid JSON ({exc})")
+            continue
+        issues = validate_resource(data)
+        for issue in issues:
+            counts[issue.severity] = counts.get(issue.severity, 0) + 1
+            print(f"{path}: {issue.severity}: {issue.path}: {issue.message}")
+        if not any(i.severity == "error" for i in issues):
+            print(f"{path}: valid" + (f" ({len(issues)} note(s))" if issues else ""))
+    summary = (f"{len(args.files)} file(s) checked: {counts['error']} error(s), {counts['warning']} warning(s)"
+               + (f", {unreadable} unreadable" if unreadable else ""))
+    print(summary)
+    return 2 if unreadable else (1 if counts["error"] else 0)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    return _fail("check-config is not implemented yet")
+    from service.checks import check_config
+
+    return check_config()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,517 @@
+"""Prescription -> the FHIR R4 resources we write (the one place that builds each of them).
+
+Every written resource declares our profile (profiles/) and the HL7 Physical Activity IG profile it derives
+from, carries a business identifier derived from the signing key (so signing twice never writes twice), and
+travels as a transaction entry `{fullUrl: urn:uuid, resource, ifNoneExist}` whose references to its siblings
+use those urn:uuids. urn:uuids are uuid5 of the identifier: the same signing gives the same bundle.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Iterable
+
+from service import canonical
+from service.clinical.model import Component, PatientSnapshot, Prescription
+from service.fhir import narrative
+from service.fhir.signing import Signing
+
+# --- codes used by the builders (systems from service.canonical; displays from terminology/ when loaded) ---
+TASK_CODE = "http://hl7.org/fhir/CodeSystem/task-code"
+CARE_PLAN_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"
+DOC_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
+PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+PERTAINS_TO_GOAL = "http://hl7.org/fhir/StructureDefinition/resource-pertainsToGoal"
+RULESET_SYSTEM = canonical.RULESET
+
+CODES: dict[str, tuple[str, str, str]] = {
+    # key: (system, code, fallback display)
+    "pa-category": (canonical.PA_TEMPORARY_CODES, "PhysicalActivity", "Physical Activity"),
+    "sr-category": (canonical.SNOMED, "91251008", "Physical therapy procedure"),
+    "exercise-therapy": (canonical.SNOMED, "229065009", "Exercise therapy"),
+    "referral": (canonical.SNOMED, "390893007", "Referral to physical activity program"),
+    "assess-plan": (CARE_PLAN_CATEGORY, "assess-plan", "Assessment and Plan of Treatment"),
+    "fulfill": (TASK_CODE, "fulfill", "Fulfill the focal request"),
+    "aerobic-min-week": (canonical.LOINC, "82290-8", "Frequency of moderate to vigorous aerobic physical activity"),
+    "strength-days-week": (canonical.LOINC, "82291-6", "Frequency of muscle-strengthening physical activity"),
+    "plan-of-care-note": (canonical.LOINC, "18776-5", "Plan of care note"),
+    "clinical-note": (DOC_CATEGORY, "clinical-note", "Clinical Note"),
+    "author": (PROVENANCE_PARTICIPANT, "author", "Author"),
+    "create": (DATA_OPERATION, "CREATE", "create"),
+}
+
+PROFILE_IDS: dict[str, tuple[str, str | None]] = {
+    # our profile id -> PA IG profile it derives from (None: derived from a base resource)
+    "onco-exercise-careplan": ("onco-exercise-careplan", "pa-careplan"),
+    "onco-exercise-goal": ("onco-exercise-goal", "pa-goal"),
+    "onco-exercise-prescription": ("onco-exercise-prescription", "pa-servicerequest"),
+    "onco-exercise-referral": ("onco-exercise-referral", "pa-servicerequest"),
+    "onco-exercise-task": ("onco-exercise-task", "pa-task-for-referral-management"),
+    "onco-exercise-provenance": ("onco-exercise-provenance", None),
+    "onco-exercise-documentreference": ("onco-exercise-documentreference", None),
+}
+
+PLAN_WEEKS = 12  # ACSM 2019: benefits shown for programmes of at least 8-12 weeks; the plan is reviewed after
+
+_UUID_NS = uuid.uuid5(uuid.NAMESPACE_URL, canonical.ID_PRESCRIPTION)
+
+Entry = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public builders
+# ---------------------------------------------------------------------------------------------------------
+
+
+def build_prescription_resources(prescription: Prescription, snapshot: PatientSnapshot,
+                                 signing: Signing) -> list[Entry]:
+    """The `full` strategy: CarePlan, Goals, one ServiceRequest per component, referral, Task, Provenance."""
+    ctx = _Context(prescription, snapshot, signing)
+    goals = _goals(ctx)
+    rx = [_component_request(ctx, c, goals) for c in _unique_components(prescription.components)]
+    referral = _referral(ctx, [e["fullUrl"] for e in rx], goals, careplan=True)
+    careplan = _careplan(ctx, goals, rx + [referral])
+    for e in rx + [referral]:
+        e["resource"]["basedOn"] = [{"reference": careplan["fullUrl"]}]
+    task = _task(ctx, referral)
+    entries = [careplan, *goals, *rx, referral, task]
+    return entries + [_provenance(ctx, entries)]
+
+
+def build_service_request_only(prescription: Prescription, snapshot: PatientSnapshot,
+                               signing: Signing) -> list[Entry]:
+    """The `service-request-only` strategy (no CarePlan/Goal create): the plan travels in the exercise
+    ServiceRequests (patientInstruction, note) and the referral's note, plus the printable DocumentReference."""
+    ctx = _Context(prescription, snapshot, signing)
+    rx = [_component_request(ctx, c, []) for c in _unique_components(prescription.components)]
+    referral = _referral(ctx, [e["fullUrl"] for e in rx], [], careplan=False)
+    doc = build_document_reference(prescription, snapshot, signing, [e["fullUrl"] for e in rx + [referral]])
+    return [*rx, referral, doc]
+
+
+def build_document_reference(prescription: Prescription, snapshot: PatientSnapshot, signing: Signing,
+                             related_refs: Iterable[str]) -> Entry:
+    """The human-readable prescription as an HTML attachment (entry dict, like the other builders).
+
+    `related_refs` are references (relative or urn:uuid) to what was written alongside, for `context.related`.
+    """
+    ctx = _Context(prescription, snapshot, signing)
+    html = narrative.prescription_document_html(
+        prescription, snapshot, signed_by=signing.practitioner_display or signing.practitioner_ref,
+        signed_at=ctx.signed_at)
+    doc: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "meta": _meta("onco-exercise-documentreference"),
+        "identifier": [ctx.identifier("document")],
+        "status": "current",
+        "docStatus": "final",
+        "type": _cc("plan-of-care-note", text="Exercise prescription"),
+        "category": [_cc("clinical-note"), _cc("pa-category")],
+        "subject": {"reference": ctx.patient_ref},
+        "date": ctx.signed_at,
+        "author": [ctx.practitioner],
+        "authenticator": ctx.practitioner,
+        "description": f"Exercise prescription ({narrative.setting_label(prescription.setting)})",
+        "content": [{
+            "attachment": {
+                "contentType": "text/html",
+                "language": "en",
+                "data": base64.b64encode(html.encode("utf-8")).decode("ascii"),
+                "hash": base64.b64encode(hashlib.sha1(html.encode("utf-8")).digest()).decode("ascii"),
+                "title": "Exercise prescription",
+                "creation": ctx.signed_at,
+            },
+        }],
+        "context": {"period": ctx.period},
+    }
+    related = [{"reference": r} for r in related_refs]
+    if related:
+        doc["context"]["related"] = related
+    if signing.encounter_ref:
+        doc["context"]["encounter"] = [{"reference": signing.encounter_ref}]
+    return ctx.entry("document", doc)
+
+
+def build_draft_referral(prescription: Prescription, snapshot: PatientSnapshot, exercise_service_ref: str,
+                         practitioner_ref: str | None) -> dict[str, Any]:
+    """A draft referral ServiceRequest (a resource, not an entry) for a CDS card suggestion.
+
+    No signing yet: the identifier derives from the patient, rule set and generation time, so the same
+    card offers the same draft. Without a known clinician the requester is a logical (display-only)
+    reference, which the PA IG allows; the EHR replaces it when the clinician accepts.
+    """
+    seed = f"{prescription.patient_ref or snapshot.patient_ref}|{prescription.ruleset_version}|" \
+           f"{_instant(prescription.generated_at)}"
+    key = "draft-" + hashlib.sha256(seed.encode()).hexdigest()[:20]
+    signing = Signing(key=key, practitioner_ref=practitioner_ref or "", signed_at=prescription.generated_at,
+                      exercise_service_ref=exercise_service_ref)
+    ctx = _Context(prescription, snapshot, signing)
+    rx_summary = [narrative.component_summary(c) for c in prescription.components]
+    entry = _referral(ctx, [], [], careplan=False, status="draft", extra_notes=rx_summary)
+    return entry["resource"]
+
+
+def transaction_bundle(entries: Iterable[Entry]) -> dict[str, Any]:
+    """A transaction Bundle: each entry POSTed with `ifNoneExist` (conditional create) when it has one."""
+    out = []
+    for e in entries:
+        request: dict[str, Any] = {"method": "POST", "url": e["resource"]["resourceType"]}
+        if e.get("ifNoneExist"):
+            request["ifNoneExist"] = e["ifNoneExist"]
+        out.append({"fullUrl": e["fullUrl"], "resource": e["resource"], "request": request})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": out}
+
+
+def identifier_value(signing_key: str, role: str) -> str:
+    """Business identifier value of one written resource: `<signing key>-<role>`."""
+    return f"{signing_key}-{role}"
+
+
+def full_url(system: str, value: str) -> str:
+    """Deterministic urn:uuid for a business identifier."""
+    return f"urn:uuid:{uuid.uuid5(_UUID_NS, f'{system}|{value}')}"
+
+
+def profile_urls(profile_id: str) -> list[str]:
+    """`meta.profile` for one of our profiles: ours first, then the PA IG profile it derives from."""
+    ours, pa = PROFILE_IDS[profile_id]
+    return [canonical.sd_url(ours)] + ([canonical.pa_sd_url(pa)] if pa else [])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Internals
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Context:
+    """What every builder needs, computed once: references, dates, identifiers."""
+
+    def __init__(self, prescription: Prescription, snapshot: PatientSnapshot, signing: Signing) -> None:
+        patient_ref = snapshot.patient_ref or prescription.patient_ref
+        if not patient_ref:
+            raise ValueError("the prescription has no patient reference: nothing to write")
+        if not signing.key:
+            raise ValueError("the signing has no key: identifiers could not be stable")
+        self.p = prescription
+        self.snapshot = snapshot
+        self.signing = signing
+        self.patient_ref = patient_ref
+        self.signed_at = _instant(signing.signed_at)
+        start = _utc(signing.signed_at).date()
+        self.start = start
+        self.period = {"start": start.isoformat(), "end": (start + timedelta(weeks=PLAN_WEEKS)).isoformat()}
+        if signing.practitioner_ref:
+            self.practitioner: dict[str, Any] = {"reference": signing.practitioner_ref}
+            if signing.practitioner_display:
+                self.practitioner["display"] = signing.practitioner_display
+        else:
+            self.practitioner = {"display": signing.practitioner_display or "Ordering clinician"}
+        self.service = {"reference": signing.exercise_service_ref, "display": signing.exercise_service_name}
+        self.ruleset = signing.ruleset_version or prescription.ruleset_version
+
+    def identifier(self, role: str) -> dict[str, str]:
+        return {"system": canonical.ID_PRESCRIPTION, "value": identifier_value(self.signing.key, role)}
+
+    def entry(self, role: str, resource: dict[str, Any]) -> Entry:
+        value = identifier_value(self.signing.key, role)
+        if resource["resourceType"] == "Provenance":  # Provenance has no identifier: search by tag
+            search = f"_tag={canonical.ID_PRESCRIPTION}|{value}"
+        else:
+            search = f"identifier={canonical.ID_PRESCRIPTION}|{value}"
+        return {"fullUrl": full_url(canonical.ID_PRESCRIPTION, value), "resource": resource, "ifNoneExist": search}
+
+    def reasons(self) -> dict[str, Any]:
+        """reasonReference to the cancer Condition(s); reasonCode from the snapshot when no reference."""
+        if self.p.cancer_refs:
+            return {"reasonReference": [{"reference": r} for r in self.p.cancer_refs]}
+        codes = [{"coding": [{"system": c.system, "code": c.code, "display": c.display}], "text": c.display}
+                 for c in self.snapshot.cancers]
+        return {"reasonCode": codes or [{"text": "Cancer (exercise oncology)"}]}
+
+    def supporting(self) -> list[dict[str, str]]:
+        return [{"reference": r} for r in self.p.supporting_refs]
+
+
+def _goals(ctx: _Context) -> list[Entry]:
+    comps = ctx.p.components
+    aerobic = sum(c.frequency_per_week * c.minutes_per_session for c in comps if c.type == "aerobic")
+    strength = max((c.frequency_per_week for c in comps if c.type == "resistance"), default=0)
+    goals: list[Entry] = []
+    if aerobic:
+        goals.append(_goal(ctx, "goal-aerobic", "aerobic-min-week", aerobic, "min/wk",
+                           f"Build up to {aerobic} minutes of aerobic activity per week"))
+    if strength:
+        goals.append(_goal(ctx, "goal-strength", "strength-days-week", strength, "d/wk",
+                           f"Muscle-strengthening exercise on {strength} days per week"))
+    if not goals:
+        text = ("Obtain medical clearance, then start a gentle exercise programme" if ctx.p.clearance_required
+                or ctx.p.setting == "defer" else "Stay active within the limits of the exercise plan")
+        goals.append(_goal(ctx, "goal-general", None, 0, "", text))
+    return goals
+
+
+def _goal(ctx: _Context, role: str, measure: str | None, value: int, unit: str, text: str) -> Entry:
+    goal: dict[str, Any] = {
+        "resourceType": "Goal",
+        "meta": _meta("onco-exercise-goal"),
+        "identifier": [ctx.identifier(role)],
+        "lifecycleStatus": "active",
+        "achievementStatus": _cc_raw("http://terminology.hl7.org/CodeSystem/goal-achievement", "in-progress",
+                                     "In Progress"),
+        "category": [_cc("pa-category")],
+        "description": {"text": text},
+        "subject": {"reference": ctx.patient_ref},
+        "startDate": ctx.period["start"],
+        "expressedBy": ctx.practitioner,
+    }
+    if measure:
+        goal["target"] = [{
+            "measure": _cc(measure),
+            "detailQuantity": {"value": value, "unit": unit, "system": canonical.UCUM, "code": unit},
+            "dueDate": ctx.period["end"],
+        }]
+    if ctx.p.cancer_refs:
+        goal["addresses"] = [{"reference": r} for r in ctx.p.cancer_refs]
+    return ctx.entry(role, goal)
+
+
+def _unique_components(components: tuple[Component, ...]) -> list[tuple[str, Component]]:
+    """(role, component): role `rx-<type>`, suffixed with a counter when a type occurs twice."""
+    seen: dict[str, int] = {}
+    out = []
+    for c in components:
+        if c.frequency_per_week <= 0:  # nothing to schedule (and Timing.frequency must be positive)
+            continue
+        n = seen.get(c.type, 0) + 1
+        seen[c.type] = n
+        out.append((f"rx-{c.type}" + (f"-{n}" if n > 1 else ""), c))
+    return out
+
+
+def _component_request(ctx: _Context, rc: tuple[str, Component], goals: list[Entry]) -> Entry:
+    role, c = rc
+    summary = narrative.component_summary(c)
+    instructions = [summary]
+    if ctx.p.stop_rules:
+        instructions.append("Stop and seek advice if: " + "; ".join(ctx.p.stop_rules))
+    notes = list(c.notes) + list(ctx.p.progression)
+    sr: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "meta": _meta("onco-exercise-prescription"),
+        "identifier": [ctx.identifier(role)],
+        "status": "active",
+        "intent": "order",
+        "category": [_cc("pa-category"), _cc("sr-category")],
+        "priority": "routine",
+        "code": _cc("exercise-therapy", text=f"{narrative.COMPONENT_LABELS.get(c.type, c.type)} exercise"),
+        "orderDetail": _order_details(ctx, c),
+        "subject": {"reference": ctx.patient_ref},
+        "occurrenceTiming": {"repeat": {
+            "boundsPeriod": dict(ctx.period),
+            "frequency": c.frequency_per_week, "period": 1, "periodUnit": "wk",
+            "duration": c.minutes_per_session, "durationUnit": "min",
+        }},
+        "authoredOn": ctx.signed_at,
+        "requester": ctx.practitioner,
+        "performer": [{"reference": ctx.patient_ref}],
+        **ctx.reasons(),
+        "patientInstruction": "\n".join(instructions),
+    }
+    if goals:
+        sr["extension"] = [{"url": PERTAINS_TO_GOAL, "valueReference": {"reference": g["fullUrl"]}}
+                           for g in goals]
+    if ctx.signing.encounter_ref:
+        sr["encounter"] = {"reference": ctx.signing.encounter_ref}
+    if ctx.p.supporting_refs:
+        sr["supportingInfo"] = ctx.supporting()
+    if notes:
+        sr["note"] = [{"text": n} for n in notes]
+    return ctx.entry(role, _ordered(sr))
+
+
+def _order_details(ctx: _Context, c: Component | None) -> list[dict[str, Any]]:
+    details: list[dict[str, Any]] = []
+    if c is not None:
+        details.append({"text": f"Intensity: {narrative.intensity_text(c.intensity)}"})
+    for x in ctx.p.precautions:
+        details.append({"coding": [_coding(canonical.CS_PRECAUTION, x.code, None)], "text": x.text})
+    return details
+
+
+def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan: bool,
+              status: str = "active", extra_notes: Iterable[str] = ()) -> Entry:
+    p = ctx.p
+    setting = {"coding": [_coding(canonical.CS_SETTING, p.setting, narrative.setting_label(p.setting))],
+               "text": f"Setting: {narrative.setting_label(p.setting)}"}
+    notes = [f"Requested setting: {narrative.setting_label(p.setting)}."]
+    if p.clearance_required:
+        notes.append("Medical clearance is required before starting.")
+    if not careplan:  # the plan has no CarePlan to live in: it travels here
+        notes += [narrative.component_summary(c) for c in p.components]
+        notes += list(p.progression)
+    notes += list(extra_notes)
+    notes += [f"Missing data: {m.text} {m.recommendation}".strip() for m in p.missing_data]
+    sr: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "meta": _meta("onco-exercise-referral"),
+        "identifier": [ctx.identifier("referral")],
+        "status": status,
+        "intent": "order",
+        "category": [_cc("pa-category"), _cc("sr-category")],
+        "priority": "routine",
+        "code": _cc("referral", text="Referral to exercise oncology service"),
+        "orderDetail": [setting] + _order_details(ctx, None),
+        "subject": {"reference": ctx.patient_ref},
+        "occurrencePeriod": dict(ctx.period),
+        "authoredOn": ctx.signed_at,
+        "requester": ctx.practitioner,
+        "performer": [ctx.service],
+        **ctx.reasons(),
+        "note": [{"text": n} for n in notes],
+    }
+    if p.stop_rules:
+        sr["patientInstruction"] = "Stop and seek advice if: " + "; ".join(p.stop_rules)
+    supporting = [{"reference": r} for r in rx_refs] + ctx.supporting()
+    if supporting:
+        sr["supportingInfo"] = supporting
+    if goals:
+        sr["extension"] = [{"url": PERTAINS_TO_GOAL, "valueReference": {"reference": g["fullUrl"]}}
+                           for g in goals]
+    if ctx.signing.encounter_ref:
+        sr["encounter"] = {"reference": ctx.signing.encounter_ref}
+    return ctx.entry("referral", _ordered(sr))
+
+
+def _careplan(ctx: _Context, goals: list[Entry], requests: list[Entry]) -> Entry:
+    p = ctx.p
+    cp: dict[str, Any] = {
+        "resourceType": "CarePlan",
+        "meta": _meta("onco-exercise-careplan"),
+        "identifier": [ctx.identifier("careplan")],
+        "text": {"status": "generated", "div": narrative.prescription_html(p, ctx.snapshot)},
+        "status": "active",
+        "intent": "plan",
+        "category": [_cc("pa-category"), _cc("assess-plan")],
+        "title": "Exercise prescription",
+        "description": f"Personalised exercise prescription: {narrative.setting_label(p.setting)}",
+        "subject": {"reference": ctx.patient_ref},
+        "period": dict(ctx.period),
+        "created": ctx.signed_at,
+        "author": ctx.practitioner,
+        "goal": [{"reference": g["fullUrl"]} for g in goals],
+        "activity": [{"reference": {"reference": r["fullUrl"]}} for r in requests],
+    }
+    if ctx.signing.encounter_ref:
+        cp["encounter"] = {"reference": ctx.signing.encounter_ref}
+    if p.cancer_refs:
+        cp["addresses"] = [{"reference": r} for r in p.cancer_refs]
+    if p.supporting_refs:
+        cp["supportingInfo"] = ctx.supporting()
+    return ctx.entry("careplan", _ordered(cp))
+
+
+def _task(ctx: _Context, referral: Entry) -> Entry:
+    task = {
+        "resourceType": "Task",
+        "meta": _meta("onco-exercise-task"),
+        "identifier": [ctx.identifier("task")],
+        "basedOn": [{"reference": referral["fullUrl"]}],
+        "status": "requested",
+        "intent": "order",
+        "priority": "routine",
+        "code": _cc("fulfill"),
+        "description": "Please contact the patient and deliver the exercise oncology referral.",
+        "focus": {"reference": referral["fullUrl"]},
+        "for": {"reference": ctx.patient_ref},
+        "authoredOn": ctx.signed_at,
+        "lastModified": ctx.signed_at,
+        "requester": ctx.practitioner,
+        "owner": ctx.service,
+    }
+    if ctx.signing.encounter_ref:
+        task["encounter"] = {"reference": ctx.signing.encounter_ref}
+    return ctx.entry("task", task)
+
+
+def _provenance(ctx: _Context, entries: list[Entry]) -> Entry:
+    value = identifier_value(ctx.signing.key, "provenance")
+    prov = {
+        "resourceType": "Provenance",
+        "meta": {**_meta("onco-exercise-provenance"),
+                 "tag": [{"system": canonical.ID_PRESCRIPTION, "code": value}]},
+        "target": [{"reference": e["fullUrl"]} for e in entries],
+        "occurredDateTime": ctx.signed_at,
+        "recorded": ctx.signed_at,
+        "policy": [f"{RULESET_SYSTEM}/{ctx.ruleset}"],
+        "activity": _cc("create"),
+        "agent": [{"type": _cc("author"), "who": ctx.practitioner}],
+        "entity": [{
+            "role": "source",
+            "what": {"identifier": {"system": RULESET_SYSTEM, "value": ctx.ruleset},
+                     "display": f"onco-exercise rule set {ctx.ruleset}"},
+        }],
+    }
+    return ctx.entry("provenance", prov)
+
+
+# --- small helpers ---------------------------------------------------------------------------------------
+
+
+def _meta(profile_id: str) -> dict[str, Any]:
+    return {"profile": profile_urls(profile_id)}
+
+
+def _display(system: str, code: str, fallback: str | None) -> str | None:
+    try:
+        from service.terminology import get_terminology
+    except ImportError:
+        return fallback
+    try:
+        return get_terminology().display(system, code) or fallback
+    except Exception:  # terminology content still being written: the fallback is correct, just not central
+        return fallback
+
+
+def _coding(system: str, code: str, display: str | None) -> dict[str, str]:
+    coding = {"system": system, "code": code}
+    shown = _display(system, code, display)
+    if shown:
+        coding["display"] = shown
+    return coding
+
+
+def _cc(key: str, text: str | None = None) -> dict[str, Any]:
+    system, code, display = CODES[key]
+    cc: dict[str, Any] = {"coding": [_coding(system, code, display)]}
+    if text:
+        cc["text"] = text
+    return cc
+
+
+def _cc_raw(system: str, code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": system, "code": code, "display": display}]}
+
+
+def _utc(dt: datetime) -> datetime:
+    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
+
+
+def _instant(dt: datetime | date) -> str:
+    """FHIR instant (UTC, seconds): naive datetimes are taken as UTC."""
+    if not isinstance(dt, datetime):
+        dt = datetime(dt.year, dt.month, dt.day)
+    return _utc(dt).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+_ORDER = ("resourceType", "meta", "text", "extension", "identifier", "basedOn", "status", "intent", "category",
+          "priority", "code", "orderDetail")
+
+
+def _ordered(resource: dict[str, Any]) -> dict[str, Any]:
+    """Conventional element order (readability of what lands in the EHR; JSON order carries no meaning)."""
+    head = {k: resource[k] for k in _ORDER if k in resource}
+    return {**head, **{k: v for k, v in resource.items() if k not in head}}

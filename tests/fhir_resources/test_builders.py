@@ -1,0 +1,222 @@
+"""resources.py: the resources we write are complete, profiled, deterministic and link to each other."""
+
+import base64
+import json
+from dataclasses import replace
+
+import pytest
+
+from service import canonical
+from service.fhir import resources as R
+from service.fhir.validate import validate_bundle, validate_resource
+from tests.fhir_resources import factories as F
+
+
+def _errors(resource):
+    return [str(i) for i in validate_resource(resource) if i.severity == "error"]
+
+
+def test_full_set_has_each_resource_and_all_validate(entries):
+    types = [e["resource"]["resourceType"] for e in entries]
+    assert types == ["CarePlan", "Goal", "Goal", "ServiceRequest", "ServiceRequest", "ServiceRequest", "Task",
+                     "Provenance"]
+    for e in entries:
+        assert _errors(e["resource"]) == [], e["resource"]["resourceType"]
+    assert [str(i) for i in validate_bundle(R.transaction_bundle(entries))] == []
+
+
+def test_same_input_same_identifiers_and_full_urls():
+    a = R.build_prescription_resources(F.prescription(), F.snapshot(), F.signing())
+    b = R.build_prescription_resources(F.prescription(), F.snapshot(), F.signing())
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    c = R.build_prescription_resources(F.prescription(), F.snapshot(), F.signing(key="another-signing"))
+    assert not {e["fullUrl"] for e in a} & {e["fullUrl"] for e in c}
+
+
+def test_identifiers_full_urls_and_if_none_exist_agree(entries):
+    for e in entries:
+        res = e["resource"]
+        if res["resourceType"] == "Provenance":
+            tag = res["meta"]["tag"][0]
+            assert e["ifNoneExist"] == f"_tag={tag['system']}|{tag['code']}"
+            value = tag["code"]
+        else:
+            ident = res["identifier"][0]
+            assert ident["system"] == canonical.ID_PRESCRIPTION
+            assert ident["value"].startswith(F.signing().key + "-")
+            assert e["ifNoneExist"] == f"identifier={ident['system']}|{ident['value']}"
+            value = ident["value"]
+        assert e["fullUrl"] == R.full_url(canonical.ID_PRESCRIPTION, value)
+        assert e["fullUrl"].startswith("urn:uuid:")
+    assert len({e["fullUrl"] for e in entries}) == len(entries)
+
+
+def _refs(node):
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield node["reference"]
+        for v in node.values():
+            yield from _refs(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _refs(v)
+
+
+def test_references_resolve_within_the_bundle(entries):
+    urls = {e["fullUrl"] for e in entries}
+    internal = [r for e in entries for r in _refs(e["resource"]) if r.startswith("urn:")]
+    assert internal and set(internal) <= urls
+    # everything else points at the patient's existing data or known actors
+    external = {r for e in entries for r in _refs(e["resource"]) if not r.startswith("urn:")}
+    assert external == {"Patient/p1", "Condition/breast-1", "Observation/plt-1", "Practitioner/sandbox-clinician",
+                        "Organization/exercise-oncology-service", "Encounter/e1"}
+
+
+def test_careplan_links_goals_and_requests(by_role, full):
+    cp = by_role["careplan"]
+    assert cp["intent"] == "plan" and cp["status"] == "active"
+    assert [g["reference"] for g in cp["goal"]] == [full["Goal:goal-aerobic"], full["Goal:goal-strength"]]
+    assert [a["reference"]["reference"] for a in cp["activity"]] == [
+        full["ServiceRequest:rx-aerobic"], full["ServiceRequest:rx-resistance"], full["ServiceRequest:referral"]]
+    assert cp["text"]["div"].startswith('<div xmlns="http://www.w3.org/1999/xhtml">')
+    assert "&lt;&amp;&gt;" in cp["text"]["div"]  # precaution text escaped
+    assert cp["period"] == {"start": "2026-03-02", "end": "2026-05-25"}
+
+
+def test_goals_carry_loinc_targets_in_ucum(by_role):
+    aero, strength = by_role["goal-aerobic"], by_role["goal-strength"]
+    assert aero["target"][0]["measure"]["coding"][0]["code"] == "82290-8"
+    assert aero["target"][0]["detailQuantity"] == {"value": 90, "unit": "min/wk", "system": canonical.UCUM,
+                                                   "code": "min/wk"}
+    assert strength["target"][0]["measure"]["coding"][0]["code"] == "82291-6"
+    assert strength["target"][0]["detailQuantity"]["value"] == 2
+
+
+def test_exercise_prescription_request(by_role):
+    sr = by_role["rx-aerobic"]
+    assert sr["code"]["coding"][0] == {"system": canonical.SNOMED, "code": "229065009",
+                                       "display": sr["code"]["coding"][0]["display"]}
+    assert sr["performer"] == [{"reference": "Patient/p1"}] and sr["subject"] == {"reference": "Patient/p1"}
+    rep = sr["occurrenceTiming"]["repeat"]
+    assert (rep["frequency"], rep["period"], rep["periodUnit"], rep["duration"], rep["durationUnit"]) == \
+        (3, 1, "wk", 30, "min")
+    assert sr["orderDetail"][0]["text"].startswith("Intensity: moderate")
+    assert sr["orderDetail"][1]["coding"][0]["system"] == canonical.CS_PRECAUTION
+    assert sr["orderDetail"][1]["coding"][0]["code"] == "thrombocytopenia"
+    assert sr["reasonReference"] == [{"reference": "Condition/breast-1"}]
+    assert sr["supportingInfo"] == [{"reference": "Observation/plt-1"}]
+    assert "Stop and seek advice if: dizziness or fainting" in sr["patientInstruction"]
+    assert sr["requester"]["reference"] == "Practitioner/sandbox-clinician"
+    assert sr["meta"]["profile"] == [canonical.sd_url("onco-exercise-prescription"),
+                                     canonical.pa_sd_url("pa-servicerequest")]
+    res = by_role["rx-resistance"]
+    assert res["occurrenceTiming"]["repeat"]["frequency"] == 2
+
+
+def test_referral_task_and_provenance(by_role, entries, full):
+    ref = by_role["referral"]
+    assert ref["code"]["coding"][0]["code"] == "390893007"
+    assert ref["performer"][0]["reference"] == "Organization/exercise-oncology-service"
+    setting = [d for d in ref["orderDetail"] if d.get("coding", [{}])[0].get("system") == canonical.CS_SETTING]
+    assert [d["coding"][0]["code"] for d in setting] == ["home-based"]
+    assert {"reference": full["ServiceRequest:rx-aerobic"]} in ref["supportingInfo"]
+    task = by_role["task"]
+    assert (task["status"], task["intent"], task["code"]["coding"][0]["code"]) == ("requested", "order", "fulfill")
+    assert task["focus"] == {"reference": full["ServiceRequest:referral"]}
+    assert task["owner"]["reference"] == "Organization/exercise-oncology-service"
+    assert task["for"] == {"reference": "Patient/p1"} and task["authoredOn"] == "2026-03-02T09:30:00Z"
+    prov = by_role["provenance"]
+    assert [t["reference"] for t in prov["target"]] == [e["fullUrl"] for e in entries[:-1]]
+    assert prov["agent"][0]["who"]["reference"] == "Practitioner/sandbox-clinician"
+    assert prov["entity"][0]["what"]["identifier"] == {"system": R.RULESET_SYSTEM, "value": "2026.03.0"}
+    assert prov["policy"] == [f"{R.RULESET_SYSTEM}/2026.03.0"]
+
+
+def test_transaction_bundle_posts_conditionally(entries):
+    bundle = R.transaction_bundle(entries)
+    assert bundle["type"] == "transaction"
+    for e, be in zip(entries, bundle["entry"]):
+        assert be["fullUrl"] == e["fullUrl"] and be["resource"] is e["resource"]
+        assert be["request"] == {"method": "POST", "url": e["resource"]["resourceType"],
+                                 "ifNoneExist": e["ifNoneExist"]}
+
+
+def test_document_reference_is_readable_html():
+    entry = R.build_document_reference(F.prescription(), F.snapshot(), F.signing(), ["urn:uuid:1234"])
+    doc = entry["resource"]
+    assert _errors(doc) == []
+    html = base64.b64decode(doc["content"][0]["attachment"]["data"]).decode()
+    assert html.startswith("<!DOCTYPE html>") and "Dr Ada Example" in html and "brisk walking" in html
+    assert doc["context"]["related"] == [{"reference": "urn:uuid:1234"}]
+    assert entry["ifNoneExist"].endswith(f"{F.signing().key}-document")
+
+
+def test_service_request_only_variant_carries_the_plan():
+    entries = R.build_service_request_only(F.prescription(), F.snapshot(), F.signing())
+    assert [e["resource"]["resourceType"] for e in entries] == ["ServiceRequest"] * 3 + ["DocumentReference"]
+    for e in entries:
+        assert _errors(e["resource"]) == []
+    referral = entries[2]["resource"]
+    notes = " ".join(n["text"] for n in referral["note"])
+    assert "Aerobic: 3x/week, 30 min" in notes and "Resistance (strength): 2x/week" in notes
+    assert all("basedOn" not in e["resource"] for e in entries)
+    assert [r["reference"] for r in entries[3]["resource"]["context"]["related"]] == [e["fullUrl"] for e in entries[:3]]
+    assert validate_bundle(R.transaction_bundle(entries)) == []
+
+
+@pytest.mark.parametrize("practitioner", ["Practitioner/sandbox-clinician", None])
+def test_draft_referral_validates(practitioner):
+    sr = R.build_draft_referral(F.prescription(), F.snapshot(), "Organization/exercise-oncology-service",
+                                practitioner)
+    assert sr["status"] == "draft" and sr["resourceType"] == "ServiceRequest"
+    assert _errors(sr) == []
+    again = R.build_draft_referral(F.prescription(), F.snapshot(), "Organization/exercise-oncology-service",
+                                   practitioner)
+    assert again["identifier"] == sr["identifier"]
+    if practitioner is None:
+        assert "reference" not in sr["requester"]
+
+
+def test_deferred_plan_without_components_still_valid():
+    p = F.prescription(setting="defer", clearance_required=True, components=())
+    entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
+    types = [e["resource"]["resourceType"] for e in entries]
+    assert types == ["CarePlan", "Goal", "ServiceRequest", "Task", "Provenance"]
+    assert "target" not in entries[1]["resource"] and "clearance" in entries[1]["resource"]["description"]["text"]
+    assert validate_bundle(R.transaction_bundle(entries)) == []
+
+
+def test_without_condition_reference_the_reason_is_coded():
+    p = F.prescription(cancer_refs=())
+    entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
+    sr = entries[3]["resource"]
+    assert "reasonReference" not in sr
+    assert sr["reasonCode"][0]["coding"][0]["code"] == "254837009"
+    assert validate_bundle(R.transaction_bundle(entries)) == []
+
+
+def test_two_components_of_one_type_get_distinct_roles():
+    p = F.prescription()
+    p = replace(p, components=p.components + (p.components[0],))
+    entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
+    values = [e["ifNoneExist"] for e in entries]
+    assert len(set(values)) == len(values)
+    assert any(v.endswith("rx-aerobic-2") for v in values)
+
+
+def test_naive_signing_time_is_utc_and_missing_patient_is_refused():
+    entries = R.build_prescription_resources(F.prescription(), F.snapshot(),
+                                             F.signing(signed_at=F.NOW.replace(tzinfo=None)))
+    assert entries[0]["resource"]["created"] == "2026-03-02T09:30:00Z"
+    with pytest.raises(ValueError, match="patient"):
+        R.build_prescription_resources(F.prescription(patient_ref=None), replace(F.snapshot(), patient_ref=None),
+                                       F.signing())
+
+
+def test_components_without_sessions_are_not_scheduled():
+    p = F.prescription()
+    p = replace(p, components=(replace(p.components[0], frequency_per_week=0),) + p.components[1:])
+    entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
+    roles = [e["ifNoneExist"].rsplit("-", 1)[-1] for e in entries]
+    assert "aerobic" not in roles and "resistance" in roles
+    assert validate_bundle(R.transaction_bundle(entries)) == []
