@@ -140,6 +140,10 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     try:
         started = asyncio.run(run())
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl+C after its graceful shutdown: a normal stop
+        if not server.started:
+            return 130
+        started = True
     except SystemExit as exc:  # uvicorn exits this way when it cannot bind or start
         return _fail("the sandbox did not start (see the messages above)", int(exc.code or 1))
     if not started:
