@@ -1,0 +1,429 @@
+"""PatientSnapshot + now (+ preferences) -> Prescription: combine the fired rules into one explained plan.
+
+Combination is deliberately simple so a clinician can follow it: the most restrictive setting wins, the
+lowest intensity/resistance cap wins, the smallest starting-volume factor wins, activities ruled out by any
+precaution are removed, and every decision is a Reason in the rationale naming the data point and the rule.
+Preferences then shape the plan within those limits; when one is set aside, the rationale says so and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable
+
+from service.canonical import CS_PRECAUTION
+from service.clinical.model import (
+    SETTING_ORDER,
+    Component,
+    Intensity,
+    MissingData,
+    PatientSnapshot,
+    Precaution,
+    Preferences,
+    Prescription,
+    Reason,
+    Setting,
+)
+from service.clinical.rules import (
+    LEVELS,
+    RULES_BY_ID,
+    RULESET_VERSION,
+    Effect,
+    Hit,
+    Level,
+    Rule,
+    fire,
+    setting_index,
+)
+from service.clinical.snapshot import as_utc
+from service.terminology import get_terminology
+
+# ------------------------------------------------------------------------------------------------ scales
+RPE_SCALE = "Borg RPE 6-20"
+RPE_BANDS: dict[Level, tuple[float, float]] = {"light": (9, 11), "moderate": (12, 13), "vigorous": (14, 16)}
+HRR_BANDS: dict[Level, tuple[int, int]] = {"light": (30, 39), "moderate": (40, 59), "vigorous": (60, 89)}
+
+# Activity catalogue: component type and the safety tags precautions can rule out.
+ACTIVITIES: dict[str, tuple[str, frozenset[str]]] = {
+    "walking": ("aerobic", frozenset()),
+    "nordic walking": ("aerobic", frozenset()),
+    "stationary cycling": ("aerobic", frozenset()),
+    "recumbent cycling": ("aerobic", frozenset()),
+    "cycling": ("aerobic", frozenset({"balance-demanding"})),
+    "swimming": ("aerobic", frozenset({"water", "public-facility"})),
+    "aqua aerobics": ("aerobic", frozenset({"water", "public-facility"})),
+    "elliptical": ("aerobic", frozenset()),
+    "dancing": ("aerobic", frozenset({"balance-demanding"})),
+    "jogging": ("aerobic", frozenset({"high-impact", "running"})),
+    "running": ("aerobic", frozenset({"high-impact", "running"})),
+    "team sports": ("aerobic", frozenset({"high-impact", "contact", "public-facility"})),
+    "gym classes": ("aerobic", frozenset({"public-facility"})),
+    "resistance bands": ("resistance", frozenset()),
+    "bodyweight exercises": ("resistance", frozenset()),
+    "chair-based strength exercises": ("resistance", frozenset()),
+    "dumbbells": ("resistance", frozenset()),
+    "weight machines": ("resistance", frozenset({"public-facility", "heavy-lifting"})),
+    "free weights": ("resistance", frozenset({"heavy-lifting"})),
+    "yoga": ("flexibility", frozenset({"spinal-loading"})),
+    "chair yoga": ("flexibility", frozenset()),
+    "gentle stretching": ("flexibility", frozenset()),
+    "pilates": ("flexibility", frozenset({"spinal-loading"})),
+    "tai chi": ("balance", frozenset()),
+    "supported standing balance exercises": ("balance", frozenset()),
+}
+ALIASES = {"walk": "walking", "bike": "cycling", "biking": "cycling", "bicycle": "cycling",
+           "exercise bike": "stationary cycling", "stationary bike": "stationary cycling", "swim": "swimming",
+           "tai-chi": "tai chi", "taichi": "tai chi", "weights": "free weights", "bands": "resistance bands",
+           "stretching": "gentle stretching", "dance": "dancing", "jog": "jogging", "run": "running",
+           "gym": "weight machines"}
+EQUIPMENT_ACTIVITY = {"resistance bands": "resistance bands", "bands": "resistance bands",
+                      "dumbbells": "dumbbells", "weights": "dumbbells", "free weights": "dumbbells",
+                      "stationary bike": "stationary cycling", "exercise bike": "stationary cycling",
+                      "bicycle": "cycling", "bike": "cycling", "treadmill": "walking", "elliptical": "elliptical"}
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+STOP_RULES_BASE = (
+    "Stop and rest if you feel dizzy, faint or light-headed.",
+    "Stop and call for help for chest pain, pressure or tightness, or a racing or irregular heartbeat.",
+    "Stop if you are much more short of breath than expected or cannot speak in short sentences.",
+    "Stop and contact your care team for new or worsening bone, back or joint pain.",
+    "Do not exercise with a temperature of 38 °C or more, or if you feel unwell with an infection.",
+)
+STOP_RULES_BY_PRECAUTION = {
+    "thrombocytopenia": "Stop and contact your care team for unusual bruising, bleeding or nosebleeds.",
+    "lymphedema": "Stop and contact your care team for sudden swelling, heaviness or redness of a limb.",
+    "neutropenia": "Contact your care team straight away for a temperature of 38 °C or more or chills.",
+    "diabetes": "Stop and take fast-acting sugar if you feel shaky, sweaty or confused (low blood sugar).",
+    "anemia": "Stop if you become unusually breathless, pale or your heart pounds.",
+    "peripheral-neuropathy": "Stop if you lose your footing or feel new numbness; check your feet after exercise.",
+    "recent-surgery": "Stop if the wound becomes painful, red, swollen or starts to leak.",
+}
+
+
+@dataclass
+class _Plan:
+    """Mutable accumulator while combining effects; frozen into a Prescription at the end."""
+
+    floor: Setting = "home-based"
+    floor_rules: list[str] = field(default_factory=list)
+    clearance: bool = False
+    max_intensity: Level = "vigorous"
+    resistance: str = "moderate"
+    add_balance: bool = False
+    avoid: dict[str, str] = field(default_factory=dict)  # tag -> rule id
+    volume: float = 1.0
+    no_public: str | None = None
+    rpe_only: bool = False
+    resistance_emphasis: bool = False
+    slow: bool = False
+    notes: list[str] = field(default_factory=list)
+    until_cleared: list[str] = field(default_factory=list)
+
+
+def _round5(x: float) -> int:
+    return max(5, int(5 * round(x / 5)))
+
+
+def _combine(plan: _Plan, rule: Rule, e: Effect) -> None:
+    if e.min_setting is not None and setting_index(e.min_setting) >= setting_index(plan.floor):
+        if setting_index(e.min_setting) > setting_index(plan.floor):
+            plan.floor_rules = []
+        plan.floor = e.min_setting
+        plan.floor_rules.append(rule.id)
+    plan.clearance = plan.clearance or e.clearance
+    if e.max_intensity is not None and LEVELS.index(e.max_intensity) < LEVELS.index(plan.max_intensity):
+        plan.max_intensity = e.max_intensity
+    order = ("none", "light", "moderate")
+    if e.resistance is not None and order.index(e.resistance) < order.index(plan.resistance):
+        plan.resistance = e.resistance
+    plan.add_balance = plan.add_balance or e.add_balance
+    for tag in sorted(e.avoid):
+        plan.avoid.setdefault(tag, rule.id)
+    if e.volume is not None:
+        plan.volume = min(plan.volume, e.volume)
+    if e.no_public and plan.no_public is None:
+        plan.no_public = rule.id
+    plan.rpe_only = plan.rpe_only or e.rpe_only
+    plan.resistance_emphasis = plan.resistance_emphasis or e.resistance_emphasis
+    plan.slow = plan.slow or e.slow_progression
+    if e.note and e.note not in plan.notes:
+        plan.notes.append(e.note)
+    if e.until_cleared and e.until_cleared not in plan.until_cleared:
+        plan.until_cleared.append(e.until_cleared)
+
+
+def _intensity(level: Level, plan: _Plan, snapshot: PatientSnapshot, hrr: bool) -> Intensity:
+    low, high = RPE_BANDS[level]
+    if hrr and not plan.rpe_only:
+        hl, hh = HRR_BANDS[level]
+        return Intensity(level, RPE_SCALE, low, high, hl, hh)
+    return Intensity(level, RPE_SCALE, low, high)
+
+
+def _hr_targets(level: Level, snapshot: PatientSnapshot) -> str | None:
+    rest = snapshot.latest.get("resting-hr")
+    age = snapshot.age
+    if rest is None or age is None:
+        return None
+    hr_max = 220 - age
+    reserve = hr_max - rest.value
+    lo_pct, hi_pct = HRR_BANDS[level]
+    lo = round(rest.value + reserve * lo_pct / 100)
+    hi = round(rest.value + reserve * hi_pct / 100)
+    return f"Target heart rate {lo}-{hi} beats/min ({lo_pct}-{hi_pct}% of heart-rate reserve; RPE takes precedence)."
+
+
+def _allowed(activity: str, plan: _Plan) -> str | None:
+    """None when allowed, else the rule id that rules it out."""
+    tags = ACTIVITIES[activity][1]
+    for tag in sorted(tags):
+        if tag in plan.avoid:
+            return plan.avoid[tag]
+        if tag == "public-facility" and plan.no_public:
+            return plan.no_public
+    return None
+
+
+def normalise_activity(name: str) -> str | None:
+    key = " ".join(name.strip().lower().replace("_", " ").split())
+    key = ALIASES.get(key, key)
+    return key if key in ACTIVITIES else None
+
+
+def _reason(rule_id: str, finding: str, effect: str, refs: Iterable[str] = ()) -> Reason:
+    rule = RULES_BY_ID[rule_id]
+    return Reason(rule_id, finding, effect, rule.citation, tuple(refs))
+
+
+def _not_eligible(snapshot: PatientSnapshot, now: datetime, hit: Hit, prefs: Preferences | None) -> Prescription:
+    rule = RULES_BY_ID["ELIG-CANCER"]
+    reason = Reason(rule.id, hit.finding, rule.effect_text, rule.citation, hit.refs)
+    return Prescription(
+        eligible=False, setting="home-based", clearance_required=False, components=(), precautions=(),
+        missing_data=(), rationale=(reason,), progression=(),
+        stop_rules=(), red_flags=(), ruleset_version=RULESET_VERSION, generated_at=now,
+        patient_ref=snapshot.patient_ref, preferences=prefs,
+        notes=("Not eligible for an oncology exercise prescription: general physical activity advice applies "
+               "(150 minutes a week, strength twice a week).",),
+    )
+
+
+def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences | None = None) -> Prescription:
+    """The exercise prescription for `snapshot` at `now`; pure and deterministic."""
+    now = as_utc(now)
+    fired = fire(snapshot, now)
+    ineligible = next((h for r, h in fired if r.effect.ineligible), None)
+    if ineligible is not None:
+        return _not_eligible(snapshot, now, ineligible, preferences)
+
+    term = get_terminology()
+    plan = _Plan()
+    rationale: list[Reason] = []
+    red_flags: list[Reason] = []
+    precautions: dict[str, Precaution] = {}
+    missing: list[MissingData] = []
+    supporting: list[str] = []
+    for rule, hit in fired:
+        e = rule.effect
+        _combine(plan, rule, e)
+        reason = Reason(rule.id, hit.finding, rule.effect_text, rule.citation, hit.refs)
+        rationale.append(reason)
+        if e.red_flag:
+            red_flags.append(reason)
+        if e.precaution and e.precaution not in precautions:
+            text = term.definition(CS_PRECAUTION, e.precaution) or e.precaution
+            precautions[e.precaution] = Precaution(e.precaution, text, rule.id, rule.citation)
+        if e.missing:
+            missing.append(MissingData(e.missing[0], hit.finding, e.missing[1]))
+        for ref in hit.refs:
+            if ref not in supporting:
+                supporting.append(ref)
+
+    prefs = preferences or Preferences()
+    setting = _triage(plan, prefs, rationale)
+    clearance = plan.clearance or setting == "defer"
+    components: tuple[Component, ...] = ()
+    if setting != "defer":
+        components = _components(plan, snapshot, prefs, rationale)
+    notes = list(plan.notes)
+    if setting == "defer":
+        notes = ["Structured exercise is deferred until a clinician has reviewed the red flags."] + [
+            f"Until cleared: {t}" for t in plan.until_cleared] + ["Avoid long periods of sitting or lying down."]
+
+    stop_rules = list(STOP_RULES_BASE)
+    for code in precautions:
+        if code in STOP_RULES_BY_PRECAUTION:
+            stop_rules.append(STOP_RULES_BY_PRECAUTION[code])
+
+    cancer_refs = tuple(dict.fromkeys(f.ref for f in (*snapshot.cancers, *snapshot.metastases)))
+    return Prescription(
+        eligible=True,
+        setting=setting,
+        clearance_required=clearance,
+        components=components,
+        precautions=tuple(precautions.values()),
+        missing_data=tuple(missing),
+        rationale=tuple(rationale),
+        progression=_progression(setting, plan, components),
+        stop_rules=tuple(stop_rules),
+        red_flags=tuple(red_flags),
+        ruleset_version=RULESET_VERSION,
+        generated_at=now,
+        patient_ref=snapshot.patient_ref,
+        cancer_refs=cancer_refs,
+        supporting_refs=tuple(r for r in supporting if r not in cancer_refs),
+        preferences=preferences,
+        notes=tuple(notes),
+    )
+
+
+def _triage(plan: _Plan, prefs: Preferences, rationale: list[Reason]) -> Setting:
+    setting: Setting = plan.floor
+    why = ", ".join(plan.floor_rules) if plan.floor_rules else "no rule requires more"
+    if setting == "community" and plan.no_public:
+        # A professional is needed but public facilities are not safe: a clinical (supervised) setting.
+        setting = "supervised"
+        why += f"; community programme not safe ({plan.no_public}): clinically supervised instead"
+    rationale.append(_reason("SETTING-TRIAGE", f"safety floor: {plan.floor} ({why})", f"setting {setting}"))
+    wanted = prefs.preferred_setting
+    if wanted is None or wanted == setting:
+        if wanted is not None:
+            rationale.append(_reason("PREF-SETTING", f"patient prefers {wanted}", "preference used"))
+        return setting
+    if setting == "defer":
+        rationale.append(_reason("PREF-SETTING", f"patient prefers {wanted}",
+                                 "set aside for safety: exercise deferred pending clearance"))
+        return setting
+    if wanted == "community" and plan.no_public:
+        rationale.append(_reason("PREF-SETTING", f"patient prefers {wanted}",
+                                 f"set aside for safety: no public facilities ({plan.no_public})"))
+        return setting
+    if SETTING_ORDER.index(wanted) < SETTING_ORDER.index(setting):
+        rationale.append(_reason("PREF-SETTING", f"patient prefers {wanted}",
+                                 f"set aside for safety: {setting} required by {why}"))
+        return setting
+    if wanted == "defer":
+        rationale.append(_reason("PREF-SETTING", f"patient prefers {wanted}",
+                                 "not applicable: no red flag; discuss readiness with the patient"))
+        return setting
+    rationale.append(_reason("PREF-SETTING", f"patient prefers {wanted}", f"preference used ({wanted})"))
+    return wanted
+
+
+def _components(plan: _Plan, snapshot: PatientSnapshot, prefs: Preferences,
+                rationale: list[Reason]) -> tuple[Component, ...]:
+    aerobic_level: Level = "moderate" if LEVELS.index(plan.max_intensity) >= 1 else "light"
+    hrr_ok = (snapshot.latest.get("resting-hr") is not None and snapshot.age is not None and not plan.rpe_only
+              and aerobic_level != "light")
+    minutes = _round5(30 * plan.volume) if plan.volume < 1 else 30
+    minutes = max(minutes, 10)
+    frequency = 3
+
+    # Activities per component: defaults, then preferences (kept when allowed, set aside with the rule otherwise).
+    defaults: dict[str, list[str]] = {
+        "aerobic": ["walking", "stationary cycling"],
+        "resistance": ["resistance bands", "bodyweight exercises"],
+        "flexibility": ["gentle stretching"],
+        "balance": ["supported standing balance exercises", "tai chi"],
+    }
+    if "balance-demanding" in plan.avoid or "running" in plan.avoid:
+        defaults["aerobic"] = ["stationary cycling", "recumbent cycling", "walking"]
+    if plan.resistance == "light":
+        defaults["resistance"] = ["resistance bands", "chair-based strength exercises"]
+    chosen: dict[str, list[str]] = {k: [] for k in defaults}
+    if prefs.activities:
+        used, aside, unknown = [], [], []
+        for raw in prefs.activities:
+            act = normalise_activity(raw)
+            if act is None:
+                unknown.append(raw)
+                continue
+            blocker = _allowed(act, plan)
+            if blocker:
+                aside.append(f"{act} ({blocker})")
+            else:
+                chosen[ACTIVITIES[act][0]].append(act)
+                used.append(act)
+        if used:
+            rationale.append(_reason("PREF-ACTIVITIES", "patient enjoys " + ", ".join(used), "preference used"))
+        if aside:
+            rationale.append(_reason("PREF-ACTIVITIES", "patient enjoys " + ", ".join(aside),
+                                     "set aside for safety: ruled out by the precaution rule named"))
+        if unknown:
+            rationale.append(_reason("PREF-ACTIVITIES", "not recognised: " + ", ".join(unknown),
+                                     "not used: discuss with the patient"))
+    if prefs.equipment:
+        eq_used = []
+        for item in prefs.equipment:
+            act = EQUIPMENT_ACTIVITY.get(item.strip().lower())
+            if act and not _allowed(act, plan) and act not in chosen[ACTIVITIES[act][0]]:
+                chosen[ACTIVITIES[act][0]].append(act)
+                eq_used.append(f"{item} -> {act}")
+        rationale.append(_reason("PREF-EQUIPMENT", "equipment at home: " + ", ".join(prefs.equipment),
+                                 ("activities matched: " + "; ".join(eq_used)) if eq_used else "no change"))
+    for kind, acts in defaults.items():
+        for act in acts:
+            if act not in chosen[kind] and not _allowed(act, plan):
+                chosen[kind].append(act)
+    if plan.resistance == "light":
+        chosen["resistance"] = [a for a in chosen["resistance"] if a not in ("free weights", "weight machines")]
+
+    # Days available limit the frequency; session length rises to keep the weekly volume (max 60 min).
+    days = [d for d in DAYS if d in {x.strip().lower()[:3] for x in prefs.days_available}]
+    day_note: tuple[str, ...] = ()
+    if prefs.days_available:
+        n = max(1, len(days))
+        if n < frequency:
+            weekly = frequency * minutes
+            new_minutes = min(60, _round5(weekly / n))
+            rationale.append(_reason("PREF-DAYS", f"available {n} day(s): {', '.join(days) or 'none recognised'}",
+                                     f"aerobic {n}x/week x {new_minutes} min instead of {frequency}x{minutes}"))
+            frequency, minutes = n, new_minutes
+        else:
+            rationale.append(_reason("PREF-DAYS", f"available on {', '.join(days)}", "sessions planned on those days"))
+        day_note = (f"Planned days: {', '.join(days)}.",) if days else ()
+
+    aerobic_notes = list(day_note)
+    if hrr_ok and (t := _hr_targets(aerobic_level, snapshot)):
+        aerobic_notes.append(t)
+    comps = [Component("aerobic", frequency, minutes, _intensity(aerobic_level, plan, snapshot, hrr_ok),
+                       tuple(chosen["aerobic"]), notes=tuple(aerobic_notes))]
+    if plan.resistance != "none":
+        r_level: Level = "moderate" if plan.resistance == "moderate" and aerobic_level != "light" else "light"
+        r_freq = 3 if plan.resistance_emphasis else 2
+        r_freq = min(r_freq, frequency) if prefs.days_available else r_freq
+        reps = "8-15" if r_level == "moderate" else "10-15"
+        r_notes = ["Major muscle groups; slow, controlled movements; breathe out on effort."]
+        if plan.resistance_emphasis:
+            r_notes.append("Priority component: build leg and grip strength.")
+        comps.append(Component("resistance", r_freq, 20, _intensity(r_level, plan, snapshot, False),
+                               tuple(chosen["resistance"]), sets=2 if r_level == "moderate" else 1,
+                               repetitions=reps, notes=tuple(r_notes)))
+    comps.append(Component("flexibility", 3 if not prefs.days_available else min(3, frequency), 10,
+                           Intensity("light", RPE_SCALE, 9, 11), tuple(chosen["flexibility"]),
+                           notes=("Stretch to mild tension, hold 10-30 s.",)))
+    if plan.add_balance:
+        comps.append(Component("balance", 3 if not prefs.days_available else min(3, frequency), 10,
+                               Intensity("light", RPE_SCALE, 9, 11), tuple(chosen["balance"]),
+                               notes=("Next to a stable support (kitchen counter or chair).",)))
+    return tuple(comps)
+
+
+def _progression(setting: Setting, plan: _Plan, components: tuple[Component, ...]) -> tuple[str, ...]:
+    if setting == "defer":
+        return ("Re-assess after clinical review; restart at the lowest level (5-10 minutes of walking).",)
+    aerobic = next(c for c in components if c.type == "aerobic")
+    step = "every 2 weeks" if plan.slow else "every week"
+    lines = [
+        f"Weeks 1-2: aerobic {aerobic.frequency_per_week}x/week, {aerobic.minutes_per_session} min at "
+        f"{aerobic.intensity.label} intensity (RPE {aerobic.intensity.low:g}-{aerobic.intensity.high:g}).",
+        f"Then add 5 minutes per session {step} as tolerated, towards 30 minutes on 5 days (150 min/week).",
+    ]
+    if any(c.type == "resistance" for c in components):
+        lines.append("Resistance: when 15 repetitions feel easy, add a set or a slightly stronger band/weight"
+                     + (" (only within the light-resistance limit)." if plan.resistance == "light" else "."))
+    if plan.max_intensity != "vigorous":
+        lines.append(f"Keep intensity at {plan.max_intensity} or below while the precautions apply.")
+    lines.append("Re-assess function (6-minute walk) and adjust after 8-12 weeks.")
+    return tuple(lines)

@@ -1,0 +1,299 @@
+"""Prescription <-> the JSON contract (camelCase, as printed by `onco-exercise prescribe`), and a text form.
+
+The JSON form is what the CLI prints, the SMART app's API returns and stores between view and sign, so
+`prescription_from_json(prescription_to_json(p)) == p` must hold.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from service.clinical.model import (
+    SETTING_ORDER,
+    Component,
+    Intensity,
+    MissingData,
+    Precaution,
+    Preferences,
+    Prescription,
+    Reason,
+)
+
+COMPONENT_TYPES = ("aerobic", "resistance", "flexibility", "balance")
+DAY_NAMES = {"mon": "mon", "monday": "mon", "tue": "tue", "tues": "tue", "tuesday": "tue", "wed": "wed",
+             "wednesday": "wed", "thu": "thu", "thur": "thu", "thurs": "thu", "thursday": "thu", "fri": "fri",
+             "friday": "fri", "sat": "sat", "saturday": "sat", "sun": "sun", "sunday": "sun"}
+
+
+# ------------------------------------------------------------------------------------------------ to JSON
+
+
+def intensity_to_json(i: Intensity) -> dict[str, Any]:
+    d: dict[str, Any] = {"label": i.label, "scale": i.scale, "low": i.low, "high": i.high}
+    if i.hrr_low_pct is not None or i.hrr_high_pct is not None:
+        d["hrrLowPct"] = i.hrr_low_pct
+        d["hrrHighPct"] = i.hrr_high_pct
+    return d
+
+
+def component_to_json(c: Component) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "type": c.type,
+        "frequencyPerWeek": c.frequency_per_week,
+        "minutesPerSession": c.minutes_per_session,
+        "intensity": intensity_to_json(c.intensity),
+        "activities": list(c.activities),
+    }
+    if c.sets is not None:
+        d["sets"] = c.sets
+    if c.repetitions is not None:
+        d["repetitions"] = c.repetitions
+    d["notes"] = list(c.notes)
+    return d
+
+
+def reason_to_json(r: Reason) -> dict[str, Any]:
+    return {"rule": r.rule, "finding": r.finding, "effect": r.effect, "source": r.source, "refs": list(r.refs)}
+
+
+def preferences_to_json(p: Preferences) -> dict[str, Any]:
+    return {"preferredSetting": p.preferred_setting, "activities": list(p.activities),
+            "daysAvailable": list(p.days_available), "equipment": list(p.equipment)}
+
+
+def prescription_to_json(p: Prescription, resources: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The CLI contract: eligible, setting, clearanceRequired, components, precautions, missingData, rationale..."""
+    return {
+        "eligible": p.eligible,
+        "setting": p.setting,
+        "clearanceRequired": p.clearance_required,
+        "components": [component_to_json(c) for c in p.components],
+        "precautions": [{"code": x.code, "text": x.text, "rule": x.rule, "source": x.source} for x in p.precautions],
+        "missingData": [{"measure": m.measure, "text": m.text, "recommendation": m.recommendation}
+                        for m in p.missing_data],
+        "rationale": [reason_to_json(r) for r in p.rationale],
+        "progression": list(p.progression),
+        "stopRules": list(p.stop_rules),
+        "redFlags": [reason_to_json(r) for r in p.red_flags],
+        "notes": list(p.notes),
+        "rulesetVersion": p.ruleset_version,
+        "generatedAt": p.generated_at.isoformat(),
+        "patientRef": p.patient_ref,
+        "cancerRefs": list(p.cancer_refs),
+        "supportingRefs": list(p.supporting_refs),
+        "preferences": preferences_to_json(p.preferences) if p.preferences is not None else None,
+        "resources": list(resources or []),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ from JSON
+
+
+def _req(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise ValueError(f"{where}: '{key}' is missing")
+    v = d[key]
+    if not isinstance(v, typ) or (typ in (int, float, (int, float)) and isinstance(v, bool)):
+        raise ValueError(f"{where}: '{key}' has the wrong type")
+    return v
+
+
+def _strs(v: Any, where: str) -> tuple[str, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{where} must be a list of strings")
+    return tuple(v)
+
+
+def _num(v: Any, where: str) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{where} must be a number")
+    return v
+
+
+def intensity_from_json(d: Any, where: str = "intensity") -> Intensity:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object")
+    hl, hh = d.get("hrrLowPct"), d.get("hrrHighPct")
+    return Intensity(_req(d, "label", str, where), _req(d, "scale", str, where), _num(d.get("low"), f"{where}.low"),
+                     _num(d.get("high"), f"{where}.high"), int(hl) if hl is not None else None,
+                     int(hh) if hh is not None else None)
+
+
+def component_from_json(d: Any, where: str = "component") -> Component:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object")
+    ctype = _req(d, "type", str, where)
+    if ctype not in COMPONENT_TYPES:
+        raise ValueError(f"{where}.type must be one of {', '.join(COMPONENT_TYPES)}")
+    return Component(
+        ctype,  # type: ignore[arg-type]
+        _req(d, "frequencyPerWeek", int, where),
+        _req(d, "minutesPerSession", int, where),
+        intensity_from_json(d.get("intensity"), f"{where}.intensity"),
+        _strs(d.get("activities"), f"{where}.activities"),
+        d.get("sets"),
+        d.get("repetitions"),
+        _strs(d.get("notes"), f"{where}.notes"),
+    )
+
+
+def _reason_from_json(d: Any, where: str) -> Reason:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object")
+    return Reason(_req(d, "rule", str, where), _req(d, "finding", str, where), _req(d, "effect", str, where),
+                  _req(d, "source", str, where), _strs(d.get("refs"), f"{where}.refs"))
+
+
+def preferences_from_json(d: Any) -> Preferences:
+    """Patient preferences ({preferredSetting, activities, daysAvailable, equipment}); ValueError says what is wrong."""
+    if not isinstance(d, dict):
+        raise ValueError("preferences must be a JSON object")
+    known = {"preferredSetting", "activities", "daysAvailable", "equipment"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown preference field(s): {', '.join(unknown)} (expected: {', '.join(sorted(known))})")
+    setting = d.get("preferredSetting")
+    if setting is not None and setting not in SETTING_ORDER:
+        raise ValueError(f"preferredSetting must be one of {', '.join(SETTING_ORDER)}")
+    days_raw = _strs(d.get("daysAvailable"), "daysAvailable")
+    days = []
+    for day in days_raw:
+        norm = DAY_NAMES.get(day.strip().lower())
+        if norm is None:
+            raise ValueError(f"daysAvailable: {day!r} is not a day of the week (mon..sun)")
+        if norm not in days:
+            days.append(norm)
+    return Preferences(setting, _strs(d.get("activities"), "activities"), tuple(days),
+                       _strs(d.get("equipment"), "equipment"))
+
+
+def prescription_from_json(d: Any) -> Prescription:
+    """Inverse of prescription_to_json; ValueError names the first problem."""
+    if not isinstance(d, dict):
+        raise ValueError("prescription must be a JSON object")
+    setting = _req(d, "setting", str, "prescription")
+    if setting not in SETTING_ORDER:
+        raise ValueError(f"setting must be one of {', '.join(SETTING_ORDER)}")
+    try:
+        generated = datetime.fromisoformat(_req(d, "generatedAt", str, "prescription"))
+    except ValueError:
+        raise ValueError("generatedAt is not an ISO date-time") from None
+
+    def items(key: str) -> list[Any]:
+        v = d.get(key) or []
+        if not isinstance(v, list):
+            raise ValueError(f"{key} must be a list")
+        return v
+
+    precautions = []
+    for i, x in enumerate(items("precautions")):
+        where = f"precautions[{i}]"
+        if not isinstance(x, dict):
+            raise ValueError(f"{where} must be an object")
+        precautions.append(Precaution(_req(x, "code", str, where), _req(x, "text", str, where),
+                                      _req(x, "rule", str, where), _req(x, "source", str, where)))
+    missing = []
+    for i, x in enumerate(items("missingData")):
+        where = f"missingData[{i}]"
+        if not isinstance(x, dict):
+            raise ValueError(f"{where} must be an object")
+        missing.append(MissingData(_req(x, "measure", str, where), _req(x, "text", str, where),
+                                   _req(x, "recommendation", str, where)))
+    prefs = d.get("preferences")
+    return Prescription(
+        eligible=_req(d, "eligible", bool, "prescription"),
+        setting=setting,
+        clearance_required=_req(d, "clearanceRequired", bool, "prescription"),
+        components=tuple(component_from_json(c, f"components[{i}]") for i, c in enumerate(items("components"))),
+        precautions=tuple(precautions),
+        missing_data=tuple(missing),
+        rationale=tuple(_reason_from_json(r, f"rationale[{i}]") for i, r in enumerate(items("rationale"))),
+        progression=_strs(d.get("progression"), "progression"),
+        stop_rules=_strs(d.get("stopRules"), "stopRules"),
+        red_flags=tuple(_reason_from_json(r, f"redFlags[{i}]") for i, r in enumerate(items("redFlags"))),
+        ruleset_version=_req(d, "rulesetVersion", str, "prescription"),
+        generated_at=generated,
+        patient_ref=d.get("patientRef"),
+        cancer_refs=_strs(d.get("cancerRefs"), "cancerRefs"),
+        supporting_refs=_strs(d.get("supportingRefs"), "supportingRefs"),
+        preferences=preferences_from_json(prefs) if prefs is not None else None,
+        notes=_strs(d.get("notes"), "notes"),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+SETTING_TEXT = {
+    "home-based": "Self-managed, home-based programme",
+    "community": "Community-based programme with a qualified exercise professional",
+    "supervised": "Clinically supervised exercise (exercise physiologist / physiotherapist)",
+    "defer": "Deferred: clinical review needed before starting exercise",
+}
+
+
+def _intensity_text(i: Intensity) -> str:
+    text = f"{i.label}"
+    if i.low is not None and i.high is not None:
+        text += f" ({i.scale} {i.low:g}-{i.high:g}"
+        if i.hrr_low_pct is not None:
+            text += f"; {i.hrr_low_pct}-{i.hrr_high_pct}% heart-rate reserve"
+        text += ")"
+    return text
+
+
+def prescription_to_text(p: Prescription) -> str:
+    """A plain-text summary for people (the CLI's --format text)."""
+    out: list[str] = []
+    if not p.eligible:
+        out.append("NOT ELIGIBLE for an oncology exercise prescription.")
+        out += [f"  - {r.finding} [{r.rule}]" for r in p.rationale]
+        out += [f"  {n}" for n in p.notes]
+        return "\n".join(out) + "\n"
+    out.append(f"Setting: {SETTING_TEXT[p.setting]}")
+    out.append(f"Medical clearance required: {'yes' if p.clearance_required else 'no'}")
+    if p.red_flags:
+        out.append("")
+        out.append("RED FLAGS:")
+        out += [f"  ! {r.finding} [{r.rule}]" for r in p.red_flags]
+    if p.components:
+        out.append("")
+        out.append("Exercise plan:")
+        for c in p.components:
+            line = (f"  - {c.type}: {c.frequency_per_week}x/week, {c.minutes_per_session} min, "
+                    f"intensity {_intensity_text(c.intensity)}")
+            if c.sets:
+                line += f", {c.sets} set(s) of {c.repetitions} repetitions"
+            out.append(line)
+            if c.activities:
+                out.append(f"      activities: {', '.join(c.activities)}")
+            out += [f"      {n}" for n in c.notes]
+    if p.notes:
+        out.append("")
+        out += [f"Note: {n}" for n in p.notes]
+    if p.precautions:
+        out.append("")
+        out.append("Precautions:")
+        out += [f"  - {x.code}: {x.text} [{x.rule}]" for x in p.precautions]
+    if p.progression:
+        out.append("")
+        out.append("Progression:")
+        out += [f"  - {x}" for x in p.progression]
+    if p.stop_rules:
+        out.append("")
+        out.append("Stop rules:")
+        out += [f"  - {x}" for x in p.stop_rules]
+    if p.missing_data:
+        out.append("")
+        out.append("Missing data:")
+        out += [f"  - {m.text}: {m.recommendation}" for m in p.missing_data]
+    out.append("")
+    out.append("Why:")
+    out += [f"  - [{r.rule}] {r.finding} -> {r.effect} ({r.source})" for r in p.rationale]
+    out.append("")
+    out.append(f"Ruleset {p.ruleset_version}, generated {p.generated_at.isoformat()}")
+    return "\n".join(out) + "\n"

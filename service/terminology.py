@@ -1,0 +1,283 @@
+"""Loads terminology/ (FHIR JSON ValueSets, CodeSystems, ConceptMaps) once and answers membership questions.
+
+The rules never spell codes: they ask this module whether a coding is in a value set. Value sets are composed
+of enumerated concepts, whole code systems, and `regex` / `is-a` filters (ICD-10-CM ranges such as C00-C76 are
+regex filters). Lookups are precomputed into dicts/compiled patterns so the hot path (every CDS hook call)
+does a few dict probes per coding.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from service.canonical import BASE, ICD10CM, LOINC
+from service.paths import TERMINOLOGY_DIR
+
+VS_PREFIX = f"{BASE}/ValueSet/"
+CS_OBSERVATION_MEASURE = f"{BASE}/CodeSystem/observation-measure"
+CM_ANSWER_SCORE = f"{BASE}/ConceptMap/loinc-answer-score"
+
+
+class TerminologyError(Exception):
+    """terminology/ is missing or malformed: a deployment problem, reported at start-up."""
+
+
+def normalise_code(system: str, code: str) -> str:
+    """ICD-10-CM codes arrive as 'C50.911', 'c50911' or ' C50.911 ': compare in dotted upper case."""
+    code = code.strip()
+    if system == ICD10CM:
+        code = code.upper()
+        if "." not in code and len(code) > 3:
+            code = f"{code[:3]}.{code[3:]}"
+    return code
+
+
+@dataclass
+class _Include:
+    system: str
+    codes: frozenset[str] | None = None  # enumerated concepts
+    patterns: tuple[re.Pattern[str], ...] = ()  # regex filters (all must match)
+    prefixes: tuple[str, ...] = ()  # is-a filters on hierarchical code systems (ICD-10-CM)
+    whole_system: bool = False
+
+    def contains(self, system: str, code: str) -> bool:
+        if system != self.system:
+            return False
+        if self.codes is not None:
+            return code in self.codes
+        if self.whole_system:
+            return True
+        if self.patterns and not all(p.search(code) for p in self.patterns):
+            return False
+        if self.prefixes and not any(code.startswith(p) for p in self.prefixes):
+            return False
+        return bool(self.patterns or self.prefixes)
+
+
+@dataclass
+class _ValueSet:
+    id: str
+    url: str
+    include: list[_Include] = field(default_factory=list)
+    exclude: list[_Include] = field(default_factory=list)
+    enumerable: bool = True
+
+    def contains(self, system: str, code: str) -> bool:
+        return any(i.contains(system, code) for i in self.include) and not any(
+            e.contains(system, code) for e in self.exclude
+        )
+
+
+@dataclass(frozen=True)
+class MeasureInfo:
+    """One row of the observation table: the measure key, its canonical UCUM unit and max age in days."""
+
+    key: str
+    display: str
+    unit: str
+    max_age_days: int
+    codes: tuple[tuple[str, str], ...]
+
+
+class Terminology:
+    """Answers: is (system, code) in value set X; which measure is this observation code; display names."""
+
+    def __init__(self, resources: Iterable[dict[str, Any]]) -> None:
+        self._code_systems: dict[str, dict[str, dict[str, Any]]] = {}
+        self._valuesets: dict[str, _ValueSet] = {}
+        self._displays: dict[tuple[str, str], str] = {}
+        self._measures: dict[str, MeasureInfo] = {}
+        self._measure_by_code: dict[tuple[str, str], str] = {}
+        self._answer_scores: dict[tuple[str, str], float] = {}
+        pending_vs: list[dict[str, Any]] = []
+        for res in resources:
+            kind = res.get("resourceType")
+            if kind == "CodeSystem":
+                self._load_code_system(res)
+            elif kind == "ValueSet":
+                pending_vs.append(res)
+            elif kind == "ConceptMap":
+                self._load_concept_map(res)
+        for res in pending_vs:
+            self._load_value_set(res)
+
+    # ---------------------------------------------------------------- loading
+    def _load_code_system(self, res: dict[str, Any]) -> None:
+        url = res["url"]
+        concepts: dict[str, dict[str, Any]] = {}
+        for c in res.get("concept", []):
+            concepts[c["code"]] = c
+            if c.get("display"):
+                self._displays[(url, c["code"])] = c["display"]
+        self._code_systems[url] = concepts
+        if url == CS_OBSERVATION_MEASURE:
+            for key, c in concepts.items():
+                props = c.get("property", [])
+                unit = next(p["valueCode"] for p in props if p["code"] == "unit")
+                age = next(p["valueInteger"] for p in props if p["code"] == "maxAgeDays")
+                codes = tuple((p["valueCoding"]["system"], p["valueCoding"]["code"]) for p in props
+                              if p["code"] == "code")
+                self._measures[key] = MeasureInfo(key, c.get("display", key), unit, age, codes)
+                for sc in codes:
+                    self._measure_by_code[sc] = key
+                for p in props:
+                    if p["code"] == "code" and p["valueCoding"].get("display"):
+                        self._displays.setdefault((p["valueCoding"]["system"], p["valueCoding"]["code"]),
+                                                  p["valueCoding"]["display"])
+
+    def _load_concept_map(self, res: dict[str, Any]) -> None:
+        if res.get("url") != CM_ANSWER_SCORE:
+            return
+        for group in res.get("group", []):
+            for el in group.get("element", []):
+                for t in el.get("target", []):
+                    self._answer_scores[(group["source"], el["code"])] = float(t["code"])
+
+    def _parse_include(self, inc: dict[str, Any]) -> tuple[_Include, bool]:
+        system = inc["system"]
+        if "concept" in inc:
+            codes = frozenset(normalise_code(system, c["code"]) for c in inc["concept"])
+            for c in inc["concept"]:
+                if c.get("display"):
+                    self._displays.setdefault((system, normalise_code(system, c["code"])), c["display"])
+            return _Include(system, codes=codes), True
+        filters = inc.get("filter", [])
+        if not filters:
+            if system in self._code_systems:  # one of ours: complete, so membership is exact
+                return _Include(system, codes=frozenset(self._code_systems[system])), True
+            return _Include(system, whole_system=True), False
+        patterns: list[re.Pattern[str]] = []
+        prefixes: list[str] = []
+        for f in filters:
+            op = f.get("op")
+            if op == "regex":
+                patterns.append(re.compile(f["value"]))
+            elif op in ("is-a", "descendent-of"):
+                prefixes.append(normalise_code(system, f["value"]))
+            else:
+                raise TerminologyError(f"unsupported ValueSet filter op {op!r} for {system}")
+        return _Include(system, patterns=tuple(patterns), prefixes=tuple(prefixes)), False
+
+    def _load_value_set(self, res: dict[str, Any]) -> None:
+        vs = _ValueSet(res["id"], res["url"])
+        compose = res.get("compose", {})
+        for inc in compose.get("include", []):
+            parsed, enumerable = self._parse_include(inc)
+            vs.include.append(parsed)
+            vs.enumerable = vs.enumerable and enumerable
+        for exc in compose.get("exclude", []):
+            vs.exclude.append(self._parse_include(exc)[0])
+        self._valuesets[vs.id] = vs
+        self._valuesets[vs.url] = vs
+
+    # ---------------------------------------------------------------- queries
+    def _vs(self, vs_id_or_url: str) -> _ValueSet:
+        try:
+            return self._valuesets[vs_id_or_url]
+        except KeyError:
+            raise KeyError(f"unknown value set {vs_id_or_url!r}") from None
+
+    def valueset_ids(self) -> list[str]:
+        return sorted({vs.id for vs in self._valuesets.values()})
+
+    def in_valueset(self, vs_id_or_url: str, system: str | None, code: str | None) -> bool:
+        if not system or not code or not isinstance(code, str):
+            return False
+        return self._vs(vs_id_or_url).contains(system, normalise_code(system, code))
+
+    def match(self, vs_id_or_url: str, codeable_concept: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The first coding of a CodeableConcept that is in the value set (any coding counts), else None."""
+        if not isinstance(codeable_concept, dict):
+            return None
+        vs = self._vs(vs_id_or_url)
+        codings = codeable_concept.get("coding")
+        if not isinstance(codings, list):
+            return None
+        for coding in codings:
+            if not isinstance(coding, dict):
+                continue
+            system, code = coding.get("system"), coding.get("code")
+            if isinstance(system, str) and isinstance(code, str) and vs.contains(system, normalise_code(system, code)):
+                return coding
+        return None
+
+    def display(self, system: str, code: str) -> str | None:
+        return self._displays.get((system, normalise_code(system, code)))
+
+    def definition(self, system: str, code: str) -> str | None:
+        """The definition text of a concept in one of our CodeSystems (precaution texts live there)."""
+        concept = self._code_systems.get(system, {}).get(code)
+        return concept.get("definition") if concept else None
+
+    def code_system_codes(self, url: str) -> list[str]:
+        return list(self._code_systems.get(url, {}))
+
+    def codes(self, vs_id: str) -> list[tuple[str, str]]:
+        """All (system, code) pairs of an enumerable value set (concept lists and our own whole CodeSystems)."""
+        vs = self._vs(vs_id)
+        if not vs.enumerable:
+            raise ValueError(f"value set {vs_id!r} uses filters and cannot be enumerated")
+        out: list[tuple[str, str]] = []
+        for inc in vs.include:
+            concepts = self._code_systems.get(inc.system, {})
+            if inc.codes is not None and set(inc.codes) == set(concepts):
+                out.extend((inc.system, c) for c in concepts)  # a whole CodeSystem of ours: its own order
+            elif inc.codes is not None:
+                out.extend((inc.system, c) for c in sorted(inc.codes))
+        return out
+
+    # ---------------------------------------------------------------- observations
+    def measures(self) -> dict[str, MeasureInfo]:
+        return dict(self._measures)
+
+    def measure_index(self) -> dict[tuple[str, str], str]:
+        """(system, code) -> measure key, shared (read-only) for the snapshot's hot loop."""
+        return self._measure_by_code
+
+    def measure(self, key: str) -> MeasureInfo:
+        return self._measures[key]
+
+    def measure_for(self, system: str | None, code: str | None) -> str | None:
+        if not system or not code:
+            return None
+        return self._measure_by_code.get((system, code))
+
+    def observation_codes(self, measure: str | None = None) -> list[tuple[str, str]]:
+        """Observation codes the rules read (LOINC first), for FHIR search filters such as `code=`."""
+        if measure is not None:
+            return list(self._measures[measure].codes)
+        out = [sc for m in self._measures.values() for sc in m.codes]
+        return sorted(out, key=lambda sc: (sc[0] != LOINC, sc[0], sc[1]))
+
+    def answer_score(self, system: str | None, code: str | None) -> float | None:
+        """Numeric score of a LOINC answer code (e.g. LA9623-5 -> ECOG 1)."""
+        if not system or not code:
+            return None
+        return self._answer_scores.get((system, code))
+
+
+def load_terminology(directory: Path) -> Terminology:
+    """Read every *.json file in `directory`; raises TerminologyError naming the broken file."""
+    resources: list[dict[str, Any]] = []
+    if not directory.is_dir():
+        raise TerminologyError(f"terminology folder not found: {directory}")
+    for path in sorted(directory.glob("*.json")):
+        try:
+            resources.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise TerminologyError(f"cannot read {path.name}: {exc}") from exc
+    try:
+        return Terminology(resources)
+    except (KeyError, TypeError, re.error, StopIteration) as exc:
+        raise TerminologyError(f"malformed terminology resource: {exc!r}") from exc
+
+
+@lru_cache(maxsize=1)
+def get_terminology() -> Terminology:
+    """The process-wide Terminology, loaded once from TERMINOLOGY_DIR."""
+    return load_terminology(TERMINOLOGY_DIR)

@@ -1,0 +1,29 @@
+"""The README's clinical-logic table is generated from RULES: this fails when they drift apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.clinical.rules import RULES
+from service.clinical.ruledoc import readme_section, replace_section, rules_markdown
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_readme_table_matches_rules() -> None:
+    section = readme_section(README.read_text(encoding="utf-8"))
+    assert section == rules_markdown(), (
+        "README rules table is out of date: run `.venv/bin/python -m service.clinical.ruledoc --write README.md`")
+
+
+def test_table_lists_every_rule_with_its_source() -> None:
+    table = rules_markdown()
+    for rule in RULES:
+        assert f"`{rule.id}`" in table and rule.citation.replace("|", "\\|") in table
+
+
+def test_replace_section_keeps_the_rest() -> None:
+    text = "# x\n<!-- rules:start -->\nold\n<!-- rules:end -->\ntail\n"
+    new = replace_section(text, "T\n")
+    assert new == "# x\n<!-- rules:start -->\nT\n<!-- rules:end -->\ntail\n"
+    assert readme_section(new) == "T\n"
