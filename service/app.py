@@ -49,7 +49,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from service.cds_hooks.routes import router as cds_router
     from service.smart.routes import router as smart_router
 
-    ops.install(app, settings)
     app.include_router(cds_router)
     app.include_router(smart_router)
 
@@ -57,4 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from service.sandbox.setup import install as install_sandbox
 
         install_sandbox(app, settings)
+    ops.install(app, settings)  # last, so its middleware is outermost: request ids and metrics cover everything
     return app

@@ -202,8 +202,13 @@ def cmd_prescribe(args: argparse.Namespace) -> int:
         print(f"onco-exercise: note: {issue}", file=sys.stderr)
     if args.format == "text":
         sys.stdout.write(prescription_to_text(prescription))
-    else:
-        sys.stdout.write(json.dumps(prescription_to_json(prescription), indent=2, ensure_ascii=False) + "\n")
+        return 0
+    resources = []
+    if prescription.eligible and prescription.patient_ref:
+        from service.fhir.preview import preview_transaction
+
+        resources = [preview_transaction(prescription, snapshot, bundle, args.signer)]
+    sys.stdout.write(json.dumps(prescription_to_json(prescription, resources), indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
@@ -268,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--now", default=None, help="reference date YYYY-MM-DD (default: today)")
     p.add_argument("--preferences", type=Path, default=None, help="patient preferences (JSON)")
     p.add_argument("--format", choices=("json", "text"), default="json")
+    p.add_argument("--signer", default=None,
+                   help="Practitioner reference signing the plan in `resources` (default: the Bundle's only "
+                        "Practitioner, else Practitioner/signing-clinician)")
     p.set_defaults(func=cmd_prescribe)
 
     p = sub.add_parser("validate", help="validate FHIR resources or Bundles against R4 and our profiles")

@@ -1,6 +1,7 @@
 """Settings from ONCO_EXERCISE_* environment variables, validated once at start.
 
-Every setting is documented in the README's configuration table; `tests/test_readme.py` keeps the two in step.
+Every setting is documented in the README's configuration table; `tests/ops/test_config_table.py` keeps the
+two in step.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     log_level: str = "INFO"
     log_json: bool = True
+    allow_no_cds_clients: bool = False  # serve mode refuses to start without trusted CDS clients unless set
+    audit_retention_days: int = 400  # how long the store keeps audit records (the log sink keeps its own)
 
     # Sandbox only
     sandbox_access_token_seconds: int = 300
@@ -107,6 +110,33 @@ class Settings(BaseSettings):
                 _normalise_base(c["jwks_url"])
             elif not isinstance(c["jwks"], dict) or not isinstance(c["jwks"].get("keys"), list):
                 raise ValueError(f"CDS client {c['iss']!r}: 'jwks' must be a JWKS object with 'keys'")
+            elif not c["jwks"]["keys"] or not all(isinstance(k, dict) and k.get("kty") for k in c["jwks"]["keys"]):
+                raise ValueError(f"CDS client {c['iss']!r}: 'jwks' needs at least one key, each with 'kty'")
+        return v
+
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage(cls, v: str) -> str:
+        v = v.strip()
+        if v and not v.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+            raise ValueError("use sqlite:///PATH, redis://HOST:PORT/DB, rediss://... or unix://PATH "
+                             f"(got scheme {v.split(':', 1)[0]!r})")
+        return v
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, v: str) -> str:
+        v = v.strip().upper()
+        if v not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+            raise ValueError("use one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return v
+
+    @field_validator("max_body_bytes", "session_ttl_seconds", "audit_retention_days",
+                     "sandbox_access_token_seconds")
+    @classmethod
+    def _check_positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be a positive number")
         return v
 
     @field_validator("care_coordination_fhir_url")
@@ -141,6 +171,35 @@ class Settings(BaseSettings):
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"sqlite:///{self.data_dir / 'state.db'}"
 
+    def serve_problems(self) -> tuple[list[str], list[str]]:
+        """(errors, warnings) that only matter for `serve`: settings that parse but cannot work in production.
+
+        Client-JWT verification is always on in serve mode, so an empty CDS client list would reject every hook
+        call; it is refused unless ONCO_EXERCISE_ALLOW_NO_CDS_CLIENTS=true says "SMART app only" on purpose.
+        """
+        errors: list[str] = []
+        warnings: list[str] = []
+        if not self.fhir_servers:
+            errors.append("ONCO_EXERCISE_FHIR_SERVERS is empty: no SMART launch or hook call could reach a FHIR "
+                          "server (give a comma-separated list of FHIR base URLs)")
+        if not self.cds_clients:
+            msg = ("ONCO_EXERCISE_CDS_CLIENTS is empty: every CDS Hooks call would be rejected (client JWTs are "
+                   "always verified)")
+            if self.allow_no_cds_clients:
+                warnings.append(msg + "; starting anyway because ONCO_EXERCISE_ALLOW_NO_CDS_CLIENTS is set")
+            else:
+                errors.append(msg + "; give a JSON list of {\"iss\", \"jwks_url\"} or set "
+                              "ONCO_EXERCISE_ALLOW_NO_CDS_CLIENTS=true to run the SMART app only")
+        host = urlsplit(self.public_url).hostname or ""
+        if host in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
+            warnings.append(f"ONCO_EXERCISE_PUBLIC_URL is {self.public_url}: EHRs reach the service at its "
+                            "external URL, and JWT audiences and redirect URIs are checked against it")
+        if self.public_url.startswith("http://") and self.cookie_secure:
+            warnings.append("ONCO_EXERCISE_PUBLIC_URL is plain http but cookies are Secure-only: browsers will "
+                            "drop the SMART session cookie (serve over https, or set ONCO_EXERCISE_COOKIE_SECURE="
+                            "false for a local trial)")
+        return errors, warnings
+
 
 def settings_problem(exc: Exception) -> str:
     """A readable one-paragraph message for a settings validation error (no traceback, no secret values)."""
@@ -148,7 +207,8 @@ def settings_problem(exc: Exception) -> str:
     if callable(errors):
         lines = []
         for e in errors():
-            name = "ONCO_EXERCISE_" + "_".join(str(p) for p in e.get("loc", ()) if isinstance(p, str)).upper()
-            lines.append(f"{name}: {e.get('msg')}")
+            msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+            names = [str(p) for p in e.get("loc", ()) if isinstance(p, str)]
+            lines.append(f"ONCO_EXERCISE_{names[0].upper()}: {msg}" if names else msg)
         return "invalid configuration:\n  " + "\n  ".join(lines)
     return f"invalid configuration: {exc}"

@@ -1,11 +1,354 @@
-"""Operations endpoints and middleware (placeholder until implemented)."""
+"""Operations: /healthz, /readyz, /metrics, and the one middleware every request passes through.
 
-from fastapi import FastAPI
+`OpsMiddleware` is plain ASGI (no BaseHTTPMiddleware: no extra task, no body copies) because it sits on the
+hot path of every CDS Hooks call. In one pass it assigns the request id, enforces the body size limit (also
+for chunked bodies), adds security headers, turns unhandled exceptions into an OperationOutcome without a
+stack trace, and records metrics per route *template* (never raw paths: they can hold ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.config import Settings
+from service.logs import install_redaction, request_id_var
+from service.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
 
+log = logging.getLogger("onco_exercise.ops")
+access_log = logging.getLogger("onco_exercise.access")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+READY_CACHE_SECONDS = 5.0
+_RID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+_ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
+                409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly", 415: "not-supported",
+                422: "invalid", 429: "throttled", 500: "exception", 502: "transient", 503: "transient",
+                504: "timeout"}
+
+
+# -- OperationOutcome errors ----------------------------------------------------------------------------------
+
+def operation_outcome(message: str, *, status: int = 400, code: str | None = None,
+                      location: str | None = None) -> dict[str, Any]:
+    """A one-issue OperationOutcome; the issue code follows the HTTP status unless given."""
+    issue: dict[str, Any] = {
+        "severity": "error" if status < 500 else "fatal",
+        "code": code or _ISSUE_CODES.get(status, "processing"),
+        "diagnostics": message,
+    }
+    if location:
+        issue["expression"] = [location]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def outcome_response(status: int, message: str, *, code: str | None = None,
+                     headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(operation_outcome(message, status=status, code=code), status_code=status, headers=headers)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code in (204, 304):
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    detail = exc.detail
+    if isinstance(detail, dict) and detail.get("resourceType") == "OperationOutcome":
+        return JSONResponse(detail, status_code=exc.status_code, headers=exc.headers)
+    return outcome_response(exc.status_code, str(detail), headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    """400 with one issue per problem; the offending input is never echoed (it may hold PHI or tokens)."""
+    assert isinstance(exc, RequestValidationError)
+    issues = []
+    for err in exc.errors()[:50]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = str(err.get("msg", "invalid"))
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if err.get("type") == "json_invalid" and ctx_error:
+            msg = f"{msg}: {ctx_error}"
+        issues.append({"severity": "error", "code": "invalid", "diagnostics": f"{loc}: {msg}" if loc else msg,
+                       **({"expression": [loc]} if loc else {})})
+    if not issues:
+        issues = [{"severity": "error", "code": "invalid", "diagnostics": "invalid request"}]
+    return JSONResponse({"resourceType": "OperationOutcome", "issue": issues}, status_code=400)
+
+
+# -- the middleware --------------------------------------------------------------------------------------------
+
+class OpsMiddleware:
+    """Request id, body limit, security headers, exception safety net, metrics and access log."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, hsts: bool) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.headers: list[tuple[bytes, bytes]] = [
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer"),  # launch and callback URLs carry one-time codes
+            (b"cache-control", b"no-store"),  # responses hold PHI; routes that may be cached set their own
+        ]
+        if hsts:
+            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        rid: str | None = None
+        content_length: bytes | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = value.decode("latin-1")
+            elif name == b"content-length":
+                content_length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if rid is None or not _RID_OK.fullmatch(rid):
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        token = request_id_var.set(rid)
+        rid_header = (b"x-request-id", rid.encode("latin-1"))
+        root_path = scope.get("root_path", "")
+        status = 500
+        started = False
+        extra = self.headers
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                headers = list(message.get("headers") or ())
+                present = {bytes(k).lower() for k, _ in headers}
+                headers.append(rid_header)
+                headers.extend(h for h in extra if h[0] not in present)
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            too_large = False
+            if content_length is not None:
+                try:
+                    too_large = int(content_length) > self.max_body
+                except ValueError:
+                    too_large = False  # the server's HTTP parser rejects a malformed length itself
+            elif chunked:
+                body, too_large = await _read_limited(receive, self.max_body)
+                if not too_large:
+                    receive = _replay(body, receive)
+            if too_large:
+                await _send_outcome(send_with_headers, 413, f"request body is larger than {self.max_body} bytes")
+            else:
+                await self.app(scope, receive, send_with_headers)
+        except Exception:  # noqa: BLE001 - the safety net: log (scrubbed) and answer without a stack trace
+            log.exception("unhandled error")
+            status = 500
+            if not started:
+                await _send_outcome(send_with_headers, 500, f"internal error (request id {rid})")
+        finally:
+            route = _route_label(scope, root_path)
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            elapsed = time.perf_counter() - start
+            _count(method, route, status).inc()
+            _latency(method, route).observe(elapsed)
+            level = logging.DEBUG if route in _QUIET_ROUTES else logging.INFO
+            if access_log.isEnabledFor(level):
+                access_log.log(level, "%s %s %d", method, route, status,
+                               extra={"method": method, "route": route, "status": status,
+                                      "duration_ms": round(elapsed * 1000, 2)})
+            request_id_var.reset(token)
+
+
+@functools.lru_cache(maxsize=4096)
+def _count(method: str, route: str, status: int) -> Any:
+    """Metric children cached per label set: `labels()` takes a lock and builds keys on every call."""
+    return HTTP_REQUESTS.labels(method, route, str(status))
+
+
+@functools.lru_cache(maxsize=2048)
+def _latency(method: str, route: str) -> Any:
+    return HTTP_LATENCY.labels(method, route)
+
+
+def _route_label(scope: Scope, root_path: str) -> str:
+    """The matched route's template (mount prefix included); never the raw path."""
+    prefix = scope.get("root_path", "")[len(root_path):]
+    route = scope.get("route")
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if path:
+        return prefix + path
+    if prefix:
+        return prefix + "/{path}"
+    return "<other>" if "endpoint" in scope else "<unmatched>"
+
+
+async def _read_limited(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """Read a body of unknown length; stop as soon as it passes `limit` (True = too large)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", True
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks), False
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_outcome(send: Send, status: int, message: str) -> None:
+    response = outcome_response(status, message)
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+# -- readiness ---------------------------------------------------------------------------------------------
+
+class Readiness:
+    """Store ping and each FHIR server's /metadata, checked concurrently and cached for a few seconds."""
+
+    def __init__(self, settings: Settings, cache_seconds: float = READY_CACHE_SECONDS) -> None:
+        self.settings = settings
+        self.cache_seconds = cache_seconds
+        self._lock = asyncio.Lock()
+        self._result: tuple[bool, dict[str, Any]] | None = None
+        self._at = 0.0
+        self.client: httpx.AsyncClient | None = None
+
+    def servers(self) -> list[str]:
+        urls = list(self.settings.fhir_servers)
+        cc = self.settings.care_coordination_fhir_url
+        if cc and cc not in urls:
+            urls.append(cc)
+        return urls
+
+    async def check(self, store: Any) -> tuple[bool, dict[str, Any]]:
+        if self._result is not None and time.monotonic() - self._at < self.cache_seconds:
+            return self._result
+        async with self._lock:  # one probe at a time; callers that waited get the fresh result
+            if self._result is not None and time.monotonic() - self._at < self.cache_seconds:
+                return self._result
+            checks = await asyncio.gather(self._store(store), *(self._fhir(u) for u in self.servers()))
+            ok = all(c["ok"] for c in checks)
+            self._result = (ok, {"status": "ready" if ok else "not-ready", "checks": list(checks)})
+            self._at = time.monotonic()
+            return self._result
+
+    async def _store(self, store: Any) -> dict[str, Any]:
+        t = time.perf_counter()
+        if store is None:
+            return {"name": "store", "ok": False, "error": "store not open"}
+        try:
+            ok = bool(await asyncio.wait_for(store.ping(), timeout=2.0))
+            err = None if ok else "ping failed"
+        except Exception as exc:  # noqa: BLE001
+            ok, err = False, type(exc).__name__
+        out: dict[str, Any] = {"name": "store", "ok": ok, "ms": round((time.perf_counter() - t) * 1000, 1)}
+        if err:
+            out["error"] = err
+        return out
+
+    async def _fhir(self, base: str) -> dict[str, Any]:
+        if self.client is None:
+            self.client = httpx.AsyncClient(timeout=min(3.0, self.settings.fhir_timeout_seconds))
+        t = time.perf_counter()
+        out: dict[str, Any] = {"name": "fhir", "url": base}
+        try:
+            r = await self.client.get(f"{base}/metadata", headers={"Accept": "application/fhir+json"})
+            out["ok"] = r.status_code == 200
+            out["status"] = r.status_code
+        except httpx.HTTPError as exc:
+            out["ok"] = False
+            out["error"] = type(exc).__name__
+        out["ms"] = round((time.perf_counter() - t) * 1000, 1)
+        return out
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+
+# -- wiring ------------------------------------------------------------------------------------------------
 
 def install(app: FastAPI, settings: Settings) -> None:
-    @app.get("/healthz", include_in_schema=False)
+    """Endpoints, exception handlers and middleware; call once from create_app, before other routers."""
+    install_redaction()
+    readiness = Readiness(settings)
+    app.state.readiness = readiness
+
+    @asynccontextmanager
+    async def close_readiness(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await readiness.aclose()
+
+    parts = getattr(app.state, "lifespan_parts", None)
+    if parts is not None:
+        parts.append(close_readiness)
+
+    @app.api_route("/healthz", methods=["GET", "HEAD"], include_in_schema=False)
     async def healthz() -> dict[str, str]:
+        """Process is up and serving; says nothing about neighbours."""
         return {"status": "ok"}
+
+    @app.api_route("/readyz", methods=["GET", "HEAD"], include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        ok, body = await readiness.check(getattr(request.app.state, "store", None))
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+
+    # Added first = innermost: CORS answers preflights inside OpsMiddleware, so they get ids and metrics too.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+        expose_headers=[REQUEST_ID_HEADER],
+        max_age=600,
+    )
+    app.add_middleware(OpsMiddleware, max_body_bytes=settings.max_body_bytes,
+                       hsts=settings.public_url.startswith("https://"))

@@ -33,7 +33,7 @@ def test_json_output_follows_the_contract() -> None:
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["eligible"] is True and d["setting"] == "supervised" and d["clearanceRequired"] is True
-    assert d["resources"] == [] and d["rulesetVersion"] and d["generatedAt"].startswith("2026-11-20")
+    assert [b["type"] for b in d["resources"]] == ["transaction"] and d["rulesetVersion"] and d["generatedAt"].startswith("2026-11-20")
     assert {c["type"] for c in d["components"]} == {"aerobic", "resistance", "flexibility", "balance"}
     assert {"bone-metastases", "neutropenia"} <= {p["code"] for p in d["precautions"]}
     assert all({"code", "text", "rule", "source"} == set(p) for p in d["precautions"])
