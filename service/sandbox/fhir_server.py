@@ -138,6 +138,13 @@ def reset_fhir_data(sandbox_dir: Path) -> None:
         shutil.rmtree(bulk, ignore_errors=True)
 
 
+def add_sort_index(store: Any) -> None:
+    """sekmet sorts `_sort=-date` through its idx table with no (type, id, param, lo) index: 0.7-1.1 s per page
+    for a patient with 1,000 Observations. This covering index makes it ~0.03 s (see docs/smart-app.md)."""
+    with store.lock:
+        store.conn.execute("CREATE INDEX IF NOT EXISTS idx_res_param_lo ON idx(type, id, param, lo)")
+
+
 def open_fhir(public_url: str, sandbox_dir: Path, reset: bool = False) -> SandboxFhir:
     """Start sekmet on `{sandbox_dir}/fhir.db`; `reset` deletes the database first."""
     sandbox_dir = Path(sandbox_dir)
@@ -162,6 +169,7 @@ def open_fhir(public_url: str, sandbox_dir: Path, reset: bool = False) -> Sandbo
     root.handlers[:] = handlers_before
     root.setLevel(level_before)
 
+    add_sort_index(ctx.store)
     if ctx.store.kv_get("onco_params_version") != PARAMS_VERSION:
         n = 0 if fresh else ctx.store.reindex_all()  # a new DB was indexed with the patched table already
         ctx.store.kv_set("onco_params_version", PARAMS_VERSION)

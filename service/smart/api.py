@@ -1,0 +1,450 @@
+"""The app's JSON API (the page is a thin client of it).
+
+- `GET  /smart/api/prescription?s=SID`        the view: patient banner, data used, decision, prescription,
+                                               preferences, write-back strategy and why, draft version
+- `POST /smart/api/prescription?s=SID`        re-run with preferences and edits (validated server-side)
+- `POST /smart/api/prescription/sign?s=SID`   sign & send (CSRF header; idempotent per draft version)
+Errors are OperationOutcomes with the HTTP status; edit problems carry their paths in `expression`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.smart.csrf import csrf_ok
+from service.smart.load import Loaded, LoadError, ensure_loaded, fhir_client
+from service.smart.pages import no_store, outcome
+from service.smart.runtime import SmartRuntime, of
+from service.smart.sessions import SessionNotFound, browser_binding, load_session, update_session
+
+log = logging.getLogger("service.smart.api")
+router = APIRouter()
+
+SIGN_NS = "smart-sign"
+SIGN_WAIT_SECONDS = 90.0
+MAX_BODY = 200_000
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The current draft of a session
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Draft:
+    version: int
+    prescription: Any  # service.clinical.model.Prescription
+    preferences: dict[str, Any]
+    edits: dict[str, Any]
+
+
+_drafts: dict[str, Draft] = {}  # in-process cache; the store's session record is the source of truth
+
+
+def _current_draft(sid: str, sess: dict[str, Any], loaded: Loaded) -> Draft:
+    from service.clinical.prescribe import prescribe
+    from service.clinical.serialize import preferences_from_json, prescription_from_json
+
+    version = int(sess.get("draft_version") or 0)
+    cached = _drafts.get(sid)
+    if cached is not None and cached.version == version:
+        return cached
+    prefs = sess.get("preferences") or {}
+    if sess.get("draft"):
+        p = prescription_from_json(sess["draft"])
+    else:
+        p = prescribe(loaded.snapshot, loaded.now, preferences_from_json(prefs) if prefs else None)
+    draft = Draft(version, p, prefs, sess.get("edits") or {})
+    _drafts[sid] = draft
+    if len(_drafts) > 500:
+        _drafts.pop(next(iter(_drafts)))
+    return draft
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The view
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _iso(x: Any) -> str | None:
+    return x.isoformat() if hasattr(x, "isoformat") else (str(x) if x is not None else None)
+
+
+def _label(measure: str) -> str:
+    try:
+        from service.terminology import get_terminology
+
+        return get_terminology().measure(measure).display
+    except Exception:  # noqa: BLE001 - a label is cosmetic
+        return measure.replace("-", " ")
+
+
+def _override_reasons() -> list[dict[str, str]]:
+    try:
+        from service.terminology import get_terminology
+
+        t = get_terminology()
+        return [{"system": s, "code": c, "display": t.display(s, c) or c} for s, c in t.codes("override-reason")]
+    except Exception:  # noqa: BLE001 - the form still works with a free-text comment
+        return []
+
+
+def _measurement(m: Any, stale: bool = False) -> dict[str, Any]:
+    return {"measure": m.measure, "label": _label(m.measure), "value": m.value, "unit": m.unit,
+            "date": _iso(m.effective), "source": m.ref, "code": m.code, "stale": stale,
+            "components": [{"measure": k, "value": v} for k, v in m.components]}
+
+
+def _fact(f: Any) -> dict[str, Any]:
+    return {"display": f.display, "code": f.code, "system": f.system, "onset": _iso(f.onset), "source": f.ref}
+
+
+def _banner(patient: dict[str, Any] | None, patient_id: str) -> dict[str, Any]:
+    if not patient:
+        return {"id": patient_id, "name": None, "birthDate": None, "gender": None, "identifier": None}
+    name = None
+    for n in patient.get("name") or []:
+        if isinstance(n, dict):
+            name = n.get("text") or " ".join([*(n.get("given") or []), n.get("family") or ""]).strip()
+            if name:
+                break
+    ident = next((i.get("value") for i in patient.get("identifier") or []
+                  if isinstance(i, dict) and i.get("value")), None)
+    return {"id": patient_id, "name": name, "birthDate": patient.get("birthDate"),
+            "gender": patient.get("gender"), "identifier": ident}
+
+
+def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> dict[str, Any]:
+    from service.clinical.serialize import prescription_to_json
+
+    snap = loaded.snapshot
+    stale_keys = set(snap.stale)
+    data_used = [_measurement(m) for _, m in sorted(snap.latest.items()) if m.measure not in stale_keys]
+    data_used += [_measurement(m, stale=True) for _, m in sorted(snap.stale.items())]
+    comorbidities = [dict(_fact(f), group=k) for k, facts in sorted(snap.comorbidities.items()) for f in facts]
+    treatments = [{"kind": t.kind, "display": t.display, "start": _iso(t.start), "end": _iso(t.end),
+                   "active": t.active, "cardiotoxic": t.cardiotoxic, "source": t.ref} for t in snap.treatments]
+    rx = prescription_to_json(draft.prescription)
+    signed = sess.get("signed")
+    can_sign = bool(loaded.strategy and sess.get("requester") and (not signed or signed.get("status") == "partial"))
+    return {
+        "session": sid,
+        "needPatientBanner": bool(sess.get("need_patient_banner", True)),
+        "patient": _banner(loaded.patient, sess["patient"]),
+        "age": snap.age,
+        "encounter": sess.get("encounter"),
+        "launch": {"mode": sess.get("mode"), "fromCard": bool(sess.get("app_context")),
+                   "appContext": sess.get("app_context")},
+        "requester": {"reference": sess.get("requester"), "display": sess.get("requester_display"),
+                      "fhirUser": sess.get("fhir_user")},
+        "asOf": _iso(loaded.now),
+        "data": {
+            "measurements": data_used,
+            "cancers": [_fact(f) for f in snap.cancers],
+            "metastases": [_fact(f) for f in snap.metastases],
+            "boneMetastases": [_fact(f) for f in snap.bone_metastases],
+            "comorbidities": comorbidities,
+            "treatments": treatments,
+            "complete": loaded.complete,
+            "failures": loaded.failures,
+            "truncated": loaded.truncated,
+        },
+        "prescription": rx,
+        "preferences": draft.preferences or rx.get("preferences") or {},
+        "edits": draft.edits,
+        "overrideReasons": _override_reasons(),
+        "draftVersion": draft.version,
+        "writeBack": {
+            "strategy": loaded.strategy,
+            "why": loaded.strategy_why,
+            "target": sess.get("iss"),
+            "grantedScopes": (sess.get("scope_granted") or "").split(),
+            "missingScopes": sess.get("missing_scopes") or [],
+            "canSign": can_sign,
+        },
+        "notes": loaded.notes,
+        "signed": signed,
+    }
+
+
+async def _session(request: Request, s: str | None) -> dict[str, Any]:
+    return await load_session(request.app.state.store, s, browser_binding(request))
+
+
+async def view_or_none(request: Request, sid: str, sess: dict[str, Any], wait: bool = False) -> dict[str, Any] | None:
+    """The view for server-rendered pages; None when the patient cannot be loaded."""
+    rt = of(request)
+    if not wait and sid not in rt.cache:
+        return None
+    try:
+        loaded = await ensure_loaded(rt, request.app.state.store, sid, sess)
+        return build_view(sid, sess, loaded, _current_draft(sid, sess, loaded))
+    except LoadError:
+        return None
+
+
+async def _loaded(request: Request, s: str | None) -> tuple[dict[str, Any], Loaded] | Response:
+    try:
+        sess = await _session(request, s)
+    except SessionNotFound:
+        return outcome(401, "This app session has expired or belongs to another browser: launch the app again "
+                            "from the EHR.", code="login")
+    try:
+        loaded = await ensure_loaded(of(request), request.app.state.store, str(s), sess)
+    except LoadError as exc:
+        return outcome(exc.status, exc.message + (" Launch the app again from the EHR." if exc.relaunch else ""),
+                       code="login" if exc.status == 401 else "exception")
+    return sess, loaded
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Routes
+# ---------------------------------------------------------------------------------------------------------
+
+
+@router.get("/smart/api/prescription")
+async def get_prescription(request: Request, s: str | None = None) -> Response:
+    """The current draft and everything the clinician needs to judge it."""
+    got = await _loaded(request, s)
+    if isinstance(got, Response):
+        return got
+    sess, loaded = got
+    return no_store(JSONResponse(build_view(str(s), sess, loaded, _current_draft(str(s), sess, loaded))))
+
+
+async def _json_body(request: Request) -> dict[str, Any] | Response:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        return outcome(413, "The request body is too large.", code="too-costly")
+    if not raw.strip():
+        return {}
+    try:
+        import json
+
+        body = json.loads(raw)
+    except ValueError:
+        return outcome(400, "The request body is not valid JSON.", code="structure")
+    if not isinstance(body, dict):
+        return outcome(400, "The request body must be a JSON object.", code="structure")
+    return body
+
+
+def _problems_outcome(problems: list[Any], status: int = 422) -> Response:
+    issues = [{"severity": "error", "code": "invariant", "diagnostics": p.message,
+               **({"expression": [p.path]} if getattr(p, "path", None) else {})} for p in problems]
+    return outcome(status, "The edits were not accepted.", issues=issues,
+                   extra={"problems": [{"path": getattr(p, "path", None), "message": p.message} for p in problems]})
+
+
+@router.post("/smart/api/prescription")
+async def update_prescription(request: Request, s: str | None = None) -> Response:
+    """Re-run the prescription with the patient's preferences, then apply the clinician's edits.
+
+    Body: `{"preferences": {...}, "edits": {...}, "draftVersion": n}`. Unsafe edits (e.g. intensity above
+    what a precaution allows) come back as 422 problems unless the edits carry an override reason.
+    """
+    from service.clinical.edits import apply_edits
+    from service.clinical.prescribe import prescribe
+    from service.clinical.serialize import preferences_from_json, prescription_to_json
+
+    got = await _loaded(request, s)
+    if isinstance(got, Response):
+        return got
+    sess, loaded = got
+    settings = request.app.state.settings
+    if not csrf_ok(request, sess, settings.public_url):
+        return outcome(403, "Missing or wrong CSRF token: reload the page.", code="security")
+    if sess.get("signed"):
+        return outcome(409, "This prescription has already been signed and sent; it can no longer be edited.",
+                       code="conflict")
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    version = body.get("draftVersion")
+    if version is not None and version != sess.get("draft_version", 0):
+        return outcome(409, "The prescription was changed in another window: reload the page.", code="conflict")
+    prefs_json = body.get("preferences") or {}
+    edits = body.get("edits") or {}
+    if not isinstance(prefs_json, dict) or not isinstance(edits, dict):
+        return outcome(400, "preferences and edits must be JSON objects.", code="structure")
+    try:
+        prefs = preferences_from_json(prefs_json) if prefs_json else None
+    except ValueError as exc:
+        return _problems_outcome([_Problem("preferences", str(exc))])
+    prescription = prescribe(loaded.snapshot, loaded.now, prefs)
+    if edits:
+        try:
+            result = apply_edits(prescription, edits, loaded.now)
+        except ValueError as exc:
+            return _problems_outcome([_Problem("edits", str(exc))])
+        if result.problems:
+            return _problems_outcome(list(result.problems))
+        prescription = result.prescription
+    new_version = int(sess.get("draft_version") or 0) + 1
+    sess = await update_session(request.app.state.store, str(s), settings, draft=prescription_to_json(
+        prescription), preferences=prefs_json, edits=edits, draft_version=new_version)
+    _drafts[str(s)] = Draft(new_version, prescription, prefs_json, edits)
+    return no_store(JSONResponse(build_view(str(s), sess, loaded, _drafts[str(s)])))
+
+
+@dataclass
+class _Problem:
+    path: str
+    message: str
+
+
+def signing_key(sid: str, version: int) -> str:
+    """Stable for one draft of one session: a double click (or a retry) writes one set of resources."""
+    return hashlib.sha256(f"onco-exercise:smart-sign:{sid}:{version}".encode()).hexdigest()[:40]
+
+
+@router.post("/smart/api/prescription/sign")
+async def sign(request: Request, s: str | None = None) -> Response:
+    """Sign & send: write back with the chosen strategy; the same draft signed twice returns the first result."""
+    got = await _loaded(request, s)
+    if isinstance(got, Response):
+        return got
+    sess, loaded = got
+    settings = request.app.state.settings
+    store = request.app.state.store
+    if not csrf_ok(request, sess, settings.public_url):
+        return outcome(403, "Missing or wrong CSRF token: reload the page.", code="security")
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    version = int(sess.get("draft_version") or 0)
+    if body.get("draftVersion") is not None and body.get("draftVersion") != version:
+        return outcome(409, "The prescription changed since it was shown: review it again before signing.",
+                       code="conflict")
+    key = signing_key(str(s), version)
+    if sess.get("signed") and sess["signed"].get("key") != key:
+        return outcome(409, "This session's prescription has already been signed.", code="conflict")
+    if not sess.get("requester"):
+        return outcome(403, "The EHR did not identify the signed-in clinician (no fhirUser), so the referral "
+                            "cannot be signed.", code="forbidden")
+    if not loaded.strategy:
+        return outcome(403, " ".join(loaded.strategy_why[:1]) or "Nothing can be written to this EHR.",
+                       code="forbidden")
+
+    previous = sess.get("signed") or {}
+    if previous.get("key") == key and previous.get("status") == "partial":
+        await store.delete(SIGN_NS, key)  # a retry completes the set (write-back is idempotent on the key)
+    if not await store.add(SIGN_NS, key, {"status": "pending", "at": time.time()},
+                           ttl=settings.session_ttl_seconds):
+        return await _wait_for_first(store, key)
+    try:
+        answer, status = await _sign_and_send(request, of(request), str(s), sess, loaded, key)
+    except BaseException:
+        await store.delete(SIGN_NS, key)
+        raise
+    if status >= 400 and not answer.get("written"):
+        await store.delete(SIGN_NS, key)  # nothing was written: let the clinician try again
+    else:
+        await store.put(SIGN_NS, key, {"status": "done", "answer": answer, "httpStatus": status},
+                        ttl=settings.session_ttl_seconds)
+        await update_session(store, str(s), settings, signed=answer)
+    return no_store(JSONResponse(answer, status_code=status,
+                                 media_type="application/fhir+json" if status >= 400 else None))
+
+
+async def _wait_for_first(store: Any, key: str) -> Response:
+    deadline = time.monotonic() + SIGN_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        rec = await store.get(SIGN_NS, key)
+        if rec is None:
+            return outcome(409, "The first attempt to sign failed; try again.", code="conflict")
+        if rec.get("status") == "done":
+            answer = dict(rec["answer"], replayed=True)
+            return no_store(JSONResponse(answer, status_code=rec.get("httpStatus", 200)))
+        await asyncio.sleep(0.1)
+    return outcome(409, "Signing is still in progress; check the result in a moment.", code="conflict")
+
+
+def _written_item(w: dict[str, Any], default_server: str) -> dict[str, Any]:
+    return {"resourceType": w.get("resourceType"), "id": w.get("id"), "reference": w.get("reference"),
+            "url": w.get("url"), "server": w.get("server") or default_server, "status": w.get("status")}
+
+
+async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dict[str, Any], loaded: Loaded,
+                         key: str) -> tuple[dict[str, Any], int]:
+    from service.audit import record_writeback
+    from service.clinical.rules import RULESET_VERSION
+    from service.fhir.client import FhirClient
+    from service.fhir.resources import (build_document_reference, build_prescription_resources,
+                                        build_service_request_only)
+    from service.fhir.signing import Signing
+    from service.fhir.writeback import WritebackError, write_back
+
+    settings = rt.settings
+    store = request.app.state.store
+    draft = _current_draft(sid, sess, loaded)
+    p, snap = draft.prescription, loaded.snapshot
+    now = datetime.now(timezone.utc)
+    strategy = loaded.strategy or "document"
+    signing = Signing(key=key, practitioner_ref=sess["requester"], signed_at=now,
+                      practitioner_display=sess.get("requester_display"),
+                      exercise_service_ref=settings.exercise_service_ref,
+                      exercise_service_name=settings.exercise_service_name,
+                      encounter_ref=f"Encounter/{sess['encounter']}" if sess.get("encounter") else None,
+                      ruleset_version=RULESET_VERSION)
+    entries: list[dict[str, Any]] = []
+    document: Any = None
+    if strategy in ("full", "care-coordination"):
+        entries = build_prescription_resources(p, snap, signing)
+        if strategy == "care-coordination":
+            document = lambda refs: build_document_reference(p, snap, signing, refs)  # noqa: E731
+    elif strategy == "service-request-only":
+        entries = build_service_request_only(p, snap, signing)
+    else:
+        document = lambda refs: build_document_reference(p, snap, signing, refs)  # noqa: E731
+
+    request_id = getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
+    answer: dict[str, Any] = {"key": key, "strategy": strategy, "target": sess["iss"],
+                              "signedAt": now.isoformat(), "requester": sess["requester"],
+                              "draftVersion": draft.version, "written": [], "failed": [], "notes": []}
+    status = 200
+    cc = FhirClient(settings.care_coordination_fhir_url, timeout=settings.fhir_timeout_seconds) \
+        if strategy == "care-coordination" and settings.care_coordination_fhir_url else None
+    try:
+        async with fhir_client(rt, store, sid, sess) as ehr:
+            result = await write_back(ehr, entries, document, strategy=strategy, store=store, signing_key=key,
+                                      care_coordination=cc, capability=loaded.capability)
+        answer["written"] = [_written_item(w, sess["iss"]) for w in result.written]
+        answer["failed"] = list(result.failed)
+        answer["notes"] = list(result.notes)
+        answer["status"] = "partial" if result.failed else "sent"
+    except WritebackError as exc:
+        status = exc.status if 400 <= exc.status < 600 else 502
+        if status == 401:
+            exc.message = "The EHR session has expired: launch the app again from the EHR. (" + exc.message + ")"
+        if exc.result is not None:
+            answer["written"] = [_written_item(w, sess["iss"]) for w in exc.result.written]
+            answer["failed"] = list(exc.result.failed) or [exc.message]
+        else:
+            answer["failed"] = [exc.message]
+        answer["status"] = "partial" if answer["written"] else "failed"
+        answer.update(resourceType="OperationOutcome", issue=[
+            {"severity": "error", "code": "processing", "diagnostics": exc.message}] + [
+            {"severity": "error", "code": "invariant", "diagnostics": getattr(i, "message", str(i)),
+             **({"expression": [i.path]} if getattr(i, "path", None) else {})} for i in exc.issues])
+        if answer["written"]:
+            status = 207
+    finally:
+        if cc is not None:
+            await cc.aclose()
+    audit = await record_writeback(store, practitioner=sess["requester"], patient_ref=f"Patient/{sess['patient']}",
+                                   strategy=strategy, written=answer["written"], failed=answer["failed"],
+                                   request_id=request_id,
+                                   retention_days=getattr(settings, "audit_retention_days", 400))
+    answer["outcome"] = audit.get("outcome")
+    log.info("smart sign: %s, %d written, %d failed", strategy, len(answer["written"]), len(answer["failed"]))
+    return answer, status

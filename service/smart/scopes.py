@@ -1,0 +1,112 @@
+"""SMART scopes: what the app asks for (v2, or v1 for permission-v1-only servers) and what it was granted.
+
+Servers may grant less than asked; `Grants` answers "may I read/create type X" for v1 and v2 scopes alike so
+that the app degrades (another write-back strategy, a view-only mode) instead of looping on 403.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+# What the app reads to build the snapshot (the patient-data queries) and reads back after writing.
+READ_TYPES: tuple[str, ...] = (
+    "Patient", "Condition", "Observation", "MedicationRequest", "MedicationAdministration", "Procedure",
+    "ServiceRequest", "Task",
+)
+# What each write-back strategy creates in the EHR (care-coordination writes the full set elsewhere and
+# only a DocumentReference link into the EHR).
+STRATEGY_WRITES: dict[str, tuple[str, ...]] = {
+    "full": ("CarePlan", "Goal", "ServiceRequest", "Task", "Provenance"),
+    "service-request-only": ("ServiceRequest", "DocumentReference"),
+    "document": ("DocumentReference",),
+    "care-coordination": ("DocumentReference",),
+}
+ALL_WRITE_TYPES: tuple[str, ...] = ("CarePlan", "Goal", "ServiceRequest", "Task", "Provenance", "DocumentReference")
+
+_V1_PERMS = {"read": "rs", "write": "cud", "*": "cruds"}
+_SCOPE_RE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.([a-z*]+)(\?.*)?$")
+
+
+def read_types() -> tuple[str, ...]:
+    """Types named by the shared patient-data queries (one list for CDS prefetch and the app), plus the
+    static list as a floor when that module cannot be loaded."""
+    try:
+        from service.fhir.queries import patient_queries  # noqa: PLC0415 - loads the terminology once
+
+        found = [q.resource_type for q in patient_queries()]
+    except Exception:  # noqa: BLE001 - the static list is a safe superset for scopes
+        return READ_TYPES
+    return tuple(dict.fromkeys(["Patient", *found, "ServiceRequest", "Task"]))
+
+
+def requested_scopes(*, ehr_launch: bool, v1: bool, write_types: Iterable[str], offline: bool = True,
+                     types: Iterable[str] | None = None) -> list[str]:
+    """The scope list for the authorize request, in a stable order."""
+    scopes = ["openid", "fhirUser", "launch" if ehr_launch else "launch/patient"]
+    scopes.append("offline_access" if offline else "online_access")
+    writes = [t for t in ALL_WRITE_TYPES if t in set(write_types)]
+    reads = list(types or read_types())
+    for t in reads:
+        if t in writes:
+            continue
+        scopes.append(f"patient/{t}.read" if v1 else f"patient/{t}.rs")
+    for t in writes:
+        if v1:
+            scopes += [f"patient/{t}.read", f"patient/{t}.write"]
+        else:
+            scopes.append(f"patient/{t}.crs")
+    return scopes
+
+
+@dataclass
+class Grants:
+    """Permissions per resource type from a granted scope string (patient/ and user/ both count)."""
+
+    perms: dict[str, set[str]] = field(default_factory=dict)
+    other: set[str] = field(default_factory=set)
+    restricted: set[str] = field(default_factory=set)
+
+    @classmethod
+    def parse(cls, scope: str | None) -> "Grants":
+        g = cls()
+        for s in (scope or "").split():
+            m = _SCOPE_RE.match(s)
+            if not m:
+                g.other.add(s)
+                continue
+            ctx, rtype, perm, query = m.groups()
+            if ctx == "system":
+                continue
+            letters = _V1_PERMS.get(perm, perm if set(perm) <= set("cruds") else "")
+            g.perms.setdefault(rtype, set()).update(letters)
+            if query:
+                g.restricted.add(rtype)
+        return g
+
+    def allows(self, rtype: str, letter: str) -> bool:
+        return letter in self.perms.get(rtype, set()) or letter in self.perms.get("*", set())
+
+    def can_read(self, rtype: str) -> bool:
+        return self.allows(rtype, "r") or self.allows(rtype, "s")
+
+    def can_create(self, rtype: str) -> bool:
+        return self.allows(rtype, "c")
+
+
+def missing(requested: Iterable[str], granted: str | None) -> list[str]:
+    """Requested resource scopes (and openid/fhirUser/launch...) whose permissions were not granted."""
+    g = Grants.parse(granted)
+    out: list[str] = []
+    for s in requested:
+        m = _SCOPE_RE.match(s)
+        if not m:
+            if s not in g.other and s not in ("launch", "launch/patient", "offline_access", "online_access"):
+                out.append(s)
+            continue
+        _, rtype, perm, _ = m.groups()
+        letters = _V1_PERMS.get(perm, perm)
+        if not all(g.allows(rtype, ch) for ch in letters):
+            out.append(s)
+    return out

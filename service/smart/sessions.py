@@ -1,0 +1,89 @@
+"""Server-side SMART sessions in the shared Store; the browser only holds an opaque cookie.
+
+Two identifiers, both random:
+- the *browser cookie* (`oe_smart`, HttpOnly, Secure, SameSite=Lax, Path=/smart): binds launches and
+  sessions to one browser; the store only keeps its SHA-256, so a store dump yields no usable cookie;
+- the *session id* `s` (in the app's URL): one per completed launch, so two tabs with two patients never mix.
+A request is served only when both match. Tokens, patient data and drafts stay in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Any
+
+from fastapi import Request, Response
+
+from service.config import Settings
+
+COOKIE = "oe_smart"
+SESSION_NS = "smart-session"
+DATA_NS = "smart-data"
+TOKEN_NS = "smart-token"  # tokens apart from the session record: a refresh never races an edit
+
+
+def _hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def browser_binding(request: Request) -> str | None:
+    """SHA-256 of the browser cookie, or None when the browser has none."""
+    value = request.cookies.get(COOKIE)
+    return _hash(value) if value and 20 <= len(value) <= 200 else None
+
+
+def ensure_browser_cookie(request: Request, response: Response, settings: Settings) -> str:
+    """Keep the browser's cookie (several tabs may launch) or set a new one; returns its binding hash."""
+    value = request.cookies.get(COOKIE)
+    if not value or not 20 <= len(value) <= 200:
+        value = secrets.token_urlsafe(32)
+    set_cookie(response, value, settings)
+    return _hash(value)
+
+
+def set_cookie(response: Response, value: str, settings: Settings) -> None:
+    response.set_cookie(COOKIE, value, max_age=settings.session_ttl_seconds, path="/smart",
+                        secure=settings.cookie_secure, httponly=True, samesite="lax")
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def new_csrf_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def same(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and hmac.compare_digest(str(a), str(b))
+
+
+class SessionNotFound(Exception):
+    """No live session for this id and browser: expired, unknown, or another browser's."""
+
+
+async def load_session(store: Any, sid: str | None, binding: str | None) -> dict[str, Any]:
+    if not sid or not binding or len(sid) > 100:
+        raise SessionNotFound()
+    sess = await store.get(SESSION_NS, sid)
+    if not sess or not same(sess.get("browser"), binding):
+        raise SessionNotFound()
+    return sess
+
+
+async def save_session(store: Any, sid: str, sess: dict[str, Any], settings: Settings) -> None:
+    ttl = max(1.0, sess.get("created", time.time()) + settings.session_ttl_seconds - time.time())
+    await store.put(SESSION_NS, sid, sess, ttl=ttl)
+
+
+async def update_session(store: Any, sid: str, settings: Settings, **changes: Any) -> dict[str, Any]:
+    """Re-read, apply changes, write back (the freshest tokens are never overwritten by a stale copy)."""
+    sess = await store.get(SESSION_NS, sid)
+    if sess is None:
+        raise SessionNotFound()
+    sess.update(changes)
+    await save_session(store, sid, sess, settings)
+    return sess

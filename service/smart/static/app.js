@@ -1,0 +1,400 @@
+/* onco-exercise SMART app: a thin client of /smart/api/prescription (no build step, no framework).
+   Everything shown comes from the JSON API; text is inserted with textContent only (no HTML parsing). */
+(function () {
+  "use strict";
+
+  var sid = document.querySelector('meta[name="smart-session"]').content;
+  var csrf = document.querySelector('meta[name="csrf-token"]').content;
+  var api = "/smart/api/prescription?s=" + encodeURIComponent(sid);
+  var view = null;
+  var signing = false;
+
+  function $(id) { return document.getElementById(id); }
+  function el(tag, text, cls) {
+    var e = document.createElement(tag);
+    if (text !== undefined && text !== null) e.textContent = String(text);
+    if (cls) e.className = cls;
+    return e;
+  }
+  function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); return node; }
+  function status(text, kind) {
+    var s = $("status");
+    s.textContent = text;
+    s.className = "status" + (kind ? " " + kind : "");
+  }
+  function day(iso) { return iso ? String(iso).slice(0, 10) : "—"; }
+  function num(v) { return typeof v === "number" ? (Math.round(v * 10) / 10).toString() : String(v); }
+  function errorText(body, fallback) {
+    if (body && body.issue && body.issue.length) {
+      return body.issue.map(function (i) { return i.diagnostics || i.code; }).join(" ");
+    }
+    return fallback;
+  }
+
+  function request(method, url, body) {
+    var opts = { method: method, credentials: "same-origin", headers: { "Accept": "application/json" } };
+    if (body !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.headers["X-CSRF-Token"] = csrf;
+      opts.body = JSON.stringify(body);
+    }
+    return fetch(url, opts).then(function (r) {
+      return r.json().catch(function () { return null; }).then(function (b) { return { status: r.status, body: b }; });
+    });
+  }
+
+  // -- rendering -------------------------------------------------------------------------------------------
+
+  function renderBanner(v) {
+    var b = $("patient-banner");
+    b.hidden = !v.needPatientBanner;
+    var p = v.patient || {};
+    $("banner-name").textContent = p.name || ("Patient " + p.id);
+    var bits = [];
+    if (p.birthDate) bits.push("Born " + p.birthDate + (v.age !== null && v.age !== undefined ? " (" + v.age + " y)" : ""));
+    if (p.gender) bits.push(p.gender);
+    if (p.identifier) bits.push("ID " + p.identifier);
+    $("banner-details").textContent = bits.join(" · ");
+  }
+
+  function renderDecision(v) {
+    var rx = v.prescription;
+    $("setting").textContent = rx.settingLabel || rx.setting;
+    $("clearance").textContent = rx.clearanceRequired
+      ? "Medical clearance is needed before starting." : "No medical clearance needed before starting.";
+    $("clearance").className = rx.clearanceRequired ? "warning-text" : "";
+    var rl = clear($("rationale"));
+    (rx.rationale || []).forEach(function (r) {
+      var li = el("li");
+      li.appendChild(el("span", r.finding, "finding"));
+      li.appendChild(document.createTextNode(" → " + r.effect + " "));
+      li.appendChild(el("span", "(" + r.rule + (r.source ? "; " + r.source : "") + ")", "source"));
+      rl.appendChild(li);
+    });
+    var rf = $("red-flags");
+    var flags = rx.redFlags || [];
+    rf.hidden = flags.length === 0;
+    clear(rf);
+    if (flags.length) {
+      rf.appendChild(el("strong", "Red flags: "));
+      rf.appendChild(document.createTextNode(flags.map(function (f) { return f.finding + " — " + f.effect; }).join("; ")));
+    }
+    var notes = (v.notes || []).concat(v.launch && v.launch.fromCard ? ["Opened from the exercise referral card."] : []);
+    $("notes-from-launch").hidden = notes.length === 0;
+    $("notes-from-launch").textContent = notes.join(" ");
+  }
+
+  function renderData(v) {
+    var d = v.data;
+    var fp = $("fetch-problems");
+    var problems = (d.failures || []).concat(d.truncated || []);
+    fp.hidden = problems.length === 0;
+    fp.textContent = problems.length ? "Some data could not be read from the EHR: " + problems.join("; ") : "";
+    var tb = clear($("data-used").tBodies[0]);
+    if (!d.measurements.length) {
+      var tr0 = el("tr"); var td0 = el("td", "No relevant measurements found."); td0.colSpan = 4;
+      tr0.appendChild(td0); tb.appendChild(tr0);
+    }
+    d.measurements.forEach(function (m) {
+      var tr = el("tr", undefined, m.stale ? "stale" : "");
+      tr.appendChild(el("td", m.label + (m.stale ? " (out of date)" : "")));
+      var val = num(m.value) + " " + (m.unit || "");
+      if (m.components && m.components.length) {
+        val = m.components.map(function (c) { return num(c.value); }).join("/") + " " + (m.unit || "");
+      }
+      tr.appendChild(el("td", val));
+      tr.appendChild(el("td", day(m.date)));
+      tr.appendChild(el("td", m.source, "source"));
+      tb.appendChild(tr);
+    });
+    var cl = clear($("conditions"));
+    function fact(prefix, f) { cl.appendChild(el("li", prefix + f.display + (f.onset ? " (since " + day(f.onset) + ")" : "") + " — " + f.source)); }
+    d.cancers.forEach(function (f) { fact("Cancer: ", f); });
+    d.metastases.forEach(function (f) { fact("Metastasis: ", f); });
+    d.boneMetastases.forEach(function (f) { fact("Bone metastasis: ", f); });
+    d.comorbidities.forEach(function (f) { fact("Comorbidity (" + f.group + "): ", f); });
+    d.treatments.forEach(function (t) {
+      cl.appendChild(el("li", "Treatment: " + t.display + " (" + t.kind + (t.active ? ", active" : "") +
+        (t.start ? ", from " + day(t.start) : "") + (t.end ? " to " + day(t.end) : "") + ") — " + t.source));
+    });
+    if (!cl.firstChild) cl.appendChild(el("li", "None found."));
+    var md = clear($("missing-data"));
+    (v.prescription.missingData || []).forEach(function (m) {
+      md.appendChild(el("li", m.text + (m.recommendation ? " — " + m.recommendation : "")));
+    });
+    if (!md.firstChild) md.appendChild(el("li", "Nothing missing."));
+  }
+
+  function field(id, label, input) {
+    var wrap = el("div", undefined, "field");
+    var l = el("label", label); l.htmlFor = id;
+    input.id = id;
+    input.addEventListener("input", function () { input.dataset.dirty = "1"; });
+    input.addEventListener("change", function () { input.dataset.dirty = "1"; });
+    wrap.appendChild(l); wrap.appendChild(input);
+    return wrap;
+  }
+  function numberInput(value, min, max) {
+    var i = document.createElement("input");
+    i.type = "number"; i.inputMode = "numeric"; i.step = "1"; i.min = min; i.max = max;
+    i.value = value === null || value === undefined ? "" : value;
+    return i;
+  }
+  function selectInput(options, value) {
+    var s = document.createElement("select");
+    options.forEach(function (o) { var op = el("option", o[1]); op.value = o[0]; s.appendChild(op); });
+    s.value = value;
+    return s;
+  }
+  function textInput(value) {
+    var i = document.createElement("input");
+    i.type = "text"; i.autocomplete = "off"; i.value = value || "";
+    return i;
+  }
+
+  var LEVELS = [["light", "Light"], ["moderate", "Moderate"], ["vigorous", "Vigorous"]];
+  var TYPE_LABELS = { aerobic: "Aerobic", resistance: "Resistance (strength)", flexibility: "Flexibility", balance: "Balance" };
+
+  function renderForm(v) {
+    var rx = v.prescription;
+    var edits = v.edits || {};
+    var setting = $("edit-setting");
+    setting.value = rx.setting;
+    delete setting.dataset.dirty;
+    if (!setting.dataset.bound) {
+      setting.dataset.bound = "1";
+      setting.addEventListener("change", function () { setting.dataset.dirty = "1"; });
+    }
+    var box = clear($("components"));
+    (rx.components || []).forEach(function (c, i) {
+      var p = "component-" + i;
+      var fs = el("fieldset", undefined, "component");
+      fs.id = p;
+      fs.dataset.type = c.type;
+      fs.appendChild(el("legend", TYPE_LABELS[c.type] || c.type));
+      var grid = el("div", undefined, "grid");
+      grid.appendChild(field(p + "-frequency", "Sessions per week", numberInput(c.frequencyPerWeek, 1, 7)));
+      grid.appendChild(field(p + "-minutes", "Minutes per session", numberInput(c.minutesPerSession, 5, 120)));
+      var it = c.intensity || {};
+      grid.appendChild(field(p + "-intensity", "Intensity", selectInput(LEVELS, it.label)));
+      fs.appendChild(grid);
+      fs.appendChild(field(p + "-activities", "Activities (comma separated)", textInput((c.activities || []).join(", "))));
+      var desc = [it.scale && it.low !== null && it.low !== undefined ? it.scale + " " + num(it.low) + "-" + num(it.high) : null,
+        it.hrrLowPct ? "heart-rate reserve " + it.hrrLowPct + "-" + it.hrrHighPct + "%" : null,
+        c.sets ? c.sets + " sets" + (c.repetitions ? " of " + c.repetitions : "") : null].filter(Boolean).join(" · ");
+      if (desc) fs.appendChild(el("p", desc, "hint"));
+      (c.notes || []).forEach(function (n) { fs.appendChild(el("p", n, "hint")); });
+      box.appendChild(fs);
+    });
+    var pl = clear($("precautions"));
+    (rx.precautions || []).forEach(function (p) {
+      var li = el("li");
+      li.appendChild(el("strong", p.text));
+      li.appendChild(el("span", " (" + p.rule + (p.source ? "; " + p.source : "") + ")", "source"));
+      var lab = el("label", undefined, "day");
+      var cb = document.createElement("input");
+      cb.type = "checkbox"; cb.name = "removePrecaution"; cb.value = p.code; cb.id = "remove-precaution-" + p.code;
+      lab.appendChild(cb); lab.appendChild(document.createTextNode(" Remove this precaution"));
+      li.appendChild(lab);
+      pl.appendChild(li);
+    });
+    if (!pl.firstChild) pl.appendChild(el("li", "None."));
+    $("notes").value = typeof edits.notes === "string" ? edits.notes : "";
+    var prefs = v.preferences || {};
+    $("pref-setting").value = prefs.preferredSetting || "";
+    $("pref-activities").value = (prefs.activities || []).join(", ");
+    $("pref-equipment").value = (prefs.equipment || []).join(", ");
+    Array.prototype.forEach.call(document.querySelectorAll('input[name="days"]'), function (cb) {
+      cb.checked = (prefs.daysAvailable || []).indexOf(cb.value) >= 0;
+    });
+    var ov = edits.overrideReasons || {};
+    var ol = clear($("override-list"));
+    Object.keys(ov).forEach(function (k) { ol.appendChild(el("li", k + ": " + ov[k])); });
+    $("overrides").hidden = !ol.firstChild;
+    var locked = !!v.signed;
+    Array.prototype.forEach.call($("prescription-form").elements, function (e) { e.disabled = locked; });
+  }
+
+  function renderSend(v) {
+    var wb = v.writeBack;
+    var r = v.requester || {};
+    $("requester").textContent = r.reference ? "Signing as " + (r.display || r.reference) + " (" + r.reference + ")"
+      : "The EHR did not identify the signed-in clinician.";
+    $("strategy").textContent = wb.strategy ? "Write-back: " + wb.strategy + " → " + wb.target
+      : "Write-back: not possible in this session.";
+    var ul = clear($("strategy-why"));
+    (wb.why || []).forEach(function (w) { ul.appendChild(el("li", w)); });
+    if (wb.missingScopes && wb.missingScopes.length) {
+      ul.appendChild(el("li", "Permissions asked for but not granted: " + wb.missingScopes.join(" ")));
+    }
+    $("sign-button").disabled = !wb.canSign;
+    if (v.signed) renderResult(v.signed);
+  }
+
+  function renderResult(res) {
+    var box = $("sign-result");
+    box.hidden = false;
+    var st = res.status === "sent" ? "Sent." : res.status === "partial" ? "Partly sent: some parts failed (see below)."
+      : "Not sent.";
+    $("sign-status").textContent = st + " Strategy: " + res.strategy + "." + (res.replayed ? " (Already signed: this is the first result.)" : "");
+    $("sign-status").className = res.status === "sent" ? "ok-text" : "warning-text";
+    var tb = clear($("written").tBodies[0]);
+    (res.written || []).forEach(function (w) {
+      var tr = el("tr");
+      tr.appendChild(el("td", w.resourceType));
+      tr.appendChild(el("td", w.id));
+      tr.appendChild(el("td", w.server));
+      tr.appendChild(el("td", w.status));
+      tb.appendChild(tr);
+    });
+    var fl = clear($("sign-failed"));
+    (res.failed || []).forEach(function (f) { fl.appendChild(el("li", "Failed: " + f, "warning-text")); });
+    var nl = clear($("sign-notes"));
+    (res.notes || []).forEach(function (n) { nl.appendChild(el("li", n)); });
+    if ((res.written || []).length) {  // signed: the draft is frozen (the server refuses further edits too)
+      var partial = res.status === "partial";
+      $("sign-button").disabled = !partial;  // a partial result may be completed by signing again
+      $("sign-button").textContent = partial ? "Retry sending the failed parts" : "Sign & send";
+      Array.prototype.forEach.call($("prescription-form").elements, function (e) { e.disabled = true; });
+    }
+  }
+
+  function render(v) {
+    view = v;
+    renderBanner(v);
+    renderDecision(v);
+    renderData(v);
+    renderForm(v);
+    renderSend(v);
+    $("app").hidden = false;
+  }
+
+  // -- actions ---------------------------------------------------------------------------------------------
+
+  function list(value) {
+    return value.split(",").map(function (s) { return s.trim(); }).filter(Boolean);
+  }
+  function numberOrNull(id) {
+    var v = $(id).value.trim();
+    return v === "" ? null : Number(v);
+  }
+
+  function dirty(id) { var e = $(id); return !!(e && e.dataset.dirty); }
+
+  function collectEdits() {
+    var prev = view.edits || {};
+    var edits = {};
+    var prevComps = {};
+    (prev.components || []).forEach(function (c) { prevComps[c.type] = c; });
+    var changed = !!prev.components;
+    var comps = (view.prescription.components || []).map(function (c, i) {
+      var p = "component-" + i;
+      var e = Object.assign({}, prevComps[c.type] || { type: c.type });
+      if (dirty(p + "-frequency")) { e.frequencyPerWeek = numberOrNull(p + "-frequency"); changed = true; }
+      if (dirty(p + "-minutes")) { e.minutesPerSession = numberOrNull(p + "-minutes"); changed = true; }
+      if (dirty(p + "-intensity")) { e.intensity = $(p + "-intensity").value; changed = true; }
+      if (dirty(p + "-activities")) { e.activities = list($(p + "-activities").value); changed = true; }
+      return e;
+    });
+    if (changed) edits.components = comps;
+    if (dirty("edit-setting") || prev.setting) edits.setting = dirty("edit-setting") ? $("edit-setting").value : prev.setting;
+    var note = $("notes").value.trim();
+    if (note) edits.notes = note;
+    var remove = (prev.removePrecautions || []).slice();
+    Array.prototype.forEach.call(document.querySelectorAll('input[name="removePrecaution"]:checked'), function (cb) {
+      if (remove.indexOf(cb.value) < 0) remove.push(cb.value);
+    });
+    if (remove.length) edits.removePrecautions = remove;
+    var reasons = Object.assign({}, prev.overrideReasons || {});
+    Array.prototype.forEach.call(document.querySelectorAll("#problems input[data-path]"), function (i) {
+      var code = $(i.id + "-code");
+      var text = [code && code.value ? code.options[code.selectedIndex].text : "", i.value.trim()].filter(Boolean).join(": ");
+      if (text) reasons[i.dataset.path] = text;
+    });
+    if (Object.keys(reasons).length) edits.overrideReasons = reasons;
+    return edits;
+  }
+
+  function collect() {
+    var days = Array.prototype.filter.call(document.querySelectorAll('input[name="days"]'), function (cb) { return cb.checked; })
+      .map(function (cb) { return cb.value; });
+    var prefs = {
+      preferredSetting: $("pref-setting").value || null,
+      activities: list($("pref-activities").value),
+      daysAvailable: days,
+      equipment: list($("pref-equipment").value)
+    };
+    return { preferences: prefs, edits: collectEdits(), draftVersion: view.draftVersion };
+  }
+
+  function showProblems(body) {
+    var box = clear($("problems"));
+    var items = (body && body.problems) || [];
+    box.hidden = false;
+    box.appendChild(el("p", "The changes were not accepted:"));
+    var ul = el("ul");
+    if (!items.length) ul.appendChild(el("li", errorText(body, "Unknown error.")));
+    items.forEach(function (p, n) {
+      var li = el("li");
+      li.appendChild(el("span", (p.path ? p.path + ": " : "") + p.message));
+      if (p.path && /override reason/.test(p.message)) {
+        var id = "override-" + n;
+        var reasons = [["", "Choose a reason…"]].concat((view.overrideReasons || []).map(function (r) { return [r.code, r.display]; }));
+        var sel = selectInput(reasons, "");
+        li.appendChild(field(id + "-code", "Override reason for " + p.path, sel));
+        var input = textInput("");
+        input.dataset.path = p.path;
+        li.appendChild(field(id, "Explain (required when no reason is chosen)", input));
+      }
+      ul.appendChild(li);
+    });
+    box.appendChild(ul);
+    box.setAttribute("tabindex", "-1");
+    box.focus();
+  }
+
+  $("prescription-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    $("problems").hidden = true;
+    $("update-button").disabled = true;
+    status("Updating the prescription…");
+    request("POST", api, collect()).then(function (r) {
+      $("update-button").disabled = false;
+      if (r.status === 200) { render(r.body); status("Prescription updated.", "ok"); return; }
+      showProblems(r.body);
+      status(errorText(r.body, "The update failed."), "error");
+    }, function () { $("update-button").disabled = false; status("The service could not be reached.", "error"); });
+  });
+
+  $("sign-button").addEventListener("click", function () {
+    if (signing) return;  // the server is idempotent too; this only spares a second request
+    signing = true;
+    $("sign-button").disabled = true;
+    status("Signing and sending…");
+    request("POST", "/smart/api/prescription/sign?s=" + encodeURIComponent(sid), { draftVersion: view.draftVersion })
+      .then(function (r) {
+        signing = false;
+        if (r.body && (r.body.written || r.body.failed)) {
+          renderResult(r.body);
+          $("sign-result").focus();
+          status(r.status < 300 ? "Signed and sent." : errorText(r.body, "Sending failed."), r.status < 300 ? "ok" : "error");
+          if (r.status >= 400 && !(r.body.written || []).length) $("sign-button").disabled = !view.writeBack.canSign;
+          return;
+        }
+        $("sign-button").disabled = !view.writeBack.canSign;
+        status(errorText(r.body, "Signing failed."), "error");
+      }, function () { signing = false; $("sign-button").disabled = false; status("The service could not be reached.", "error"); });
+  });
+
+  function load() {
+    var embedded = $("initial-data");
+    if (embedded) {
+      try { render(JSON.parse(embedded.textContent)); status("Ready.", "ok"); return; } catch (e) { /* fall through */ }
+    }
+    request("GET", api).then(function (r) {
+      if (r.status === 200) { render(r.body); status("Ready.", "ok"); return; }
+      status(errorText(r.body, "The prescription could not be loaded."), "error");
+    }, function () { status("The service could not be reached.", "error"); });
+  }
+  load();
+})();

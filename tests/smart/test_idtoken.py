@@ -1,0 +1,78 @@
+"""id_token validation with real keys: signature via the issuer's JWKS, iss, aud, exp; fhirUser -> requester."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+import respx
+from joserfc import jwt
+from joserfc.jwk import KeySet, RSAKey
+
+from service.smart.idtoken import IdTokenError, requester_ref, validate_id_token
+
+ISSUER = "https://ehr.example/auth"
+JWKS_URI = f"{ISSUER}/jwks"
+KEY = RSAKey.generate_key(2048, parameters={"kid": "k1", "alg": "RS256"}, private=True)
+OTHER = RSAKey.generate_key(2048, parameters={"kid": "k1", "alg": "RS256"}, private=True)
+
+
+def _token(key=KEY, **overrides) -> str:
+    now = int(time.time())
+    claims = {"iss": ISSUER, "sub": "u1", "aud": "onco-exercise", "iat": now, "exp": now + 300,
+              "fhirUser": "https://ehr.example/fhir/Practitioner/p1"}
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode({"alg": "RS256", "kid": "k1"}, claims, key, algorithms=["RS256"])
+
+
+@pytest.fixture
+def jwks():
+    with respx.mock:
+        respx.get(JWKS_URI).respond(json=KeySet([KEY]).as_dict(private=False))
+        respx.get(f"{ISSUER}/.well-known/openid-configuration").respond(json={"issuer": ISSUER, "jwks_uri": JWKS_URI})
+        yield
+
+
+async def _validate(token: str, **kw):
+    async with httpx.AsyncClient() as http:
+        return await validate_id_token(http, token, client_id="onco-exercise", issuer=kw.get("issuer", ISSUER),
+                                       jwks_uri=kw.get("jwks_uri", JWKS_URI))
+
+
+async def test_valid_token_yields_claims(jwks):
+    claims = await _validate(_token())
+    assert claims["fhirUser"].endswith("Practitioner/p1")
+    claims = await _validate(_token(aud=["other", "onco-exercise"]), jwks_uri=None)  # via openid-configuration
+    assert claims["sub"] == "u1"
+
+
+@pytest.mark.parametrize("token,match", [
+    (lambda: _token(key=OTHER), "signature"),
+    (lambda: _token(aud="someone-else"), "another client"),
+    (lambda: _token(iss="https://evil.example"), "another issuer"),
+    (lambda: _token(exp=int(time.time()) - 3600), "expired"),
+    (lambda: _token(exp=None), "expired"),
+    (lambda: _token(iat=int(time.time()) + 3600, exp=int(time.time()) + 7200), "future"),
+    (lambda: "not-a-jwt", "not a JWT"),
+])
+async def test_bad_tokens_are_refused(jwks, token, match):
+    with pytest.raises(IdTokenError, match=match):
+        await _validate(token())
+
+
+async def test_unreachable_jwks_is_an_error():
+    with respx.mock:
+        respx.get(JWKS_URI).respond(500)
+        with pytest.raises(IdTokenError, match="signing keys"):
+            await _validate(_token())
+
+
+def test_requester_from_fhir_user():
+    base = "https://ehr.example/fhir"
+    assert requester_ref(f"{base}/Practitioner/p1", base) == "Practitioner/p1"
+    assert requester_ref("PractitionerRole/r9", base) == "PractitionerRole/r9"
+    assert requester_ref("https://other.example/fhir/Practitioner/p2", base) == "https://other.example/fhir/Practitioner/p2"
+    assert requester_ref(f"{base}/Patient/x", base) is None
+    assert requester_ref(None, base) is None
