@@ -1,0 +1,113 @@
+"""Browser end-to-end fixtures: one real sandbox per module (state is ours), the system Chromium through
+Playwright with a fresh profile per test, and a screenshot helper writing to tests/artifacts/e2e/."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+from service.app import create_app
+from tests.conftest import sandbox_settings
+from tests.support.live import free_port, serve
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "e2e"
+# The machine is shared and slow: every wait is on a condition, with room to spare.
+WAIT_MS = 30_000
+
+
+@dataclass
+class Sandbox:
+    url: str
+    app: Any
+
+    @property
+    def fhir_base(self) -> str:
+        return f"{self.url}/sandbox/fhir"
+
+    def fhir(self) -> httpx.Client:
+        """A FHIR client with a real access token from the sandbox's own authorization server."""
+        from service.sandbox.auth_server import mint_access_token
+
+        token = mint_access_token("user/*.read", subject="Practitioner/sandbox-clinician", lifetime=600,
+                                  app=self.app)
+        return httpx.Client(base_url=self.fhir_base, timeout=30,
+                            headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"})
+
+    def stored(self, ns: str) -> list[dict[str, Any]]:
+        """Rows of one namespace of the service's store, read from its SQLite file."""
+        from service.storage import SQLiteStore
+
+        path = self.app.state.settings.resolved_storage_url()[len("sqlite:///"):]
+
+        async def rows() -> list[dict[str, Any]]:
+            store = SQLiteStore(path)
+            try:
+                return [v for _, v in await store.scan(ns)]
+            finally:
+                await store.close()
+
+        # Playwright's sync API keeps an event loop running in this thread: read from another one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(asyncio.run, rows()).result(timeout=30)
+
+
+def need_chromium() -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (./dev test does)")
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    need_chromium()  # module fixtures are set up first: do not start a sandbox for nothing
+    port = free_port()
+    app = create_app(sandbox_settings(port, tmp_path_factory.mktemp("e2e-sandbox")))
+    with serve(app, port) as url:
+        yield Sandbox(url, app)
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Any]:
+    """A page in headless system Chromium with a fresh user-data dir (never `playwright install`)."""
+    need_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="UTC")
+        context.set_default_timeout(WAIT_MS)
+        context.set_default_navigation_timeout(WAIT_MS)
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def shot(request: pytest.FixtureRequest) -> Callable[[Any, str], Path]:
+    """shot(page, "step-name") saves a full-page PNG as tests/artifacts/e2e/<test>/<NN>-<step>.png."""
+    folder = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    counter = iter(range(1, 100))
+
+    def take(page: Any, step: str) -> Path:
+        path = folder / f"{next(counter):02d}-{step}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return take
