@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     exercise_service_name: str = "Exercise oncology service"
 
     hook_budget_seconds: float = 2.0
+    cds_jwt_allow_sha256: bool = False  # also accept RS256/ES256 client JWTs (spec recommends RS384/ES384)
     fhir_timeout_seconds: float = 10.0
     max_body_bytes: int = 2_000_000
     session_ttl_seconds: int = 8 * 3600

@@ -1,5 +1,234 @@
-"""HTTP routes (placeholder until implemented)."""
+"""CDS Hooks 2.0 HTTP surface: discovery, the two hook services, feedback.
 
-from fastapi import APIRouter
+Thin by design: validate (models), authenticate (auth), get the data (prefetch), ask the clinical core,
+pick at most one card (cards), stay quiet when it was just shown (followup). Bodies are read and written as
+raw JSON bytes: the hot path does no model validation of the ~100 KB prefetch and no per-call key loading.
+Every non-2xx answer carries an OperationOutcome (401s a generic one).
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from service import metrics
+
+from . import followup
+from .auth import ClientVerifier, Unauthorized
+from .cards import CardContext, CardPlan, decide
+from .discovery import SERVICES, discovery_bytes
+from .feedback import store_feedback
+from .models import HookRequest, RequestInvalid, parse_feedback, parse_hook_request
+from .prefetch import DataUnavailable, HookData, gather, prefetch_complete
+
+log = logging.getLogger("service.cds_hooks")
+
+router = APIRouter(tags=["CDS Hooks"])
+
+JSON = "application/json"
+EMPTY_CARDS = b'{"cards":[]}'
+
+_HOOK_BODY = {
+    "requestBody": {"required": True, "content": {JSON: {"schema": {
+        "type": "object", "required": ["hook", "hookInstance", "context"],
+        "properties": {"hook": {"type": "string"}, "hookInstance": {"type": "string", "format": "uuid"},
+                       "context": {"type": "object"}, "prefetch": {"type": "object"},
+                       "fhirServer": {"type": "string"}, "fhirAuthorization": {"type": "object"}}}}}},
+    "responses": {"200": {"description": "cards"}, "400": {"description": "invalid request"},
+                  "401": {"description": "client JWT refused"}, "404": {"description": "unknown service"},
+                  "412": {"description": "the data needed could not be obtained"}},
+}
+_FEEDBACK_BODY = {
+    "requestBody": {"required": True, "content": {JSON: {"schema": {
+        "type": "object", "required": ["feedback"],
+        "properties": {"feedback": {"type": "array", "items": {"type": "object"}}}}}}},
+    "responses": {"200": {"description": "stored"}, "400": {"description": "invalid feedback"},
+                  "401": {"description": "client JWT refused"}, "404": {"description": "unknown service"}},
+}
+
+
+def outcome(status: int, code: str, message: str | None = None, path: str | None = None,
+            headers: dict[str, str] | None = None) -> Response:
+    issue: dict[str, Any] = {"severity": "error", "code": code}
+    if message:
+        issue["diagnostics"] = message
+    if path:
+        issue["expression"] = [path]
+    body = json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}, separators=(",", ":"))
+    return Response(body, status_code=status, media_type="application/fhir+json", headers=headers)
+
+
+def _verifier(app: FastAPI) -> ClientVerifier:
+    v = getattr(app.state, "cds_verifier", None)
+    if v is None:
+        v = app.state.cds_verifier = ClientVerifier(app.state.settings, app.state.store)
+    return v
+
+
+async def _refused(request: Request, path: str) -> Response | None:
+    """None when the caller is a trusted CDS client, else the 401 (with no client list: always the 401)."""
+    settings = request.app.state.settings
+    try:
+        await _verifier(request.app).verify(request.headers.get("authorization"), f"{settings.public_url}{path}")
+    except Unauthorized as exc:
+        log.info("cds client refused: %s", exc)  # the reason only; never the token
+        return outcome(401, "login", "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    return None
+
+
+async def _body(request: Request) -> bytes | Response:
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return outcome(413, "too-costly", "request body too large")
+    body = await request.body()
+    if len(body) > limit:
+        return outcome(413, "too-costly", "request body too large")
+    return body
+
+
+@router.get("/cds-services", summary="CDS Hooks discovery")
+async def discovery(request: Request) -> Response:
+    refused = await _refused(request, "/cds-services")
+    if refused is not None:
+        return refused
+    return Response(discovery_bytes(), media_type=JSON)
+
+
+def _decide(req: HookRequest, data: HookData, service_id: str, request: Request, now: datetime) -> CardPlan:
+    from service.clinical.snapshot import build_snapshot
+
+    settings = request.app.state.settings
+    snapshot = build_snapshot(data.items, now)
+    prescription = None
+    if snapshot.cancers:
+        from service.clinical.prescribe import prescribe
+
+        prescription = prescribe(snapshot, now)
+    ctx = CardContext(service_id=service_id, public_url=settings.public_url,
+                      exercise_service_ref=settings.exercise_service_ref, user_ref=req.user_id,
+                      hook_instance=req.hook_instance, encounter_id=req.encounter_id)
+    return decide(prescription, snapshot, ctx, complete=data.complete, missing=data.missing,
+                  budget=settings.hook_budget_seconds)
+
+
+async def _start_auth(request: Request, path: str) -> Response | asyncio.Task[bool]:
+    """Verify the JWT now; its replay-cache write starts in the background (awaited before answering)."""
+    settings = request.app.state.settings
+    verifier = _verifier(request.app)
+    try:
+        iss, claims = await verifier.verify_token(request.headers.get("authorization"),
+                                                  f"{settings.public_url}{path}")
+    except Unauthorized as exc:
+        log.info("cds client refused: %s", exc)
+        return _unauthorized()
+    task = asyncio.create_task(verifier.consume_jti(iss, claims))
+    await asyncio.sleep(0)  # let the store write begin: it overlaps with the parsing and the rules below
+    return task
+
+
+def _unauthorized() -> Response:
+    return outcome(401, "login", "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
+
+
+@router.post("/cds-services/{service_id}", summary="CDS Hooks service call", openapi_extra=_HOOK_BODY)
+async def call_service(service_id: str, request: Request) -> Response:
+    started = await _start_auth(request, f"/cds-services/{service_id}")
+    if isinstance(started, Response):
+        return started
+    try:
+        response, keep = await _answer(service_id, request, started)
+    finally:
+        fresh = await started  # never answer before the replay check
+    if not fresh:
+        log.info("cds client refused: replayed jti")
+        return _unauthorized()
+    if keep is not None:
+        # Recorded before answering (not in the background): a repeated call right after must see it.
+        await _best_effort(followup.remember(*keep))
+        metrics.CARDS.labels(service=service_id, kind=keep[2].kind).inc()
+    return response
+
+
+async def _best_effort(awaitable: Any) -> Any:
+    """Card history is a courtesy (suppression, feedback linking): a store failure must not cost the card."""
+    try:
+        return await awaitable
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cds card history unavailable: %s", type(exc).__name__)
+        return None
+
+
+async def _answer(service_id: str, request: Request,
+                  jti: asyncio.Task[bool]) -> tuple[Response, tuple[Any, ...] | None]:
+    service = SERVICES.get(service_id)
+    if service is None:
+        return outcome(404, "not-found", f"no CDS service with id '{service_id}'"), None
+    body = await _body(request)
+    if isinstance(body, Response):
+        return body, None
+    try:
+        req = parse_hook_request(body, service.hook)
+    except RequestInvalid as exc:
+        return outcome(400, "invalid", exc.message, exc.path), None
+
+    store = request.app.state.store
+    pkey = followup.patient_key(req.fhir_server, req.patient_id)
+    history = asyncio.create_task(followup.load_history(store, pkey))  # overlaps with the work below
+    try:
+        now = datetime.now(timezone.utc)
+        if not prefetch_complete(req) and not await jti:
+            return _unauthorized(), None  # a replayed call never makes us read from a FHIR server
+        try:
+            data = await gather(req, request.app.state.settings, now)
+        except DataUnavailable as exc:
+            return outcome(412, "incomplete", str(exc)), None
+        if data.eligibility_unknown:
+            # The Patient or Conditions did not arrive within the budget: we cannot tell whether this is an
+            # oncology patient, and a card built on a guess would be worse than none.
+            log.info("hook %s: eligibility unknown within the budget; no card", req.hook_instance)
+            return Response(EMPTY_CARDS, media_type=JSON), None
+        await asyncio.sleep(0)  # let the history read start before the CPU-bound part
+        try:
+            plan = _decide(req, data, service_id, request, now)
+        except ValueError as exc:  # the clinical core could not read the data it was given
+            log.info("hook %s: unreadable patient data (%s)", req.hook_instance, type(exc).__name__)
+            return outcome(400, "invalid", "the prefetch data could not be read as FHIR R4 patient data"), None
+        except Exception as exc:  # noqa: BLE001 - an OperationOutcome, never a traceback or silently no card
+            frame = traceback.extract_tb(exc.__traceback__)[-1]
+            log.error("hook %s failed: %s at %s:%s", req.hook_instance, type(exc).__name__, frame.filename,
+                      frame.lineno)
+            return outcome(500, "exception", "the CDS service failed to evaluate this patient"), None
+        if plan.card is None or followup.suppressed(plan, await _best_effort(history)):
+            return Response(EMPTY_CARDS, media_type=JSON), None
+    finally:
+        if not history.done():
+            history.cancel()
+            await asyncio.gather(history, return_exceptions=True)
+    body_out = json.dumps({"cards": [plan.card]}, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body_out, media_type=JSON), (store, pkey, plan, service_id, time.time())
+
+
+@router.post("/cds-services/{service_id}/feedback", summary="CDS Hooks feedback", openapi_extra=_FEEDBACK_BODY)
+async def feedback(service_id: str, request: Request) -> Response:
+    refused = await _refused(request, f"/cds-services/{service_id}/feedback")
+    if refused is not None:
+        return refused
+    if service_id not in SERVICES:
+        return outcome(404, "not-found", f"no CDS service with id '{service_id}'")
+    body = await _body(request)
+    if isinstance(body, Response):
+        return body
+    try:
+        items = parse_feedback(body)
+        await store_feedback(request.app.state.store, service_id, items)
+    except RequestInvalid as exc:
+        return outcome(400, "invalid", exc.message, exc.path)
+    return Response(status_code=200)

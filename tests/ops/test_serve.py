@@ -98,8 +98,6 @@ def test_serve_without_cds_clients_when_explicitly_allowed(fhir_base: str, start
     assert "ONCO_EXERCISE_CDS_CLIENTS is empty" in p.output()  # loudly warned
 
 
-@pytest.mark.xfail(strict=True, reason="service/cds_hooks/routes.py `_refused` accepts every caller when "
-                   "ONCO_EXERCISE_CDS_CLIENTS is empty; in serve mode it must refuse (issue 5)")
 def test_serve_without_cds_clients_refuses_unauthenticated_hooks(fhir_base: str, start_serve,
                                                                  tmp_path: Path) -> None:
     p = start_serve(onco_env(tmp_path, fhir_servers=fhir_base, allow_no_cds_clients="true"))

@@ -1,0 +1,343 @@
+"""Cards, decided by the clinical core: the referral suggestion, the safety warning, the follow-up, or nothing.
+
+One card at most per call. The card kinds, in priority order:
+- `warning`: red flags make exercise unsafe today (fever, severe cytopenias ...): says so and why; no suggestion.
+- `incomplete`: fallback reads of safety-relevant data (Observations: labs, temperature) failed or ran out of
+  time; a one-click referral would not be safe, so an info card says which data was missing and links to the
+  app; no suggestion. (Other gaps are listed on the referral card but do not block it.)
+- `follow-up`: an exercise referral is already in place: its status, the Task status and the last exercise
+  vital sign (minutes/week) with its trend; a brief, repeated conversation, not a nag.
+- `referral`: an oncology patient without a referral: the personalised suggestion with a draft referral
+  ServiceRequest to create, a SMART link to review and sign, and override reasons from terminology/.
+Patients without an active cancer get no card.
+
+Every card and suggestion carries a fresh uuid; the whole card is pruned of empty values before it leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from service.canonical import SNOMED
+from service.clinical.model import Measurement, PatientSnapshot, Prescription, Referral
+from service.fhir.resources import build_draft_referral
+from service.terminology import get_terminology
+
+SUMMARY_MAX = 139  # the spec: "under 140 characters"
+EVS_MEASURE = "evs-minutes-per-week"
+GUIDELINE_MINUTES = 150
+
+# The source every card names: the ACSM 2019 roundtable the prescription follows (Campbell et al.).
+SOURCE_LABEL = "onco-exercise (ACSM 2019 exercise guidelines for cancer survivors)"
+SOURCE_URL = "https://doi.org/10.1249/MSS.0000000000002116"
+TOPIC_CODE = "390893007"  # SNOMED CT, member of the exercise-servicerequest-code value set
+TOPIC_DISPLAY_FALLBACK = "Referral to physical activity program"
+
+SETTING_PHRASE = {
+    "home-based": "home-based programme",
+    "community": "community programme",
+    "supervised": "supervised programme",
+    "defer": "clearance first",
+}
+
+# Referral / Task statuses meaning "a referral is in place" (anything else: suggest a new one).
+REFERRAL_IN_PLACE = frozenset({"draft", "active", "on-hold", "completed"})
+TASK_ENDED = frozenset({"rejected", "cancelled", "failed", "entered-in-error"})
+
+
+@dataclass
+class CardPlan:
+    """The card to show (or None), its kind, and the fingerprint used to suppress repeats."""
+
+    kind: str
+    card: dict[str, Any] | None
+    fingerprint: str = ""
+    suggestion_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """What the card builder needs besides the clinical result."""
+
+    service_id: str
+    public_url: str
+    exercise_service_ref: str
+    user_ref: str | None
+    hook_instance: str
+    encounter_id: str | None = None
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+
+def prune(value: Any) -> Any:
+    """Drop None, empty strings, empty lists and empty objects, recursively (the spec forbids them)."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            v = prune(v)
+            if v is None or v == "" or v == [] or v == {}:
+                continue
+            out[k] = v
+        return out
+    if isinstance(value, list):
+        items = [prune(v) for v in value]
+        return [v for v in items if not (v is None or v == "" or v == [] or v == {})]
+    return value
+
+
+def shorten(text: str, limit: int = SUMMARY_MAX) -> str:
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip(" ,;:") + "…"
+
+
+def _fp(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _num(v: float | None) -> str:
+    if v is None:
+        return ""
+    return f"{v:g}"
+
+
+def _plural(n: int, word: str) -> str:
+    if n == 0:
+        return f"no {word}s"
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+@lru_cache(maxsize=1)
+def override_reasons() -> tuple[dict[str, str], ...]:
+    """The override-reason Codings (with display), from terminology/ (the override-reason value set)."""
+    term = get_terminology()
+    return tuple({"system": s, "code": c, "display": term.display(s, c) or c}
+                 for s, c in term.codes("override-reason"))
+
+
+@lru_cache(maxsize=1)
+def topic() -> dict[str, str]:
+    display = get_terminology().display(SNOMED, TOPIC_CODE) or TOPIC_DISPLAY_FALLBACK
+    return {"system": SNOMED, "code": TOPIC_CODE, "display": display}
+
+
+def _source() -> dict[str, Any]:
+    return {"label": SOURCE_LABEL, "url": SOURCE_URL, "topic": topic()}
+
+
+def _smart_link(ctx: CardContext, card_uuid: str, kind: str, label: str, extra: dict[str, Any]) -> dict[str, Any]:
+    app_context = {"cardUuid": card_uuid, "serviceId": ctx.service_id, "kind": kind,
+                   "hookInstance": ctx.hook_instance, "encounterId": ctx.encounter_id, **extra}
+    app_context = {k: v for k, v in app_context.items() if v not in (None, "")}
+    return {"label": label, "url": f"{ctx.public_url}/smart/launch", "type": "smart",
+            "appContext": json.dumps(app_context, separators=(",", ":"))}
+
+
+def _practitioner(user_ref: str | None) -> str | None:
+    if user_ref and user_ref.split("/", 1)[0] in ("Practitioner", "PractitionerRole"):
+        return user_ref
+    return None
+
+
+# -- referral state -----------------------------------------------------------------------------------------
+
+
+def referral_in_place(snapshot: PatientSnapshot) -> Referral | None:
+    """The most recent referral that is still running (or recently completed), or None."""
+    live = [r for r in snapshot.referrals
+            if r.status in REFERRAL_IN_PLACE and (r.task_status or "") not in TASK_ENDED]
+    if not live:
+        return None
+    # The referral (with its fulfil Task) beats the patient's own prescription requests; then the newest.
+    return max(live, key=lambda r: (r.task_status is not None, r.authored is not None,
+                                    r.authored.timestamp() if r.authored else 0.0))
+
+
+def evs_trend(snapshot: PatientSnapshot) -> tuple[Measurement | None, str | None]:
+    """The last exercise vital sign (minutes/week) and its trend against the previous value."""
+    last = snapshot.latest.get(EVS_MEASURE)
+    hist = sorted(snapshot.history.get(EVS_MEASURE, ()), key=lambda m: m.effective)
+    if last is None and hist:
+        last = hist[-1]
+    if last is None:
+        return None, None
+    earlier = [m for m in hist if m.effective < last.effective]
+    if not earlier:
+        return last, None
+    prev = earlier[-1]
+    if last.value > prev.value:
+        return last, f"up from {_num(prev.value)}"
+    if last.value < prev.value:
+        return last, f"down from {_num(prev.value)}"
+    return last, "unchanged"
+
+
+# -- the cards ----------------------------------------------------------------------------------------------
+
+
+def _component_line(c: Any) -> str:
+    i = c.intensity
+    scale = ""
+    if i.low is not None and i.high is not None:
+        scale = f" ({i.scale}: {_num(i.low)}-{_num(i.high)})"
+    elif i.scale:
+        scale = f" ({i.scale})"
+    sets = f", {_plural(c.sets, 'set')}" if c.sets else ""
+    reps = f" of {c.repetitions}" if c.repetitions and c.sets else ""
+    return (f"- **{c.type.capitalize()}**: {c.frequency_per_week}×/week, {c.minutes_per_session} min, "
+            f"{i.label}{scale}{sets}{reps}")
+
+
+def _referral_card(p: Prescription, s: PatientSnapshot, ctx: CardContext, not_read: list[str]) -> CardPlan:
+    setting = SETTING_PHRASE.get(p.setting, p.setting)
+    n = len(p.precautions)
+    if p.setting == "defer":
+        summary = f"Exercise referral: medical clearance needed first, {_plural(n, 'precaution')}"
+    else:
+        summary = f"Exercise referral suggested: {setting}, {_plural(n, 'precaution')}"
+        if p.clearance_required:
+            summary += ", clearance first"
+    lines = [f"**Setting:** {setting}" + (" — medical clearance required before starting" if p.clearance_required
+                                          else "")]
+    if p.components:
+        lines += ["", "**Starting plan**"] + [_component_line(c) for c in p.components]
+    if p.precautions:
+        lines += ["", "**Precautions**"] + [f"- {pc.text}" for pc in p.precautions[:6]]
+    reasons = [r for r in p.rationale if r.finding][:4]
+    if reasons:
+        lines += ["", "**Why**"] + [f"- {r.finding}: {r.effect}" for r in reasons]
+    if p.missing_data:
+        lines += ["", "**Missing data**"] + [f"- {m.text} — {m.recommendation}" for m in p.missing_data[:5]]
+    if not_read:
+        lines += ["", "**Not read from the EHR**"] + [f"- {m}" for m in not_read[:8]]
+    lines += ["", f"_Review, edit and sign in onco-exercise. Rules {p.ruleset_version}._"]
+
+    card_uuid, sugg_uuid = str(uuid.uuid4()), str(uuid.uuid4())
+    card: dict[str, Any] = {
+        "uuid": card_uuid,
+        "summary": shorten(summary),
+        "indicator": "info",
+        "detail": "\n".join(lines),
+        "source": _source(),
+        "links": [_smart_link(ctx, card_uuid, "referral", "Review and sign the exercise prescription",
+                              {"setting": p.setting, "rulesetVersion": p.ruleset_version})],
+        "overrideReasons": list(override_reasons()),
+    }
+    if p.setting != "defer":
+        sr = build_draft_referral(p, s, ctx.exercise_service_ref, _practitioner(ctx.user_ref))
+        card["suggestions"] = [{
+            "label": shorten(f"Create draft exercise referral ({setting})", 80),
+            "uuid": sugg_uuid,
+            "isRecommended": True,
+            "actions": [{
+                "type": "create",
+                "description": "Draft exercise referral (ServiceRequest, status draft) to the exercise oncology "
+                               "service, for review and signing in onco-exercise",
+                "resource": sr,
+            }],
+        }]
+        card["selectionBehavior"] = "at-most-one"
+    fp = _fp("referral", p.setting, p.clearance_required, sorted(pc.code for pc in p.precautions),
+             sorted(m.measure for m in p.missing_data), p.ruleset_version)
+    return CardPlan("referral", prune(card), fp, (sugg_uuid,) if "suggestions" in card else ())
+
+
+def _warning_card(p: Prescription, ctx: CardContext) -> CardPlan:
+    first = p.red_flags[0]
+    summary = f"Hold exercise today: {first.finding}"
+    if len(p.red_flags) > 1:
+        summary += f" (+{len(p.red_flags) - 1} more)"
+    lines = ["Exercise is not safe today:", ""]
+    lines += [f"- **{r.finding}**: {r.effect} _({r.source})_" for r in p.red_flags]
+    lines += ["", "No exercise referral is suggested while this lasts; reassess at the next visit."]
+    card_uuid = str(uuid.uuid4())
+    card = {
+        "uuid": card_uuid,
+        "summary": shorten(summary),
+        "indicator": "warning",
+        "detail": "\n".join(lines),
+        "source": {**_source(), "label": "onco-exercise safety rules"},
+        "links": [_smart_link(ctx, card_uuid, "warning", "Review in onco-exercise", {})],
+    }
+    fp = _fp("warning", sorted(r.rule for r in p.red_flags))
+    return CardPlan("warning", prune(card), fp)
+
+
+def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> CardPlan:
+    evs, trend = evs_trend(s)
+    state = f"Task {ref.task_status}" if ref.task_status else f"referral {ref.status}"
+    if ref.status == "draft":
+        state = "draft awaiting signature"
+    summary = f"Exercise referral: {state}"
+    if evs is not None:
+        summary += f"; {_num(evs.value)} min/week" + (f" ({trend})" if trend else "")
+    else:
+        summary += "; no exercise vital sign yet"
+    lines = ["An exercise referral is in place. A brief word about how exercise is going helps people keep going.",
+             ""]
+    authored = f", sent {ref.authored.date().isoformat()}" if ref.authored else ""
+    lines.append(f"- **Referral**: {ref.status}{authored}")
+    if ref.task_status:
+        lines.append(f"- **Exercise service**: Task {ref.task_status}")
+    if evs is not None:
+        gap = "meets" if evs.value >= GUIDELINE_MINUTES else "below"
+        lines.append(f"- **Exercise vital sign**: {_num(evs.value)} min/week on {evs.effective.date().isoformat()}"
+                     + (f", {trend}" if trend else "") + f" ({gap} the {GUIDELINE_MINUTES} min/week guideline)")
+    else:
+        lines.append("- **Exercise vital sign**: not recorded — ask about minutes of moderate activity per week")
+    card_uuid = str(uuid.uuid4())
+    card = {
+        "uuid": card_uuid,
+        "summary": shorten(summary),
+        "indicator": "info",
+        "detail": "\n".join(lines),
+        "source": _source(),
+        "links": [_smart_link(ctx, card_uuid, "follow-up", "Open the exercise plan in onco-exercise",
+                              {"referral": ref.ref})],
+    }
+    fp = _fp("follow-up", ref.ref, ref.status, ref.task_status,
+             (evs.value, evs.effective.isoformat()) if evs else None)
+    return CardPlan("follow-up", prune(card), fp)
+
+
+def _incomplete_card(ctx: CardContext, missing: list[str], budget: float) -> CardPlan:
+    summary = "Exercise referral: data incomplete, review in onco-exercise"
+    lines = [f"Some patient data could not be read from the EHR (within {budget:g} s, or the server refused it), "
+             "so no one-click referral is offered: a missing lab could hide a reason not to exercise today.", "",
+             "**Not read**"]
+    lines += [f"- {m}" for m in missing[:8]]
+    card_uuid = str(uuid.uuid4())
+    card = {
+        "uuid": card_uuid,
+        "summary": summary,
+        "indicator": "info",
+        "detail": "\n".join(lines),
+        "source": _source(),
+        "links": [_smart_link(ctx, card_uuid, "incomplete", "Review in onco-exercise", {})],
+    }
+    return CardPlan("incomplete", prune(card), _fp("incomplete", sorted(missing)))
+
+
+def decide(prescription: Prescription | None, snapshot: PatientSnapshot, ctx: CardContext, *,
+           complete: bool = True, missing: list[str] | None = None, budget: float = 0.0) -> CardPlan:
+    """At most one card for this patient now (see the module docstring for the order)."""
+    if prescription is None or not snapshot.cancers:
+        return CardPlan("none", None)
+    if prescription.red_flags:
+        return _warning_card(prescription, ctx)
+    if not prescription.eligible:
+        return CardPlan("none", None)
+    if not complete:
+        return _incomplete_card(ctx, missing or [], budget)
+    ref = referral_in_place(snapshot)
+    if ref is not None:
+        return _follow_up_card(ref, snapshot, ctx)
+    return _referral_card(prescription, snapshot, ctx, missing or [])

@@ -1,0 +1,159 @@
+"""Card building from hand-built clinical results (independent of the rule table) and the suppression rules."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import replace
+from datetime import date, datetime, timedelta, timezone
+
+from service.cds_hooks import followup
+from service.cds_hooks.cards import SUMMARY_MAX, CardContext, CardPlan, decide, prune, shorten
+from service.clinical.model import (CodedFact, Component, Intensity, Measurement, MissingData, PatientSnapshot,
+                                    Precaution, Prescription, Reason, Referral)
+from tests.cds_hooks.conftest import find_empty
+
+NOW = datetime(2026, 3, 2, 9, 30, tzinfo=timezone.utc)
+CTX = CardContext(service_id="onco-exercise-encounter-start", public_url="https://onco.example.org",
+                  exercise_service_ref="Organization/exercise-oncology-service", user_ref="Practitioner/onc-1",
+                  hook_instance=str(uuid.uuid4()), encounter_id="enc-1")
+CANCER = CodedFact(ref="Condition/c1", system="http://snomed.info/sct", code="254837009",
+                   display="Malignant neoplasm of breast", onset=date(2025, 10, 1))
+
+
+def snap(**changes: object) -> PatientSnapshot:
+    s = PatientSnapshot(as_of=NOW, patient_ref="Patient/p1", birth_date=date(1970, 5, 17), sex="female",
+                        cancers=(CANCER,))
+    return replace(s, **changes) if changes else s  # type: ignore[arg-type]
+
+
+def rx(**changes: object) -> Prescription:
+    p = Prescription(
+        eligible=True, setting="home-based", clearance_required=False,
+        components=(Component("aerobic", 3, 20, Intensity("moderate", "RPE 6-20", 12, 13)),
+                    Component("resistance", 2, 20, Intensity("light", "RPE 6-20", 10, 11), sets=2,
+                              repetitions="10-12")),
+        precautions=(Precaution("bone-metastases", "Bone metastases: no high-impact or loaded spinal flexion",
+                                "bone.mets", "IBMEWG 2022"),
+                     Precaution("active-treatment", "On chemotherapy: lower volume after infusions", "tx.chemo",
+                                "Campbell 2019")),
+        missing_data=(MissingData("six-minute-walk", "No 6-minute walk test in 6 months",
+                                  "baseline 6MWT recommended"),),
+        rationale=(Reason("bone.mets", "Bone metastases (Condition/c2)", "supervised start, no impact", "IBMEWG"),),
+        progression=("+5 min every 2 weeks",), stop_rules=("chest pain",), red_flags=(),
+        ruleset_version="2026.11.0", generated_at=NOW, patient_ref="Patient/p1", cancer_refs=("Condition/c1",))
+    return replace(p, **changes) if changes else p  # type: ignore[arg-type]
+
+
+def test_no_cancer_no_card() -> None:
+    assert decide(rx(eligible=False), snap(cancers=()), CTX).card is None
+    assert decide(None, snap(cancers=()), CTX).card is None
+    assert decide(rx(eligible=False), snap(), CTX).card is None
+
+
+def test_referral_card_contents() -> None:
+    plan = decide(rx(), snap(), CTX)
+    card = plan.card
+    assert plan.kind == "referral" and card is not None
+    assert find_empty(card) == []
+    assert card["summary"] == "Exercise referral suggested: home-based programme, 2 precautions"
+    assert len(card["summary"]) < 140
+    assert card["indicator"] == "info"
+    uuid.UUID(card["uuid"])
+    assert "**Precautions**" in card["detail"] and "Bone metastases" in card["detail"]
+    assert "No 6-minute walk test in 6 months — baseline 6MWT recommended" in card["detail"]
+    assert card["source"]["label"] and card["source"]["url"].startswith("https://")
+    assert card["source"]["topic"]["code"] == "390893007"
+    [s] = card["suggestions"]
+    uuid.UUID(s["uuid"])
+    assert plan.suggestion_ids == (s["uuid"],)
+    assert card["selectionBehavior"] == "at-most-one"
+    [action] = s["actions"]
+    assert action["type"] == "create" and action["description"]
+    sr = action["resource"]
+    assert sr["resourceType"] == "ServiceRequest" and sr["status"] == "draft"
+    assert sr["subject"]["reference"] == "Patient/p1"
+    [link] = card["links"]
+    assert link["type"] == "smart" and link["url"] == "https://onco.example.org/smart/launch"
+    ctx = json.loads(link["appContext"])
+    assert ctx["cardUuid"] == card["uuid"] and ctx["setting"] == "home-based" and ctx["encounterId"] == "enc-1"
+    codes = {c["code"] for c in card["overrideReasons"]}
+    assert codes == {"patient-declined", "already-exercising", "not-appropriate-now", "discuss-next-visit"}
+    assert all(c["display"] and c["system"].endswith("/CodeSystem/override-reason") for c in card["overrideReasons"])
+
+
+def test_draft_referral_is_valid_against_our_profiles() -> None:
+    from service.fhir.validate import errors, validate_resource
+
+    card = decide(rx(), snap(), CTX).card
+    assert card is not None
+    sr = card["suggestions"][0]["actions"][0]["resource"]
+    assert errors(validate_resource(sr)) == []
+
+
+def test_defer_and_clearance_summaries() -> None:
+    deferred = decide(rx(setting="defer", clearance_required=True), snap(), CTX).card
+    assert deferred is not None and "suggestions" not in deferred and "selectionBehavior" not in deferred
+    assert deferred["summary"].startswith("Exercise referral: medical clearance needed first")
+    supervised = decide(rx(setting="supervised", clearance_required=True), snap(), CTX).card
+    assert supervised is not None
+    assert supervised["summary"] == "Exercise referral suggested: supervised programme, 2 precautions, clearance first"
+
+
+def test_warning_card_for_red_flags_has_no_suggestion() -> None:
+    flags = (Reason("fever", "Temperature 38.7 °C today", "hold exercise until fever-free 24-48 h", "common practice"),
+             Reason("anc", "Neutrophils 0.3 x10^9/L", "no exercise in public spaces", "Maltser 2017"))
+    plan = decide(rx(red_flags=flags, setting="defer"), snap(), CTX)
+    card = plan.card
+    assert plan.kind == "warning" and card is not None
+    assert card["indicator"] == "warning"
+    assert card["summary"] == "Hold exercise today: Temperature 38.7 °C today (+1 more)"
+    assert "suggestions" not in card and "Neutrophils 0.3" in card["detail"]
+    assert find_empty(card) == []
+
+
+def test_follow_up_card_with_task_status_and_evs_trend() -> None:
+    ref = Referral("ServiceRequest/sr1", "active", NOW - timedelta(days=40), "Task/t1", "in-progress")
+    evs = (Measurement("evs-minutes-per-week", 60, "min/wk", NOW - timedelta(days=30), "Observation/e1", "82290-8"),
+           Measurement("evs-minutes-per-week", 95, "min/wk", NOW - timedelta(days=2), "Observation/e2", "82290-8"))
+    s = snap(referrals=(ref,), latest={"evs-minutes-per-week": evs[1]}, history={"evs-minutes-per-week": evs})
+    plan = decide(rx(), s, CTX)
+    card = plan.card
+    assert plan.kind == "follow-up" and card is not None
+    assert card["summary"] == "Exercise referral: Task in-progress; 95 min/week (up from 60)"
+    assert "suggestions" not in card
+    assert "below the 150 min/week guideline" in card["detail"]
+    # a rejected referral is not "in place": the referral card comes back
+    gone = snap(referrals=(replace(ref, task_status="rejected"),))
+    assert decide(rx(), gone, CTX).kind == "referral"
+
+
+def test_incomplete_data_card_has_no_one_click_referral() -> None:
+    plan = decide(rx(), snap(), CTX, complete=False, missing=["observations (Observation): not read in time"],
+                  budget=2.0)
+    assert plan.kind == "incomplete" and plan.card is not None
+    assert "suggestions" not in plan.card and "observations" in plan.card["detail"]
+
+
+def test_prune_and_shorten() -> None:
+    assert prune({"a": "", "b": [], "c": {}, "d": None, "e": [{"x": ""}, 1], "f": 0}) == {"e": [1], "f": 0}
+    s = shorten("x" * 300)
+    assert len(s) == SUMMARY_MAX and s.endswith("…")
+
+
+def test_suppression_rules() -> None:
+    plan = CardPlan("referral", {"uuid": "u"}, "fp1")
+    t = 1_000_000.0
+    assert not followup.suppressed(plan, None, t)
+    shown = {"fingerprint": "fp1", "shownAt": t}
+    assert followup.suppressed(plan, shown, t + 60)  # same card a minute later
+    assert not followup.suppressed(plan, shown, t + followup.REPEAT_WINDOW + 1)  # next visit
+    assert not followup.suppressed(CardPlan("referral", {"uuid": "u"}, "fp2"), shown, t + 60)  # something changed
+    assert not followup.suppressed(CardPlan("warning", {"uuid": "u"}, "fp1"), shown, t + 60)  # safety first
+    declined = {**shown, "outcome": "overridden", "reason": "patient-declined", "outcomeAt": t}
+    assert followup.suppressed(plan, declined, t + 30 * followup.DAY)
+    assert not followup.suppressed(plan, declined, t + 91 * followup.DAY)
+    next_visit = {**shown, "outcome": "overridden", "reason": "discuss-next-visit", "outcomeAt": t}
+    assert not followup.suppressed(plan, next_visit, t + followup.REPEAT_WINDOW + 1)
+    accepted = {**shown, "outcome": "accepted", "outcomeAt": t}
+    assert followup.suppressed(plan, accepted, t + 10 * followup.DAY)

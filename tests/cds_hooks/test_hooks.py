@@ -1,0 +1,248 @@
+"""Hook calls over real HTTP: discovery, validation (400/404/412), cards for realistic patients, suppression."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+import pytest
+
+from service.cds_hooks.discovery import ENCOUNTER_START_ID, PATIENT_VIEW_ID
+from tests.cds_hooks import patients
+from tests.cds_hooks.conftest import Service, assert_clean, find_empty, hook_body
+
+ES = f"/cds-services/{ENCOUNTER_START_ID}"
+PV = f"/cds-services/{PATIENT_VIEW_ID}"
+
+
+def _pid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def call(service: Service, path: str, body: Any, **kw: Any) -> Any:
+    resp = service.ehr.post(path, body, **kw)
+    assert_clean(resp)
+    return resp
+
+
+def cards_for(service: Service, builder: patients.PatientBuilder, path: str = ES) -> list[dict[str, Any]]:
+    sid = path.rsplit("/", 1)[1]
+    resp = call(service, path, hook_body(sid, builder.prefetch(), builder.pid))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("application/json")
+    return resp.json()["cards"]
+
+
+def _outcome(resp: Any, status: int) -> str:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["resourceType"] == "OperationOutcome"
+    return body["issue"][0].get("diagnostics", "")
+
+
+# -- discovery ----------------------------------------------------------------------------------------------
+
+
+def test_discovery_document(service: Service) -> None:
+    from service.fhir.queries import prefetch_templates
+
+    resp = service.ehr.get("/cds-services")
+    data = assert_clean(resp)
+    assert resp.status_code == 200
+    by_id = {s["id"]: s for s in data["services"]}
+    assert set(by_id) == {ENCOUNTER_START_ID, PATIENT_VIEW_ID}
+    assert by_id[ENCOUNTER_START_ID]["hook"] == "encounter-start"
+    assert by_id[PATIENT_VIEW_ID]["hook"] == "patient-view"
+    for s in by_id.values():
+        assert s["title"] and s["description"]
+        assert s["prefetch"] == prefetch_templates()
+        assert s["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+        for template in s["prefetch"].values():
+            assert "{{context.patientId}}" in template
+            # within the spec's recommended query subset: read or type search, simple parameters, one token
+            assert re.findall(r"\{\{[^}]*\}\}", template) == ["{{context.patientId}}"]
+            path, _, query = template.partition("?")
+            assert re.fullmatch(r"[A-Z][A-Za-z]+(/\{\{context\.patientId\}\})?", path)
+            for name, _, _ in (p.partition("=") for p in query.split("&") if p):
+                assert name in {"patient", "code", "status", "_count", "_sort", "date", "category",
+                                "clinical-status"}, name
+        assert "patient/Observation.rs" in s["usageRequirements"]
+        assert "patient/Condition.rs" in s["usageRequirements"]
+
+
+# -- validation ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_service_is_404(service: Service) -> None:
+    msg = _outcome(call(service, "/cds-services/nope", hook_body(ENCOUNTER_START_ID, {}, "p1")), 404)
+    assert "nope" in msg
+    assert service.ehr.post("/cds-services/nope/feedback", {"feedback": []}).status_code == 404
+
+
+@pytest.mark.parametrize("mutate, expect", [
+    (lambda b: "not json", "not valid JSON"),
+    (lambda b: "[1, 2]", "JSON object"),
+    (lambda b: {k: v for k, v in b.items() if k != "hook"}, "'hook' is required"),
+    (lambda b: {**b, "hook": "patient-view"}, "encounter-start"),
+    (lambda b: {**b, "hook": "order-sign"}, "encounter-start"),
+    (lambda b: {k: v for k, v in b.items() if k != "hookInstance"}, "'hookInstance' is required"),
+    (lambda b: {**b, "hookInstance": "abc"}, "UUID"),
+    (lambda b: {k: v for k, v in b.items() if k != "context"}, "'context' is required"),
+    (lambda b: {**b, "context": "x"}, "'context' must be"),
+    (lambda b: {**b, "context": {**b["context"], "patientId": 42}}, "context.patientId"),
+    (lambda b: {**b, "context": {**b["context"], "patientId": "../../Patient?name=x"}}, "context.patientId"),
+    (lambda b: {**b, "context": {**b["context"], "userId": "onc-1"}}, "context.userId"),
+    (lambda b: {**b, "context": {**b["context"], "userId": "Patient/p1"}}, "context.userId"),
+    (lambda b: {**b, "context": {k: v for k, v in b["context"].items() if k != "encounterId"}},
+     "context.encounterId"),
+    (lambda b: {**b, "prefetch": []}, "'prefetch' must be"),
+    (lambda b: {**b, "prefetch": {"patient": "x"}}, "prefetch.patient"),
+    (lambda b: {**b, "fhirAuthorization": {"access_token": "t", "token_type": "Bearer", "expires_in": 300,
+                                           "scope": "patient/*.rs", "subject": "onco"}}, "fhirServer"),
+    (lambda b: {**b, "fhirServer": "http://127.0.0.1:9/fhir",
+                "fhirAuthorization": {"access_token": "t", "token_type": "MAC", "expires_in": 300,
+                                      "scope": "patient/*.rs", "subject": "onco"}}, "token_type"),
+    (lambda b: {**b, "fhirServer": "ftp://x/fhir"}, "fhirServer"),
+])
+def test_invalid_requests_are_400_with_operation_outcome(service: Service, mutate: Any, expect: str) -> None:
+    body = mutate(hook_body(ENCOUNTER_START_ID, {"patient": None}, "p1"))
+    raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+    msg = _outcome(call(service, ES, None, raw=raw), 400)
+    assert expect in msg
+
+
+def test_patient_view_context(service: Service) -> None:
+    p = patients.non_oncology(_pid("pv"))
+    body = hook_body(PATIENT_VIEW_ID, p.prefetch(), p.pid)
+    assert "encounterId" not in body["context"]  # optional for patient-view
+    assert call(service, PV, body).json() == {"cards": []}
+    with_encounter = {**body, "context": {**body["context"], "encounterId": "enc-9"}}
+    assert call(service, PV, with_encounter).json() == {"cards": []}
+    _outcome(call(service, PV, {**body, "hook": "encounter-start"}), 400)
+
+
+# -- data (412) ---------------------------------------------------------------------------------------------
+
+
+def test_no_prefetch_and_no_fhir_server_is_412(service: Service) -> None:
+    msg = _outcome(call(service, ES, hook_body(ENCOUNTER_START_ID, None, "p1")), 412)
+    assert "fhirServer" in msg
+    partial = patients.bone_metastases(_pid("partial")).prefetch()
+    del partial["observations"]
+    _outcome(call(service, ES, hook_body(ENCOUNTER_START_ID, partial, "p1")), 412)
+
+
+def test_null_prefetch_keys_mean_no_data(service: Service) -> None:
+    p = patients.bone_metastases(_pid("nulls"))
+    prefetch = {k: None for k in patients.KEYS}
+    prefetch["patient"] = p.patient
+    prefetch["conditions"] = p.prefetch()["conditions"]
+    cards = call(service, ES, hook_body(ENCOUNTER_START_ID, prefetch, p.pid)).json()["cards"]
+    assert len(cards) == 1 and cards[0]["indicator"] == "info"
+    assert "**Missing data**" in cards[0]["detail"]  # no labs, no functional tests: said so
+    # everything null: no data about this patient at all -> no card, not an error
+    assert call(service, ES, hook_body(ENCOUNTER_START_ID, {k: None for k in patients.KEYS}, p.pid)).json() == \
+        {"cards": []}
+
+
+# -- cards for realistic patients ---------------------------------------------------------------------------
+
+
+def test_non_oncology_patient_gets_no_card(service: Service) -> None:
+    assert cards_for(service, patients.non_oncology(_pid("nonc"))) == []
+
+
+def test_bone_metastases_referral_card(service: Service) -> None:
+    from service.fhir.validate import errors, validate_resource
+
+    [card] = cards_for(service, patients.bone_metastases(_pid("bone")))
+    assert card["indicator"] == "info"
+    assert card["summary"].startswith("Exercise referral")
+    assert len(card["summary"]) < 140 and "precaution" in card["summary"]
+    assert "Bone" in card["detail"] or "bone" in card["detail"]
+    uuid.UUID(card["uuid"])
+    [link] = card["links"]
+    assert link["type"] == "smart" and link["url"] == f"{service.url}/smart/launch"
+    assert json.loads(link["appContext"])["cardUuid"] == card["uuid"]
+    assert {c["code"] for c in card["overrideReasons"]} >= {"patient-declined", "discuss-next-visit"}
+    if card.get("suggestions"):
+        [s] = card["suggestions"]
+        uuid.UUID(s["uuid"])
+        sr = s["actions"][0]["resource"]
+        assert sr["status"] == "draft"
+        assert errors(validate_resource(sr)) == []
+
+
+def test_neutropenic_fever_warning_card(service: Service) -> None:
+    [card] = cards_for(service, patients.neutropenic_fever(_pid("fever")))
+    assert card["indicator"] == "warning"
+    assert "suggestions" not in card
+    assert card["summary"].startswith("Hold exercise today")
+
+
+def test_survivorship_home_based(service: Service) -> None:
+    [card] = cards_for(service, patients.survivorship(_pid("surv")))
+    assert card["indicator"] == "info"
+    assert "home-based" in card["summary"]
+    assert card["suggestions"][0]["actions"][0]["type"] == "create"
+    assert json.loads(card["links"][0]["appContext"])["setting"] == "home-based"
+
+
+def test_existing_referral_follow_up(service: Service) -> None:
+    [card] = cards_for(service, patients.existing_referral(_pid("ref")))
+    assert card["indicator"] == "info"
+    assert card["summary"] == "Exercise referral: Task in-progress; 95 min/week (up from 60)"
+    assert "suggestions" not in card
+
+
+def test_at_most_one_card_and_repeat_suppressed(service: Service) -> None:
+    p = patients.bone_metastases(_pid("repeat"))
+    assert len(cards_for(service, p)) == 1
+    assert cards_for(service, p) == []  # encounter-start fired again: quiet
+    assert cards_for(service, p, PV) == []  # patient-view right after: quiet too
+    # something changed (a new precaution-worthy lab): the card comes back
+    p.obs("777-3", "Platelets", 35, "10*3/uL", 0.05)
+    again = cards_for(service, p)
+    assert len(again) == 1
+
+
+def test_warning_repeats(service: Service) -> None:
+    p = patients.neutropenic_fever(_pid("fever-repeat"))
+    assert len(cards_for(service, p)) == 1
+    assert len(cards_for(service, p)) == 1  # safety warnings are never suppressed
+
+
+def test_unicode_and_no_empty_values_everywhere(service: Service) -> None:
+    for builder in (patients.bone_metastases, patients.neutropenic_fever, patients.survivorship,
+                    patients.existing_referral, patients.non_oncology):
+        resp = call(service, ES, hook_body(ENCOUNTER_START_ID, builder(_pid("clean")).prefetch(), "x1"))
+        assert resp.status_code == 200
+        assert find_empty(resp.json()) == []
+
+
+def test_cors_preflight_for_browser_clients(service: Service) -> None:
+    resp = service.ehr.http.options(f"{service.url}{ES}", headers={
+        "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert resp.status_code == 200, resp.text
+    allowed = resp.headers["access-control-allow-headers"].lower()
+    assert "authorization" in allowed and "content-type" in allowed
+    assert "POST" in resp.headers["access-control-allow-methods"]
+    # and the real call carries the CORS header too
+    p = patients.non_oncology(_pid("cors"))
+    real = service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid),
+                            headers={"Origin": "https://sandbox.cds-hooks.org"})
+    assert real.status_code == 200 and real.headers.get("access-control-allow-origin")
+
+
+def test_card_history_failure_does_not_cost_the_card(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.cds_hooks import followup
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ConnectionError("store down")
+
+    monkeypatch.setattr(followup, "load_history", broken)
+    monkeypatch.setattr(followup, "remember", broken)
+    assert len(cards_for(service, patients.bone_metastases(_pid("nostore")))) == 1
