@@ -1,6 +1,6 @@
 """Several replicas share state through Redis: proven with separate OS processes, not one event loop.
 
-(SMART sessions go through the same Store calls; the lead extends this file with a cross-replica launch.)"""
+(SMART sessions across replicas: tests/storage/test_replica_sessions.py.)"""
 
 from __future__ import annotations
 
