@@ -399,6 +399,19 @@ def _lookup_ok(cap: Capability, e: Entry) -> bool:
     return not r.search_params or all(p in r.search_params for p in _params_of(e["ifNoneExist"]))
 
 
+def _lookup_params(cap: Capability, e: Entry) -> list[tuple[str, str]]:
+    """The identifier search, narrowed to the patient when the resource names one: servers that enforce
+    SMART `patient/` scopes refuse searches that do not name the launch patient (403)."""
+    params = parse_qsl(e["ifNoneExist"], keep_blank_values=True)
+    res = e["resource"]
+    ref = next((res[k].get("reference") for k in ("subject", "for", "patient")
+                if isinstance(res.get(k), dict)), None)
+    r = cap.resources.get(res["resourceType"])
+    if isinstance(ref, str) and ref.startswith("Patient/") and r is not None and "patient" in r.search_params:
+        params.append(("patient", ref))
+    return params
+
+
 def _matches(candidate: dict[str, Any], query: str) -> bool:
     """Client-side check of a lookup hit: servers may ignore an unknown parameter and return everything."""
     for k, v in parse_qsl(query, keep_blank_values=True):
@@ -461,7 +474,7 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
         if _conditional_ok(cap, e) or not _lookup_ok(cap, e):
             continue
         rtype = e["resource"]["resourceType"]
-        found = await client.search(rtype, parse_qsl(e["ifNoneExist"], keep_blank_values=True), max_pages=1)
+        found = await client.search(rtype, _lookup_params(cap, e), max_pages=1)
         hit = next((r for r in found.resources if r.get("resourceType") == rtype and _matches(r, e["ifNoneExist"])),
                    None)
         if hit is not None:
@@ -481,7 +494,12 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
         try:
             response = await client.transaction(bundle)
         except FhirError as exc:
-            raise WritebackError(f"the transaction to {client.base_url} failed, nothing was written: {exc.message}",
+            # A 5xx or no answer at all may hide a committed transaction (a lost response): say so, never
+            # "nothing was written"; signing again finds what was committed (ifNoneExist), so no duplicates.
+            lost = exc.status >= 500 or exc.kind in ("timeout", "transport")
+            what = ("it may or may not have been written; signing again completes it without duplicates" if lost
+                    else "nothing was written")
+            raise WritebackError(f"the transaction to {client.base_url} failed, {what}: {exc.message}",
                                  status=exc.status, outcome=exc.outcome,
                                  result=_partial(result, by_url, entries)) from exc
         for e, r in zip(todo, response.get("entry") or []):
