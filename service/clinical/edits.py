@@ -4,7 +4,9 @@ The clinician has the last word, but not silently: an edit that crosses a safety
 precaution's cap, resistance where a rule forbids it, an activity a precaution rules out, a setting less
 restrictive than computed, removing a precaution) is refused with an EditProblem unless the edit carries an
 override reason for that exact path; accepted overrides are recorded in the rationale under
-CLINICIAN-OVERRIDE. Hard bounds (1-7 sessions/week, 5-120 min/session) cannot be overridden. When there is
+CLINICIAN-OVERRIDE. Every accepted change (overridden or not) is also recorded under CLINICIAN-EDIT, and the
+progression text and the long-term goals are regenerated from the edited components, so the rationale and the
+handout never describe the pre-edit dose. Hard bounds (1-7 sessions/week, 5-120 min/session) cannot be overridden. When there is
 any problem nothing is applied: the original prescription comes back with the problems. Pure, deterministic.
 
 Edits JSON:
@@ -21,7 +23,16 @@ from datetime import datetime
 from typing import Any
 
 from service.clinical.model import SETTING_ORDER, Component, Intensity, Prescription, Reason
-from service.clinical.prescribe import ACTIVITIES, HRR_BANDS, RPE_BANDS, RPE_SCALE, normalise_activity
+from service.clinical.prescribe import (
+    ACTIVITIES,
+    AEROBIC_TARGET_MIN,
+    HRR_BANDS,
+    RPE_BANDS,
+    RPE_SCALE,
+    normalise_activity,
+    progression_for,
+    targets_for,
+)
 from service.clinical.rules import LEVELS, RULES_BY_ID
 from service.clinical.serialize import COMPONENT_TYPES
 
@@ -58,6 +69,7 @@ class _Limits:
     resistance_rule: str | None = None
     avoid: dict[str, str] | None = None
     no_public: str | None = None
+    slow: bool = False
 
 
 def _limits(p: Prescription) -> _Limits:
@@ -76,7 +88,40 @@ def _limits(p: Prescription) -> _Limits:
             lim.avoid.setdefault(tag, rule.id)  # type: ignore[union-attr]
         if e.no_public and lim.no_public is None:
             lim.no_public = rule.id
+        lim.slow = lim.slow or e.slow_progression
     return lim
+
+
+def _dose(c: Component) -> str:
+    return f"{c.frequency_per_week}x/week x {c.minutes_per_session} min, {c.intensity.label}"
+
+
+def _changes(before: Prescription, after: Prescription) -> list[str]:
+    """What the clinician changed, one readable line each (for the CLINICIAN-EDIT rationale)."""
+    out: list[str] = []
+    if before.setting != after.setting:
+        out.append(f"setting {before.setting} -> {after.setting}")
+    old = {c.type: c for c in before.components}
+    new = {c.type: c for c in after.components}
+    for ctype, c in new.items():
+        o = old.get(ctype)
+        if o is None:
+            out.append(f"{ctype} added: {_dose(c)}")
+            continue
+        if (o.frequency_per_week, o.minutes_per_session, o.intensity.label) != \
+                (c.frequency_per_week, c.minutes_per_session, c.intensity.label):
+            out.append(f"{ctype} {_dose(o)} -> {_dose(c)}")
+        if o.activities != c.activities:
+            out.append(f"{ctype} activities: {', '.join(c.activities) or 'none'}")
+        if (o.sets, o.repetitions) != (c.sets, c.repetitions):
+            out.append(f"{ctype} sets/repetitions: {c.sets or '-'} x {c.repetitions or '-'}")
+    for ctype in old:
+        if ctype not in new:
+            out.append(f"{ctype} removed")
+    removed = [x.code for x in before.precautions if x.code not in {y.code for y in after.precautions}]
+    if removed:
+        out.append("precaution(s) removed: " + ", ".join(removed))
+    return out
 
 
 class _Editor:
@@ -268,14 +313,23 @@ class _Editor:
                 self.problem("notes", "must be a text")
             elif text.strip():
                 notes = (*p.notes, f"Clinician note: {text.strip()}")
+        edited = replace(p, setting=setting, clearance_required=p.clearance_required or setting == "defer",
+                         components=components, precautions=precautions, notes=notes)
+        changes = _changes(p, edited)
+        if not changes:
+            return replace(edited, rationale=(*p.rationale, *self.overrides_used))
+        rule = RULES_BY_ID["CLINICIAN-EDIT"]
+        recorded = [Reason(rule.id, f"clinician changed: {change}", f"applied on {self.now.date().isoformat()}",
+                           rule.citation) for change in changes]
+        goal = next((t.value for t in p.targets if t.measure == "aerobic-minutes-per-week"), AEROBIC_TARGET_MIN)
+        targets = targets_for(components, goal)
+        lim = self.limits
         return replace(
-            p,
-            setting=setting,
-            clearance_required=p.clearance_required or setting == "defer",
-            components=components,
-            precautions=precautions,
-            notes=notes,
-            rationale=(*p.rationale, *self.overrides_used),
+            edited,
+            rationale=(*p.rationale, *recorded, *self.overrides_used),
+            targets=targets,
+            progression=progression_for(setting, components, targets, slow=lim.slow,
+                                        resistance_cap=lim.resistance, max_intensity=lim.max_intensity),
         )
 
 

@@ -170,6 +170,20 @@ class Reason:
 
 
 @dataclass(frozen=True)
+class Target:
+    """A long-term goal the plan builds up to (e.g. 150 min/week of moderate aerobic activity).
+
+    Kept apart from the components, which are the *starting* dose: a goal must never read as less than
+    what the patient already does just because the plan starts gently.
+    `measure` is "aerobic-minutes-per-week" or "strength-days-per-week".
+    """
+
+    measure: str
+    value: int
+    text: str
+
+
+@dataclass(frozen=True)
 class Prescription:
     eligible: bool
     setting: Setting
@@ -188,3 +202,4 @@ class Prescription:
     supporting_refs: tuple[str, ...] = ()
     preferences: Preferences | None = None
     notes: tuple[str, ...] = ()
+    targets: tuple[Target, ...] = ()

@@ -8,6 +8,7 @@ Preferences then shape the plan within those limits; when one is set aside, the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable
@@ -24,12 +25,15 @@ from service.clinical.model import (
     Prescription,
     Reason,
     Setting,
+    Target,
 )
 from service.clinical.rules import (
+    EVS_TARGET,
     LEVELS,
     RULES_BY_ID,
     RULESET_VERSION,
     Effect,
+    Facts,
     Hit,
     Level,
     Rule,
@@ -82,6 +86,23 @@ EQUIPMENT_ACTIVITY = {"resistance bands": "resistance bands", "bands": "resistan
                       "stationary bike": "stationary cycling", "exercise bike": "stationary cycling",
                       "bicycle": "cycling", "bike": "cycling", "treadmill": "walking", "elliptical": "elliptical"}
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+# Long-term aerobic goal: the guideline's 150 min/week, or what the patient already does (up to 300).
+AEROBIC_TARGET_MIN, AEROBIC_TARGET_MAX = int(EVS_TARGET), 300
+STRENGTH_TARGET_DAYS = 2
+MAX_SESSION_MINUTES = 60
+
+# What the patient is told when a precaution rules out a kind of activity (activity tag -> handout text).
+AVOID_TEXT = {
+    "water": "No swimming or water exercise for now",
+    "public-facility": "Avoid public gyms, swimming pools and group classes for now (infection risk)",
+    "high-impact": "Avoid jumping, running and other high-impact activities",
+    "running": "No running or jogging",
+    "contact": "Avoid contact sports",
+    "balance-demanding": "Avoid activities where you could lose your balance (outdoor cycling, dancing)",
+    "spinal-loading": "Avoid loaded bending or twisting of the spine (sit-ups, heavy yoga or pilates poses)",
+    "heavy-lifting": "No heavy lifting",
+}
 
 STOP_RULES_BASE = (
     "Stop and rest if you feel dizzy, faint or light-headed.",
@@ -245,8 +266,8 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
     clearance = plan.clearance or setting == "defer"
     components: tuple[Component, ...] = ()
     if setting != "defer":
-        components = _components(plan, snapshot, prefs, rationale)
-    notes = list(plan.notes)
+        components = _components(plan, snapshot, now, prefs, rationale)
+    notes = list(plan.notes) + _avoid_notes(plan)
     if setting == "defer":
         notes = ["Structured exercise is deferred until a clinician has reviewed the red flags."] + [
             f"Until cleared: {t}" for t in plan.until_cleared] + ["Avoid long periods of sitting or lying down."]
@@ -257,6 +278,8 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
             stop_rules.append(STOP_RULES_BY_PRECAUTION[code])
 
     cancer_refs = tuple(dict.fromkeys(f.ref for f in (*snapshot.cancers, *snapshot.metastases)))
+    current = Facts(snapshot, now).evs_minutes()
+    targets = targets_for(components, aerobic_floor(current[0] if current else None))
     return Prescription(
         eligible=True,
         setting=setting,
@@ -265,7 +288,8 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         precautions=tuple(precautions.values()),
         missing_data=tuple(missing),
         rationale=tuple(rationale),
-        progression=_progression(setting, plan, components),
+        progression=progression_for(setting, components, targets, slow=plan.slow,
+                                    resistance_cap=plan.resistance, max_intensity=plan.max_intensity),
         stop_rules=tuple(stop_rules),
         red_flags=tuple(red_flags),
         ruleset_version=RULESET_VERSION,
@@ -275,7 +299,46 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         supporting_refs=tuple(r for r in supporting if r not in cancer_refs),
         preferences=preferences,
         notes=tuple(notes),
+        targets=targets,
     )
+
+
+def _avoid_notes(plan: _Plan) -> list[str]:
+    """One plain-language line per kind of activity a precaution rules out, naming why (for the handout)."""
+    blocked = dict(plan.avoid)
+    if plan.no_public:
+        blocked.setdefault("public-facility", plan.no_public)
+    out: list[str] = []
+    for tag, rule_id in sorted(blocked.items()):
+        text = AVOID_TEXT.get(tag)
+        if text:
+            line = f"{text} ({RULES_BY_ID[rule_id].title.lower()})."
+            if line not in out:
+                out.append(line)
+    return out
+
+
+def aerobic_floor(current_minutes: float | None) -> int:
+    """The aerobic goal in min/week: 150, or the patient's current activity when higher (at most 300)."""
+    if current_minutes is None:
+        return AEROBIC_TARGET_MIN
+    return int(min(AEROBIC_TARGET_MAX, max(AEROBIC_TARGET_MIN, _round5(current_minutes))))
+
+
+def targets_for(components: tuple[Component, ...], aerobic_goal: int) -> tuple[Target, ...]:
+    """Long-term goals for the components prescribed; never below the starting dose itself."""
+    out: list[Target] = []
+    aerobic = sum(c.frequency_per_week * c.minutes_per_session for c in components if c.type == "aerobic")
+    if any(c.type == "aerobic" for c in components):
+        value = max(aerobic_goal, aerobic)
+        verb = "Keep up at least" if aerobic >= value else "Build up to"
+        out.append(Target("aerobic-minutes-per-week", value,
+                          f"{verb} {value} minutes of aerobic activity per week"))
+    strength = max((c.frequency_per_week for c in components if c.type == "resistance"), default=0)
+    if strength:
+        value = max(STRENGTH_TARGET_DAYS, strength)
+        out.append(Target("strength-days-per-week", value, f"Muscle-strengthening exercise on {value} days per week"))
+    return tuple(out)
 
 
 def _triage(plan: _Plan, prefs: Preferences, rationale: list[Reason]) -> Setting:
@@ -311,7 +374,32 @@ def _triage(plan: _Plan, prefs: Preferences, rationale: list[Reason]) -> Setting
     return wanted
 
 
-def _components(plan: _Plan, snapshot: PatientSnapshot, prefs: Preferences,
+def _from_current_activity(plan: _Plan, snapshot: PatientSnapshot, now: datetime, frequency: int, minutes: int,
+                           rationale: list[Reason]) -> tuple[int, int]:
+    """An active patient keeps (and builds on) what they already do instead of restarting as a beginner.
+
+    The starting weekly aerobic volume is the exercise vital sign (at most 300 min/week) scaled by the same
+    safety volume factor as the beginner dose (e.g. x0.75 on chemotherapy), when that is more than the
+    beginner dose; sessions are spread over 3 days (up to 120 min/week) or 5 days, at most 60 min each.
+    """
+    current = Facts(snapshot, now).evs_minutes()
+    base = frequency * minutes
+    if current is None or current[0] <= base:
+        return frequency, minutes
+    weekly = max(base, min(current[0], AEROBIC_TARGET_MAX) * plan.volume)
+    if weekly <= base:
+        return frequency, minutes
+    new_frequency = 3 if weekly <= 120 else 5
+    new_minutes = min(MAX_SESSION_MINUTES, max(10, 5 * math.ceil(weekly / new_frequency / 5)))
+    rule = "ACT-MEETS" if current[0] >= EVS_TARGET else "ACT-LOW"
+    scaled = f" x{plan.volume:g} for safety" if plan.volume < 1 else ""
+    rationale.append(_reason(rule, f"already active: {current[0]:g} min/week ({current[2]})",
+                             f"starting dose builds on current activity{scaled}: aerobic {new_frequency}x/week x "
+                             f"{new_minutes} min instead of {frequency}x{minutes}", current[1]))
+    return new_frequency, new_minutes
+
+
+def _components(plan: _Plan, snapshot: PatientSnapshot, now: datetime, prefs: Preferences,
                 rationale: list[Reason]) -> tuple[Component, ...]:
     aerobic_level: Level = "moderate" if LEVELS.index(plan.max_intensity) >= 1 else "light"
     hrr_ok = (snapshot.latest.get("resting-hr") is not None and snapshot.age is not None and not plan.rpe_only
@@ -319,6 +407,7 @@ def _components(plan: _Plan, snapshot: PatientSnapshot, prefs: Preferences,
     minutes = _round5(30 * plan.volume) if plan.volume < 1 else 30
     minutes = max(minutes, 10)
     frequency = 3
+    frequency, minutes = _from_current_activity(plan, snapshot, now, frequency, minutes, rationale)
 
     # Activities per component: defaults, then preferences (kept when allowed, set aside with the rule otherwise).
     defaults: dict[str, list[str]] = {
@@ -410,20 +499,32 @@ def _components(plan: _Plan, snapshot: PatientSnapshot, prefs: Preferences,
     return tuple(comps)
 
 
-def _progression(setting: Setting, plan: _Plan, components: tuple[Component, ...]) -> tuple[str, ...]:
+def progression_for(setting: Setting, components: tuple[Component, ...], targets: tuple[Target, ...], *,
+                    slow: bool, resistance_cap: str, max_intensity: str) -> tuple[str, ...]:
+    """How the plan builds up, from the components actually prescribed (re-run after a clinician's edit)."""
     if setting == "defer":
         return ("Re-assess after clinical review; restart at the lowest level (5-10 minutes of walking).",)
-    aerobic = next(c for c in components if c.type == "aerobic")
-    step = "every 2 weeks" if plan.slow else "every week"
-    lines = [
-        f"Weeks 1-2: aerobic {aerobic.frequency_per_week}x/week, {aerobic.minutes_per_session} min at "
-        f"{aerobic.intensity.label} intensity (RPE {aerobic.intensity.low:g}-{aerobic.intensity.high:g}).",
-        f"Then add 5 minutes per session {step} as tolerated, towards 30 minutes on 5 days (150 min/week).",
-    ]
+    lines: list[str] = []
+    aerobic = next((c for c in components if c.type == "aerobic"), None)
+    goal = next((t.value for t in targets if t.measure == "aerobic-minutes-per-week"), AEROBIC_TARGET_MIN)
+    if aerobic is not None:
+        step = "every 2 weeks" if slow else "every week"
+        weekly = aerobic.frequency_per_week * aerobic.minutes_per_session
+        intensity = aerobic.intensity
+        rpe = (f" (RPE {intensity.low:g}-{intensity.high:g})" if intensity.low is not None
+               and intensity.high is not None else "")
+        lines.append(f"Weeks 1-2: aerobic {aerobic.frequency_per_week}x/week, {aerobic.minutes_per_session} min at "
+                     f"{intensity.label} intensity{rpe}.")
+        if weekly >= goal:
+            lines.append(f"Then keep at least {goal} min/week; vary the activities and keep the intensity as "
+                         "tolerated.")
+        else:
+            lines.append(f"Then add 5 minutes per session {step} as tolerated, towards {goal} min/week "
+                         f"(e.g. {_round5(goal / 5)} minutes on 5 days).")
     if any(c.type == "resistance" for c in components):
         lines.append("Resistance: when 15 repetitions feel easy, add a set or a slightly stronger band/weight"
-                     + (" (only within the light-resistance limit)." if plan.resistance == "light" else "."))
-    if plan.max_intensity != "vigorous":
-        lines.append(f"Keep intensity at {plan.max_intensity} or below while the precautions apply.")
+                     + (" (only within the light-resistance limit)." if resistance_cap == "light" else "."))
+    if max_intensity != "vigorous":
+        lines.append(f"Keep intensity at {max_intensity} or below while the precautions apply.")
     lines.append("Re-assess function (6-minute walk) and adjust after 8-12 weeks.")
     return tuple(lines)

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Callable, Literal
 
 from service.clinical.model import SETTING_ORDER, Measurement, PatientSnapshot, Setting, Treatment
+from service.clinical.units import with_unit
 
 RULESET_VERSION = "1.0.0"
 
@@ -103,8 +104,7 @@ class Rule:
 
 def _fmt(m: Measurement) -> str:
     value = f"{m.value:g}" if m.value == int(m.value) else f"{m.value:.1f}"
-    unit = "" if m.unit.startswith("{") else f" {m.unit}"
-    return f"{m.measure} {value}{unit} on {m.effective.date().isoformat()}"
+    return f"{m.measure} {with_unit(value, m.unit)} on {m.effective.date().isoformat()}"
 
 
 @dataclass(frozen=True)
@@ -481,9 +481,11 @@ RULES: tuple[Rule, ...] = (
          "start low (short sessions), progress slowly; avoid inactivity", CAMPBELL_2019,
          lambda f: f.evs(0, EVS_INACTIVE), Effect(volume=0.5, slow_progression=True)),
     Rule("ACT-LOW", "Below the guideline", f"{EVS_INACTIVE:g} <= exercise vital sign < {EVS_TARGET:g} min/week",
-         "progress towards 150 min/week", f"{CAMPBELL_2019}; {PAG_2018}", lambda f: f.evs(EVS_INACTIVE, EVS_TARGET)),
+         "progress towards 150 min/week, starting from current activity when above the beginner dose",
+         f"{CAMPBELL_2019}; {PAG_2018}", lambda f: f.evs(EVS_INACTIVE, EVS_TARGET)),
     Rule("ACT-MEETS", "Meets the guideline", f"exercise vital sign >= {EVS_TARGET:g} min/week",
-         "maintain 150-300 min/week; keep resistance twice weekly", PAG_2018, lambda f: f.evs(EVS_TARGET, None),
+         "maintain 150-300 min/week (starting dose and goal from current activity, not a beginner dose); keep "
+         "resistance twice weekly", PAG_2018, lambda f: f.evs(EVS_TARGET, None),
          Effect(note="Already active: keep 150-300 minutes a week and add strength training twice weekly.")),
     # --- missing data
     Rule("DATA-NO-FUNCTIONAL", "No recent functional test", "no 6MWT/VO2peak/sit-to-stand/TUG/grip in 180 days",
@@ -514,6 +516,9 @@ RULES: tuple[Rule, ...] = (
          "frequency limited to those days; session length raised within limits", PRACTICE, None),
     Rule("PREF-EQUIPMENT", "Equipment at home", "equipment the patient has",
          "resistance and aerobic activities chosen to match", PRACTICE, None),
+    Rule("CLINICIAN-EDIT", "Clinician edit", "any accepted clinician change (dose, intensity, activities, setting, precautions)",
+         "applied; the change is recorded and progression and goals follow the edited plan", "clinician judgement",
+         None),
     Rule("CLINICIAN-OVERRIDE", "Clinician override", "a clinician edit beyond a safety limit, with a reason",
          "accepted and recorded with the reason", PRACTICE, None),
 )

@@ -18,6 +18,7 @@ from service.clinical.model import (
     Preferences,
     Prescription,
     Reason,
+    Target,
 )
 
 COMPONENT_TYPES = ("aerobic", "resistance", "flexibility", "balance")
@@ -83,6 +84,7 @@ def prescription_to_json(p: Prescription, resources: list[dict[str, Any]] | None
         "cancerRefs": list(p.cancer_refs),
         "supportingRefs": list(p.supporting_refs),
         "preferences": preferences_to_json(p.preferences) if p.preferences is not None else None,
+        "targets": [{"measure": t.measure, "value": t.value, "text": t.text} for t in p.targets],
         "resources": list(resources or []),
     }
 
@@ -204,6 +206,13 @@ def prescription_from_json(d: Any) -> Prescription:
             raise ValueError(f"{where} must be an object")
         missing.append(MissingData(_req(x, "measure", str, where), _req(x, "text", str, where),
                                    _req(x, "recommendation", str, where)))
+    targets = []
+    for i, x in enumerate(items("targets")):
+        where = f"targets[{i}]"
+        if not isinstance(x, dict):
+            raise ValueError(f"{where} must be an object")
+        targets.append(Target(_req(x, "measure", str, where), _req(x, "value", int, where),
+                              _req(x, "text", str, where)))
     prefs = d.get("preferences")
     return Prescription(
         eligible=_req(d, "eligible", bool, "prescription"),
@@ -223,6 +232,7 @@ def prescription_from_json(d: Any) -> Prescription:
         supporting_refs=_strs(d.get("supportingRefs"), "supportingRefs"),
         preferences=preferences_from_json(prefs) if prefs is not None else None,
         notes=_strs(d.get("notes"), "notes"),
+        targets=tuple(targets),
     )
 
 
@@ -279,6 +289,10 @@ def prescription_to_text(p: Prescription) -> str:
         out.append("")
         out.append("Precautions:")
         out += [f"  - {x.code}: {x.text} [{x.rule}]" for x in p.precautions]
+    if p.targets:
+        out.append("")
+        out.append("Goals:")
+        out += [f"  - {t.text}" for t in p.targets]
     if p.progression:
         out.append("")
         out.append("Progression:")

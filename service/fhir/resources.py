@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from service import canonical
 from service.clinical.model import Component, PatientSnapshot, Prescription
+from service.clinical.units import human_unit
 from service.fhir import narrative
 from service.fhir.signing import Signing
 
@@ -54,6 +55,10 @@ PROFILE_IDS: dict[str, tuple[str, str | None]] = {
     "onco-exercise-provenance": ("onco-exercise-provenance", None),
     "onco-exercise-documentreference": ("onco-exercise-documentreference", None),
 }
+
+GUIDELINE_AEROBIC_MIN_WEEK, GUIDELINE_STRENGTH_DAYS_WEEK = 150, 2  # fallback goals (ACSM 2019 / PAG 2018)
+STOP_RULES_HEADING = "Stop and seek advice:"
+CLINICIAN_NOTE_PREFIX = "Clinician note: "
 
 PLAN_WEEKS = 12  # ACSM 2019: benefits shown for programmes of at least 8-12 weeks; the plan is reviewed after
 
@@ -155,6 +160,11 @@ def build_draft_referral(prescription: Prescription, snapshot: PatientSnapshot, 
     return entry["resource"]
 
 
+def stop_rules_text(stop_rules: Iterable[str]) -> str:
+    """The stop rules as one patientInstruction: a heading and one rule per line (each a full sentence)."""
+    return "\n".join([STOP_RULES_HEADING, *(f"- {r.strip()}" for r in stop_rules if r.strip())])
+
+
 def transaction_bundle(entries: Iterable[Entry]) -> dict[str, Any]:
     """A transaction Bundle: each entry POSTed with `ifNoneExist` (conditional create) when it has one."""
     out = []
@@ -237,16 +247,29 @@ class _Context:
 
 
 def _goals(ctx: _Context) -> list[Entry]:
+    """Goals are the long-term targets the clinical core computed (Prescription.targets), not the starting dose
+    (which lives in each ServiceRequest's timing). A prescription without targets (stored before targets
+    existed) falls back to the guideline: 150 min/week aerobic (or more if the plan already starts higher) and
+    strength on at least 2 days."""
     comps = ctx.p.components
-    aerobic = sum(c.frequency_per_week * c.minutes_per_session for c in comps if c.type == "aerobic")
-    strength = max((c.frequency_per_week for c in comps if c.type == "resistance"), default=0)
+    targets = {t.measure: t for t in ctx.p.targets}
     goals: list[Entry] = []
-    if aerobic:
-        goals.append(_goal(ctx, "goal-aerobic", "aerobic-min-week", aerobic, "min/wk",
-                           f"Build up to {aerobic} minutes of aerobic activity per week"))
-    if strength:
-        goals.append(_goal(ctx, "goal-strength", "strength-days-week", strength, "d/wk",
-                           f"Muscle-strengthening exercise on {strength} days per week"))
+    aerobic = sum(c.frequency_per_week * c.minutes_per_session for c in comps if c.type == "aerobic")
+    if "aerobic-minutes-per-week" in targets:
+        t = targets["aerobic-minutes-per-week"]
+        goals.append(_goal(ctx, "goal-aerobic", "aerobic-min-week", t.value, "min/wk", t.text))
+    elif aerobic:
+        value = max(GUIDELINE_AEROBIC_MIN_WEEK, aerobic)
+        goals.append(_goal(ctx, "goal-aerobic", "aerobic-min-week", value, "min/wk",
+                           f"Build up to {value} minutes of aerobic activity per week"))
+    strength = max((c.frequency_per_week for c in comps if c.type == "resistance"), default=0)
+    if "strength-days-per-week" in targets:
+        t = targets["strength-days-per-week"]
+        goals.append(_goal(ctx, "goal-strength", "strength-days-week", t.value, "d/wk", t.text))
+    elif strength:
+        value = max(GUIDELINE_STRENGTH_DAYS_WEEK, strength)
+        goals.append(_goal(ctx, "goal-strength", "strength-days-week", value, "d/wk",
+                           f"Muscle-strengthening exercise on {value} days per week"))
     if not goals:
         text = ("Obtain medical clearance, then start a gentle exercise programme" if ctx.p.clearance_required
                 or ctx.p.setting == "defer" else "Stay active within the limits of the exercise plan")
@@ -271,7 +294,8 @@ def _goal(ctx: _Context, role: str, measure: str | None, value: int, unit: str, 
     if measure:
         goal["target"] = [{
             "measure": _cc(measure),
-            "detailQuantity": {"value": value, "unit": unit, "system": canonical.UCUM, "code": unit},
+            # `unit` is for people, `code` is UCUM (the value travels as UCUM; displays need not decode it)
+            "detailQuantity": {"value": value, "unit": human_unit(unit), "system": canonical.UCUM, "code": unit},
             "dueDate": ctx.period["end"],
         }]
     if ctx.p.cancer_refs:
@@ -295,9 +319,7 @@ def _unique_components(components: tuple[Component, ...]) -> list[tuple[str, Com
 def _component_request(ctx: _Context, rc: tuple[str, Component], goals: list[Entry]) -> Entry:
     role, c = rc
     summary = narrative.component_summary(c)
-    instructions = [summary]
-    if ctx.p.stop_rules:
-        instructions.append("Stop and seek advice if: " + "; ".join(ctx.p.stop_rules))
+    instructions = [summary]  # the stop rules travel once, in the referral (not repeated per component)
     notes = list(c.notes) + list(ctx.p.progression)
     sr: dict[str, Any] = {
         "resourceType": "ServiceRequest",
@@ -354,7 +376,17 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
         notes += [narrative.component_summary(c) for c in p.components]
         notes += list(p.progression)
     notes += list(extra_notes)
+    notes += [n for n in p.notes if not n.startswith(CLINICIAN_NOTE_PREFIX)]
     notes += [f"Missing data: {m.text} {m.recommendation}".strip() for m in p.missing_data]
+    annotations: list[dict[str, Any]] = []
+    for n in p.notes:  # the clinician's own words: authored by them, so the filler can tell them apart
+        if n.startswith(CLINICIAN_NOTE_PREFIX) and n[len(CLINICIAN_NOTE_PREFIX):].strip():
+            note: dict[str, Any] = {"text": n[len(CLINICIAN_NOTE_PREFIX):].strip(), "time": ctx.signed_at}
+            if ctx.practitioner.get("reference"):
+                note["authorReference"] = dict(ctx.practitioner)
+            else:
+                note["authorString"] = ctx.practitioner.get("display", "Ordering clinician")
+            annotations.append(note)
     sr: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "meta": _meta("onco-exercise-referral"),
@@ -371,10 +403,10 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
         "requester": ctx.practitioner,
         "performer": [ctx.service],
         **ctx.reasons(),
-        "note": [{"text": n} for n in notes],
+        "note": annotations + [{"text": n} for n in notes],
     }
     if p.stop_rules:
-        sr["patientInstruction"] = "Stop and seek advice if: " + "; ".join(p.stop_rules)
+        sr["patientInstruction"] = stop_rules_text(p.stop_rules)
     supporting = [{"reference": r} for r in rx_refs] + ctx.supporting()
     if supporting:
         sr["supportingInfo"] = supporting

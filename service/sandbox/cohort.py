@@ -156,6 +156,7 @@ PROCEDURES: dict[str, tuple[str, str, str]] = {
     "orchiectomy": ("236334002", "Radical orchidectomy", "surgery"),
     "radiotherapy": ("1217123003", "Radiotherapy course of treatment", "radiotherapy"),
     "chemotherapy": ("367336001", "Chemotherapy", "chemotherapy"),
+    "immunotherapy": ("76334006", "Immunotherapy", "immunotherapy"),
 }
 
 # measure -> (LOINC, display, UCUM unit, alternative unit, factor to alternative, category)
@@ -436,7 +437,8 @@ REFERRALS: dict[str, dict[str, Any]] = {
                                              "infusion; reduce volume rather than stopping.")],
         "components": {"aerobic": (3, 30, "moderate (RPE 12-13 on Borg 6-20)", "brisk walking, cycling"),
                        "resistance": (2, 20, "moderate, 2 sets of 10-12 with bands", "major muscle groups")},
-        "notes": ["Medical clearance is required before starting.", "Patient prefers early-morning sessions."],
+        "notes": ["Medical clearance is required before starting."],
+        "clinician_notes": ["Patient prefers early-morning sessions."],
         "business": "Awaiting review",
     },
     "accepted": {
@@ -644,12 +646,16 @@ class _PatientBuilder:
                                                         **({"end": _date(stop)} if stop is not None else {})}}
             self.add(mr)
         if s.last_infusion_days is not None and self.cancer_ref:
+            # Each infusion is coded by what was infused: a checkpoint inhibitor alone is immunotherapy,
+            # not chemotherapy (the rules treat the two differently).
+            kinds = {DRUGS[d][3] for d in s.drugs}
+            regimen = "chemotherapy" if "chemotherapy" in kinds or "immunotherapy" not in kinds else "immunotherapy"
             cycle_days = s.last_infusion_days
             while cycle_days <= s.drugs_started_days:
                 self.add({
-                    "resourceType": "Procedure", "id": self._id("chemo"),
+                    "resourceType": "Procedure", "id": self._id("chemo" if regimen == "chemotherapy" else "immuno"),
                     "status": "completed",
-                    "code": _cc(SNOMED, *PROCEDURES["chemotherapy"][:2]),
+                    "code": _cc(SNOMED, *PROCEDURES[regimen][:2]),
                     "subject": self.patient_ref,
                     "performedDateTime": _dt(cycle_days, hour=9, minute=30),
                     "reasonReference": [self.cancer_ref],
@@ -833,7 +839,10 @@ class _PatientBuilder:
                        for code, text in plan["precautions"]]
         observations = [_ref("Observation", i) for m in ("evs-minutes-week", "six-minute-walk", "ecog", "anc",
                                                           "hemoglobin") for i in self.obs_ids.get(m, [])[-1:]]
-        stop = "Stop and seek advice if: dizziness or fainting; chest pain or pressure; new bone pain; fever"
+        stop = "\n".join(["Stop and seek advice:", "- Stop and rest if you feel dizzy or faint.",
+                           "- Stop and call for help for chest pain or pressure.",
+                           "- Stop and contact your care team for new bone pain.",
+                           "- Do not exercise with a fever (38 °C or more)."])
         rx_refs = []
         for kind, (freq, minutes, intensity, what) in plan["components"].items():
             rx_id = f"{s.id}-rx-{kind}"
@@ -850,13 +859,13 @@ class _PatientBuilder:
                                                 "periodUnit": "wk", "duration": minutes, "durationUnit": "min"}},
                 "authoredOn": authored, "requester": clinician, "performer": [self.patient_ref],
                 "reasonReference": [self.cancer_ref],
-                "patientInstruction": f"{kind.capitalize()}: {freq}x/week, {minutes} min, {intensity}: {what}\n"
-                                      f"{stop}",
+                "patientInstruction": f"{kind.capitalize()}: {freq}x/week, {minutes} min, {intensity}: {what}",
                 "encounter": _ref("Encounter", f"enc-{s.id}"),
                 "supportingInfo": observations,
             })
         setting_code, setting_label = plan["setting"]
-        notes = [f"Requested setting: {setting_label}."] + plan["notes"]
+        notes = [{"text": n, "time": authored, "authorReference": clinician} for n in plan.get("clinician_notes", [])]
+        notes += [{"text": n} for n in [f"Requested setting: {setting_label}."] + plan["notes"]]
         self.add({
             "resourceType": "ServiceRequest", "id": f"{s.id}-referral",
             "meta": {"profile": [sd_url("onco-exercise-referral"), pa_sd_url("pa-servicerequest")]},
@@ -871,7 +880,7 @@ class _PatientBuilder:
             "occurrencePeriod": period,
             "authoredOn": authored, "requester": clinician, "performer": [service],
             "reasonReference": [self.cancer_ref],
-            "note": [{"text": n} for n in notes],
+            "note": notes,
             "patientInstruction": stop,
             "supportingInfo": rx_refs + observations,
         })

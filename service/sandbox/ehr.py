@@ -371,10 +371,20 @@ def _system_label(system: str | None) -> str:
             "http://www.whocc.no/atc": "ATC"}.get(system or "", system or "")
 
 
+def _unit(q: dict[str, Any]) -> str:
+    """The unit as people read it: UCUM codes ("Cel", "10*3/uL", "{score}") shown as "°C", "×10³/µL", nothing."""
+    from service.clinical.units import human_unit
+
+    if q.get("system") == "http://unitsofmeasure.org" and q.get("code"):
+        return human_unit(q["code"])
+    unit = q.get("unit") or q.get("code") or ""
+    return human_unit(unit) if unit.startswith("{") or "*" in unit or unit in ("Cel", "mm[Hg]") else unit
+
+
 def _value(obs: dict[str, Any]) -> str:
     if "valueQuantity" in obs:
         q = obs["valueQuantity"]
-        return f"{q.get('value')} {q.get('unit') or q.get('code') or ''}".strip()
+        return f"{q.get('value')} {_unit(q)}".strip()
     for key in ("valueInteger", "valueString", "valueBoolean"):
         if key in obs:
             return str(obs[key])
@@ -382,7 +392,7 @@ def _value(obs: dict[str, Any]) -> str:
         return _codeable_text(obs["valueCodeableConcept"])
     if obs.get("component"):
         parts = [str(c.get("valueQuantity", {}).get("value", "?")) for c in obs["component"]]
-        unit = obs["component"][0].get("valueQuantity", {}).get("unit", "")
+        unit = _unit(obs["component"][0].get("valueQuantity", {}))
         return "/".join(parts) + (f" {unit}" if unit else "")
     return ""
 

@@ -216,6 +216,35 @@ async def task_detail(request: Request, tid: str) -> HTMLResponse:
                                               "labels": {a: v[3] for a, v in ACTIONS.items()}})
 
 
+STOP_HEADINGS = ("Stop and seek advice:", "Stop and seek advice if:")
+
+
+def stop_rule_list(text: str | None) -> list[str]:
+    """The referral's stop rules as a list: one per line (our format), or the older "...if: a; b; c" form."""
+    if not text:
+        return []
+    body = text.strip()
+    for heading in STOP_HEADINGS:
+        if body.startswith(heading):
+            body = body[len(heading):].strip()
+            break
+    lines = [x.strip().removeprefix("- ").strip() for x in body.splitlines() if x.strip()]
+    if len(lines) == 1 and "; " in lines[0]:
+        lines = [x.strip() for x in lines[0].split("; ") if x.strip()]
+    return lines
+
+
+def own_instructions(component_text: str | None, referral_text: str | None) -> str:
+    """A component's instructions without the stop rules the referral already carries (shown once)."""
+    shared = set(stop_rule_list(referral_text))
+    keep = []
+    for line in (component_text or "").splitlines():
+        if line.strip().startswith(STOP_HEADINGS) or line.strip().removeprefix("- ").strip() in shared:
+            continue
+        keep.append(line)
+    return "\n".join(keep).strip()
+
+
 async def referral_context(fhir: httpx.AsyncClient, tid: str) -> dict[str, Any]:
     """The Task and everything a physiologist needs to act on it, resolved from the FHIR server."""
     task = await _read(fhir, f"Task/{tid}")
@@ -246,7 +275,12 @@ async def referral_context(fhir: httpx.AsyncClient, tid: str) -> dict[str, Any]:
         "task": task, "tid": tid, "sr": focus, "patient": patient or {}, "patient_name": _name(patient),
         "requester": requester or {}, "requester_name": _name(requester) or task.get("requester", {}).get(
             "display", ""),
-        "components": [{"sr": c, "fitt": _fitt(c)} for c in components],
+        "components": [{"sr": c, "fitt": _fitt(c), "instructions": own_instructions(
+            c.get("patientInstruction"), focus.get("patientInstruction"))} for c in components],
+        "stop_rules": stop_rule_list(focus.get("patientInstruction")),
+        "clinician_notes": [n for n in focus.get("note", []) if n.get("authorReference") or n.get("authorString")],
+        "referral_notes": [n for n in focus.get("note", [])
+                           if not (n.get("authorReference") or n.get("authorString"))],
         "data": [{"res": d, "value": _value(d) if d.get("resourceType") == "Observation" else ""} for d in data],
         "reasons": [r for r in reasons if r], "plans": plans, "goals": goals,
         "version": (task.get("meta") or {}).get("versionId"),

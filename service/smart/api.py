@@ -99,7 +99,10 @@ def _override_reasons() -> list[dict[str, str]]:
 
 
 def _measurement(m: Any, stale: bool = False) -> dict[str, Any]:
+    from service.clinical.units import human_unit
+
     return {"measure": m.measure, "label": _label(m.measure), "value": m.value, "unit": m.unit,
+            "unitLabel": human_unit(m.unit),
             "date": _iso(m.effective), "source": m.ref, "code": m.code, "stale": stale,
             "components": [{"measure": k, "value": v} for k, v in m.components]}
 
@@ -144,7 +147,8 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
         "encounter": sess.get("encounter"),
         "launch": {"mode": sess.get("mode"), "fromCard": bool(sess.get("app_context")),
                    "appContext": sess.get("app_context")},
-        "requester": {"reference": sess.get("requester"), "display": sess.get("requester_display"),
+        "requester": {"reference": sess.get("requester"),
+                      "display": sess.get("requester_display") or loaded.requester_display,
                       "fhirUser": sess.get("fhir_user")},
         "asOf": _iso(loaded.now),
         "data": {
@@ -379,6 +383,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
     from service.audit import record_writeback
     from service.clinical.rules import RULESET_VERSION
     from service.fhir.client import FhirClient
+    from service.fhir.errors import FhirError
     from service.fhir.resources import (build_document_reference, build_prescription_resources,
                                         build_service_request_only)
     from service.fhir.signing import Signing
@@ -391,7 +396,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
     now = datetime.now(timezone.utc)
     strategy = loaded.strategy or "document"
     signing = Signing(key=key, practitioner_ref=sess["requester"], signed_at=now,
-                      practitioner_display=sess.get("requester_display"),
+                      practitioner_display=sess.get("requester_display") or loaded.requester_display,
                       exercise_service_ref=settings.exercise_service_ref,
                       exercise_service_name=settings.exercise_service_name,
                       encounter_ref=f"Encounter/{sess['encounter']}" if sess.get("encounter") else None,
@@ -424,6 +429,8 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
         answer["status"] = "partial" if result.failed else "sent"
     except WritebackError as exc:
         status = exc.status if 400 <= exc.status < 600 else 502
+        if status >= 500 and status != 504 and isinstance(exc.__cause__, FhirError):
+            status = 502  # the EHR failed, not us: a 500 of theirs is our 502 (docs/smart-app.md "API errors")
         if status == 401:
             exc.message = "The EHR session has expired: launch the app again from the EHR. (" + exc.message + ")"
         if exc.result is not None:

@@ -49,6 +49,7 @@ class Loaded:
     strategy_why: list[str]
     notes: list[str] = field(default_factory=list)
     requests: int = 0
+    requester_display: str | None = None  # the signed-in clinician's name, from their Practitioner resource
 
 
 def keeper_for(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> TokenKeeper:
@@ -175,7 +176,8 @@ def _build(rt: SmartRuntime, sess: dict[str, Any], data: dict[str, Any], capabil
     return Loaded(snapshot=snapshot, patient=_patient_of(resources, sess["patient"]), now=now,
                   complete=data.get("complete", True), failures=list(data.get("failures") or []),
                   truncated=list(data.get("truncated") or []), capability=capability,
-                  strategy=strategy, strategy_why=why, notes=notes, requests=data.get("requests", 0))
+                  strategy=strategy, strategy_why=why, notes=notes, requests=data.get("requests", 0),
+                  requester_display=data.get("requesterDisplay"))
 
 
 def _capability_from(raw: dict[str, Any] | None) -> Any:
@@ -189,6 +191,39 @@ def _capability_from(raw: dict[str, Any] | None) -> Any:
         return None
 
 
+def practitioner_name(resource: dict[str, Any] | None) -> str | None:
+    """"Dr Alex Morgan" from a Practitioner's first usable HumanName (text, else prefix given family)."""
+    if not isinstance(resource, dict):
+        return None
+    for n in resource.get("name") or []:
+        if not isinstance(n, dict):
+            continue
+        if isinstance(n.get("text"), str) and n["text"].strip():
+            return n["text"].strip()
+        parts = [*(n.get("prefix") or []), *(n.get("given") or []), n.get("family") or ""]
+        name = " ".join(str(x) for x in parts if isinstance(x, str) and x).strip()
+        if name:
+            return name
+    return None
+
+
+async def _requester_name(client: Any, sess: dict[str, Any]) -> str | None:
+    """Read the Practitioner named by fhirUser (when it lives on this EHR); None when it cannot be read."""
+    ref = sess.get("requester") or ""
+    parts = ref.split("/")
+    if ref.startswith(("http://", "https://")) or len(parts) != 2 or parts[0] not in ("Practitioner",
+                                                                                      "PractitionerRole"):
+        return None
+    try:
+        resource = await client.read(parts[0], parts[1])
+    except Exception:  # noqa: BLE001 - a display name is cosmetic: fall back to the reference
+        log.info("smart load: the signed-in clinician's %s could not be read", parts[0])
+        return None
+    if parts[0] == "PractitionerRole":
+        return (resource.get("practitioner") or {}).get("display") if isinstance(resource, dict) else None
+    return practitioner_name(resource)
+
+
 async def _fetch(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> dict[str, Any]:
     from service.fhir.errors import FhirError
     from service.fhir.patient_data import fetch_patient_data
@@ -198,11 +233,13 @@ async def _fetch(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -
     async with fhir_client(rt, store, sid, sess) as client:
         data_task = asyncio.create_task(fetch_patient_data(client, sess["patient"], now,
                                                            budget_seconds=PATIENT_BUDGET_SECONDS))
+        name_task = asyncio.create_task(_requester_name(client, sess))
         try:
             raw_cap: dict[str, Any] | None = await client.capability_statement()
         except FhirError:
             raw_cap = None
         data = await data_task
+        requester_display = await name_task
     if _patient_of(data.resources, sess["patient"]) is None:
         tokens = await store.get(TOKEN_NS, sid)
         if tokens is None or tokens.get("refresh_failed"):
@@ -214,7 +251,7 @@ async def _fetch(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -
              (time.perf_counter() - started) * 1000)
     return {"resources": data.resources, "complete": data.complete, "failures": data.failures,
             "truncated": data.truncated, "requests": data.requests, "capability": raw_cap,
-            "loadedAt": now.isoformat()}
+            "requesterDisplay": requester_display, "loadedAt": now.isoformat()}
 
 
 async def ensure_loaded(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> Loaded:

@@ -23,6 +23,8 @@ STRATEGY_WRITES: dict[str, tuple[str, ...]] = {
     "document": ("DocumentReference",),
     "care-coordination": ("DocumentReference",),
 }
+# Reading the signed-in clinician's own Practitioner resource (named by fhirUser) for their display name.
+FHIR_USER_READ, FHIR_USER_READ_V1 = "user/Practitioner.rs", "user/Practitioner.read"
 ALL_WRITE_TYPES: tuple[str, ...] = ("CarePlan", "Goal", "ServiceRequest", "Task", "Provenance", "DocumentReference")
 
 _V1_PERMS = {"read": "rs", "write": "cud", "*": "cruds"}
@@ -46,6 +48,7 @@ def requested_scopes(*, ehr_launch: bool, v1: bool, write_types: Iterable[str], 
     """The scope list for the authorize request, in a stable order."""
     scopes = ["openid", "fhirUser", "launch" if ehr_launch else "launch/patient"]
     scopes.append("offline_access" if offline else "online_access")
+    scopes.append(FHIR_USER_READ_V1 if v1 else FHIR_USER_READ)  # the signer's name, read once at launch
     writes = [t for t in ALL_WRITE_TYPES if t in set(write_types)]
     reads = list(types or read_types())
     for t in reads:
@@ -100,6 +103,8 @@ def missing(requested: Iterable[str], granted: str | None) -> list[str]:
     g = Grants.parse(granted)
     out: list[str] = []
     for s in requested:
+        if s in (FHIR_USER_READ, FHIR_USER_READ_V1):  # optional: only the signer's display name depends on it
+            continue
         m = _SCOPE_RE.match(s)
         if not m:
             if s not in g.other and s not in ("launch", "launch/patient", "offline_access", "online_access"):

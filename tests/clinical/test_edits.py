@@ -8,7 +8,7 @@ from service.clinical.edits import apply_edits
 from service.clinical.serialize import prescription_from_json, prescription_to_json
 from tests.clinical.support import run
 
-RULES_EXERCISED_BY_EDIT_TESTS = {"CLINICIAN-OVERRIDE"}
+RULES_EXERCISED_BY_EDIT_TESTS = {"CLINICIAN-OVERRIDE", "CLINICIAN-EDIT"}
 EDIT_TIME = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
 
 
@@ -129,3 +129,50 @@ def test_edited_prescription_round_trips() -> None:
              "overrideReasons": {"components[0].intensity": "ok"}}
     q = apply_edits(p, edits, EDIT_TIME).prescription
     assert prescription_from_json(prescription_to_json(q)) == q
+
+
+def test_every_accepted_edit_is_recorded_and_progression_follows_it() -> None:
+    # Review finding: after an edit, "Why" and "Building up" still described the pre-edit dose.
+    _, p, _ = run("baseline_breast")
+    before = next(c for c in p.components if c.type == "aerobic")
+    edits = {"components": [{"type": "aerobic", "frequencyPerWeek": 2, "minutesPerSession": 25,
+                             "activities": ["walking"]}, {"type": "resistance"}]}
+    q = apply_edits(p, edits, EDIT_TIME).prescription
+    recorded = [r for r in q.rationale if r.rule == "CLINICIAN-EDIT"]
+    findings = " | ".join(r.finding for r in recorded)
+    assert f"aerobic {before.frequency_per_week}x/week x {before.minutes_per_session} min" in findings
+    assert "-> 2x/week x 25 min" in findings
+    assert "aerobic activities: walking" in findings
+    assert "flexibility removed" in findings
+    assert all(r.source == "clinician judgement" for r in recorded)
+    assert q.progression[0].startswith("Weeks 1-2: aerobic 2x/week, 25 min")
+    assert not any(f"{before.minutes_per_session} min at" in line for line in q.progression)
+    assert prescription_from_json(prescription_to_json(q)) == q
+
+
+def test_overridden_edit_is_recorded_as_a_change_too() -> None:
+    _, p, _ = run("platelets_25000_per_ul")
+    edits = {"components": [{"type": "aerobic", "intensity": "moderate"}],
+             "overrideReasons": {"components[0].intensity": "haematologist agrees"}}
+    q = apply_edits(p, edits, EDIT_TIME).prescription
+    assert {r.rule for r in q.rationale} >= {"CLINICIAN-EDIT", "CLINICIAN-OVERRIDE"}
+    assert any("light -> " in r.finding and "moderate" in r.finding for r in q.rationale if r.rule == "CLINICIAN-EDIT")
+
+
+def test_edit_keeps_the_long_term_goal_and_never_lowers_it() -> None:
+    # The goal is the long-term target, not the (edited) starting dose; a bigger start raises it.
+    _, p, _ = run("baseline_breast")
+    lower = apply_edits(p, {"components": [{"type": "aerobic", "frequencyPerWeek": 2, "minutesPerSession": 25}]},
+                        EDIT_TIME).prescription
+    [aerobic_goal] = [t for t in lower.targets if t.measure == "aerobic-minutes-per-week"]
+    assert aerobic_goal.value == 150
+    higher = apply_edits(p, {"components": [{"type": "aerobic", "frequencyPerWeek": 5, "minutesPerSession": 40}]},
+                         EDIT_TIME).prescription
+    assert next(t.value for t in higher.targets if t.measure == "aerobic-minutes-per-week") == 200
+
+
+def test_an_edit_that_changes_nothing_records_nothing() -> None:
+    _, p, _ = run("baseline_breast")
+    q = apply_edits(p, {"components": [{"type": c.type} for c in p.components]}, EDIT_TIME).prescription
+    assert not any(r.rule == "CLINICIAN-EDIT" for r in q.rationale)
+    assert q.progression == p.progression

@@ -248,7 +248,7 @@ def test_most_restrictive_setting_wins_over_every_single_rule() -> None:
 def test_rationale_refs_point_at_the_data() -> None:
     _, p, _ = run("fever_fahrenheit")
     reason = next(r for r in p.rationale if r.rule == "FEVER-38")
-    assert reason.refs == ("Observation/temp",) and "38.6 Cel" in reason.finding
+    assert reason.refs == ("Observation/temp",) and "38.6 °C" in reason.finding  # human unit, not UCUM "Cel"
     assert p.cancer_refs == ("Condition/cancer",)
     assert "Observation/temp" in p.supporting_refs
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import re
 from typing import Any, Callable
+from urllib.parse import urlencode
+
+import httpx
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -22,6 +25,8 @@ SIGN_PATIENT = "onc-07"      # prostate cancer, radiotherapy week 5 of 8; fit
 ACCEPT_PATIENT = "onc-25"    # breast cancer after lumpectomy, radiotherapy week 3
 OVERRIDE_PATIENT = "onc-27"  # melanoma on adjuvant nivolumab; strong and active
 BP_PATIENT = "onc-04"        # breast cancer survivor on letrozole; active
+UNSAVED_PATIENT = "onc-23"   # CLL, watch and wait; active (launched directly, no card needed)
+RAW_UCUM = ("Cel", "{score}", "10*3/uL", "mm[Hg]", "min/wk")
 EXPECTED_TYPES = {"CarePlan", "Goal", "ServiceRequest", "Task", "Provenance"}
 
 
@@ -67,6 +72,10 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     expect(page.locator("#data-used tbody tr").first).to_be_visible()
     expect(page.locator("#sign-button")).to_be_enabled()
     expect(page.locator("#strategy")).to_contain_text("Write-back:")
+    # The signer is named from their Practitioner resource, once (not "ref (ref)").
+    expect(page.locator("#requester")).to_have_text("Signing as Dr Alex Morgan (Practitioner/sandbox-clinician)")
+    values = page.locator("#data-used tbody td:nth-child(2)").all_inner_texts()
+    assert not [v for v in values if any(u in v for u in RAW_UCUM)], values  # human units, not UCUM codes
     shot(page, "app-prescription")
     page.set_viewport_size({"width": 820, "height": 1180})  # a tablet held upright
     expect(page.locator("#sign-button")).to_be_visible()
@@ -96,6 +105,11 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     handout = page.context.new_page()
     handout.goto(f"{sandbox.url}{page.locator('#handout-link').get_attribute('href')}")
     expect(handout.locator("main")).to_contain_text(f"about {new_minutes} minutes each time")
+    # Radiotherapy: nothing suggests swimming; "Take care" says why not; the goal is the long-term target.
+    expect(handout.locator("#handout-what")).not_to_contain_text("swimming")
+    expect(handout.locator("#handout-care")).to_contain_text("No swimming")
+    expect(handout.locator("#handout-goals")).to_contain_text("150 minutes")
+    expect(handout.locator("#handout-what")).to_contain_text(f"{new_minutes} min at")  # "Building up" follows the edit
     shot(handout, "app-handout")
     handout.close()
 
@@ -110,6 +124,11 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     written = [[c.strip() for c in r.locator("td").all_inner_texts()] for r in rows.all()]
     expect(page.locator("#sign-button")).to_be_disabled()
     expect(aerobic.get_by_label("Minutes per session")).to_be_disabled()
+    expect(aerobic.get_by_label("Minutes per session")).to_have_value(str(new_minutes))  # what was signed
+    expect(page.locator("#prescription-form")).to_have_class(re.compile(r"\blocked\b"))  # styled read-only
+    # The result table fits its panel at 1280 px: long ids and URLs wrap, nothing scrolls sideways.
+    table, wrap = page.locator("#written").bounding_box(), page.locator("#sign-result .table-wrap").bounding_box()
+    assert table and wrap and table["width"] <= wrap["width"] + 1, (table, wrap)
     shot(page, "app-signed")
 
     types = {w[0] for w in written}
@@ -134,6 +153,11 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     [aerobic_sr] = [sr for sr in resources["ServiceRequest"]
                     if sr.get("code", {}).get("text", "").lower().startswith("aerobic")]
     assert aerobic_sr["occurrenceTiming"]["repeat"]["duration"] == new_minutes, aerobic_sr["occurrenceTiming"]
+    # The Goal is the long-term target (150 min/week), not the edited starting dose.
+    aerobic_goal = next(g for g in resources["Goal"] if g["identifier"][0]["value"].endswith("-goal-aerobic"))
+    assert aerobic_goal["target"][0]["detailQuantity"]["value"] >= 150, aerobic_goal["target"]
+    [referral] = [sr for sr in resources["ServiceRequest"] if "occurrencePeriod" in sr]
+    assert referral["requester"].get("display") == "Dr Alex Morgan", referral["requester"]
 
     # 6. The exercise-service inbox shows the referral; open it and accept it.
     page.goto(f"{sandbox.url}/sandbox/exercise-service/")
@@ -144,6 +168,10 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     link.click()
     expect(page.locator("section.banner h1")).to_contain_text("David Nguyen")
     expect(page.locator("section.banner .status")).to_have_text("requested")
+    expect(page.locator("#clinician-notes")).to_contain_text("Prefers mornings; happy to be contacted by phone.")
+    # The stop rules are listed once; the FITT rows carry only their own instructions.
+    expect(page.locator("#stop-rules li").first).to_be_visible()
+    expect(page.locator("#fitt-h + table")).not_to_contain_text("light-headed")
     shot(page, "inbox-referral")
     page.get_by_role("button", name="Accept", exact=True).click()
     expect(page.locator("section.banner .status")).to_have_text("accepted")
@@ -178,7 +206,10 @@ def test_accepting_the_suggestion_and_overriding_a_card(page: Page, sandbox: San
     card.locator("details.override summary").click()
     reason = card.get_by_label(re.compile("already", re.I))
     reason.check()
-    card.locator("details.override input[name='comment']").fill("runs three times a week")
+    comment = card.locator("details.override [name='comment']")
+    comment.fill("runs three times a week")
+    box, form = comment.bounding_box(), card.locator("details.override form").bounding_box()
+    assert box and form and box["width"] >= 0.8 * form["width"], (box, form)  # room to write a comment
     shot(page, "override-form")
     card.get_by_role("button", name="Dismiss", exact=True).click()
     expect(page.get_by_role("heading", name="Card dismissed")).to_be_visible()
@@ -189,9 +220,6 @@ def test_accepting_the_suggestion_and_overriding_a_card(page: Page, sandbox: San
     assert overridden[0].get("hasComment") is True
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="service/smart/static/app.js renderData shows a blood-pressure row's "
-                   "*other* components (m.components) instead of its own value: the 'Systolic' row shows the "
-                   "diastolic value and vice versa. Remove this marker when fixed.")
 def test_the_app_shows_blood_pressure_as_recorded(page: Page, sandbox: Sandbox,
                                                   shot: Callable[[Page, str], Any]) -> None:
     card = _open_encounter(page, sandbox, BP_PATIENT)
@@ -206,4 +234,56 @@ def test_the_app_shows_blood_pressure_as_recorded(page: Page, sandbox: Sandbox,
         obs = fhir.get(source).json()
     [systolic] = [c["valueQuantity"]["value"] for c in obs["component"]
                   if any(x.get("code") == "8480-6" for x in c["code"]["coding"])]
+    [diastolic] = [c["valueQuantity"]["value"] for c in obs["component"]
+                   if any(x.get("code") == "8462-4" for x in c["code"]["coding"])]
     assert shown.split()[0] == f"{systolic:g}", (shown, systolic)
+    drow = page.locator("#data-used tbody tr").filter(has_text="Diastolic blood pressure")
+    dshown = drow.locator("td").nth(1).inner_text()
+    assert dshown.split()[0] == f"{diastolic:g}", (dshown, diastolic)
+    # The panel, when shown, reads systolic/diastolic on both rows, in human units.
+    for text in (shown, dshown):
+        assert f"{systolic:g}/{diastolic:g}" in text and "mm Hg" in text and "mm[Hg]" not in text, text
+
+
+def _launch(page: Page, sandbox: Sandbox, patient: str) -> None:
+    """An EHR launch straight from the sandbox authorization server (no card needed)."""
+    r = httpx.post(f"{sandbox.url}/sandbox/auth/launch", json={"patient": patient,
+                                                               "practitioner": "sandbox-clinician"}, timeout=30)
+    assert r.status_code == 201, r.text
+    page.goto(f"{sandbox.url}/smart/launch?" + urlencode({"iss": r.json()["iss"], "launch": r.json()["launch"]}))
+    page.wait_for_url(re.compile(r"/smart/app\?s="))
+    expect(page.locator("#status")).to_have_text("Ready.")
+
+
+def test_sign_with_unsaved_edits_saves_them_first_or_refuses(page: Page, sandbox: Sandbox,
+                                                             shot: Callable[[Page, str], Any]) -> None:
+    _launch(page, sandbox, UNSAVED_PATIENT)
+    status = page.locator("#status")
+    minutes = page.locator("fieldset.component[data-type='aerobic']").get_by_label("Minutes per session")
+    # An invalid unsaved edit: the server's problems are shown and nothing is signed.
+    minutes.fill("500")
+    page.locator("#sign-button").click()
+    expect(page.locator("#problems")).to_be_visible()
+    expect(page.locator("#problems")).to_contain_text("minutesPerSession")
+    expect(status).to_contain_text("Not signed")
+    expect(page.locator("#sign-result")).to_be_hidden()
+    expect(minutes).to_be_enabled()
+    shot(page, "unsaved-invalid-refused")
+    # A valid unsaved edit (no Update pressed): saved through the edit API, then that version is signed.
+    new_minutes = 25
+    minutes.fill(str(new_minutes))
+    page.locator("#notes").fill("Signed without pressing Update.")
+    page.locator("#sign-button").click()
+    expect(status).to_have_text("Signed and sent.")
+    expect(minutes).to_be_disabled()
+    expect(minutes).to_have_value(str(new_minutes))
+    expect(page.locator("#notes")).to_have_value("Signed without pressing Update.")
+    shot(page, "unsaved-valid-signed")
+    rows = page.locator("#written tbody tr")
+    written = [[c.strip() for c in r.locator("td").all_inner_texts()] for r in rows.all()]
+    with sandbox.fhir() as fhir:
+        srs = [fhir.get(f"ServiceRequest/{rid}").json() for rtype, rid, *_ in written if rtype == "ServiceRequest"]
+    [aerobic_sr] = [sr for sr in srs if sr.get("code", {}).get("text", "").lower().startswith("aerobic")]
+    assert aerobic_sr["occurrenceTiming"]["repeat"]["duration"] == new_minutes
+    [referral] = [sr for sr in srs if "occurrencePeriod" in sr]
+    assert any(n.get("text") == "Signed without pressing Update." for n in referral.get("note", [])), referral["note"]

@@ -86,10 +86,61 @@ def test_careplan_links_goals_and_requests(by_role, full):
 def test_goals_carry_loinc_targets_in_ucum(by_role):
     aero, strength = by_role["goal-aerobic"], by_role["goal-strength"]
     assert aero["target"][0]["measure"]["coding"][0]["code"] == "82290-8"
-    assert aero["target"][0]["detailQuantity"] == {"value": 90, "unit": "min/wk", "system": canonical.UCUM,
+    # No targets on this (hand-built) prescription: the guideline goal, not the 3x30 starting dose.
+    assert aero["target"][0]["detailQuantity"] == {"value": 150, "unit": "min/week", "system": canonical.UCUM,
                                                    "code": "min/wk"}
     assert strength["target"][0]["measure"]["coding"][0]["code"] == "82291-6"
     assert strength["target"][0]["detailQuantity"]["value"] == 2
+
+
+def test_goals_are_the_clinical_cores_targets_not_the_starting_dose():
+    from service.clinical.model import Target
+
+    p = F.prescription(targets=(Target("aerobic-minutes-per-week", 210, "Keep up at least 210 minutes a week"),
+                                Target("strength-days-per-week", 3, "Strength on 3 days a week")))
+    entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
+    goals = {e["resource"]["identifier"][0]["value"].split("sig-4f2a9c-")[1]: e["resource"]
+             for e in entries if e["resource"]["resourceType"] == "Goal"}
+    aero, strength = goals["goal-aerobic"], goals["goal-strength"]
+    assert aero["target"][0]["detailQuantity"]["value"] == 210
+    assert aero["description"]["text"] == "Keep up at least 210 minutes a week"
+    assert strength["target"][0]["detailQuantity"]["value"] == 3
+    # The starting dose stays in the ServiceRequest timing.
+    rx = next(e["resource"] for e in entries if e["resource"]["identifier"][0]["value"].endswith("-rx-aerobic"))
+    assert (rx["occurrenceTiming"]["repeat"]["frequency"], rx["occurrenceTiming"]["repeat"]["duration"]) == (3, 30)
+
+
+def test_goal_fallback_never_below_the_guideline_or_the_starting_dose():
+    from service.clinical.model import Component, Intensity
+
+    big = Component("aerobic", 5, 45, Intensity("moderate", "RPE 6-20", 12, 13))
+    entries = R.build_prescription_resources(F.prescription(components=(big,)), F.snapshot(), F.signing())
+    [aero] = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Goal"]
+    assert aero["target"][0]["detailQuantity"]["value"] == 225
+
+
+def test_stop_rules_travel_once_as_a_list():
+    rules = ("Stop and rest if you feel dizzy, faint or light-headed.", "Stop for chest pain.")
+    entries = R.build_prescription_resources(F.prescription(stop_rules=rules), F.snapshot(), F.signing())
+    srs = {e["resource"]["identifier"][0]["value"].split("sig-4f2a9c-")[1]: e["resource"]
+           for e in entries if e["resource"]["resourceType"] == "ServiceRequest"}
+    assert srs["referral"]["patientInstruction"] == (
+        "Stop and seek advice:\n- Stop and rest if you feel dizzy, faint or light-headed.\n- Stop for chest pain.")
+    for role in ("rx-aerobic", "rx-resistance"):
+        assert "Stop" not in srs[role]["patientInstruction"]
+
+
+def test_clinician_note_is_an_authored_referral_note():
+    p = F.prescription(notes=("No swimming or water exercise for now (during radiotherapy).",
+                              "Clinician note: Prefers mornings."))
+    entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
+    referral = next(e["resource"] for e in entries if e["resource"]["identifier"][0]["value"].endswith("-referral"))
+    authored = [n for n in referral["note"] if "authorReference" in n]
+    assert authored == [{"text": "Prefers mornings.", "time": "2026-03-02T09:30:00Z",
+                         "authorReference": {"reference": "Practitioner/sandbox-clinician",
+                                             "display": "Dr Ada Example"}}]
+    assert any(n["text"].startswith("No swimming") for n in referral["note"])
+    assert _errors(referral) == []
 
 
 def test_exercise_prescription_request(by_role):
@@ -105,7 +156,7 @@ def test_exercise_prescription_request(by_role):
     assert sr["orderDetail"][1]["coding"][0]["code"] == "thrombocytopenia"
     assert sr["reasonReference"] == [{"reference": "Condition/breast-1"}]
     assert sr["supportingInfo"] == [{"reference": "Observation/plt-1"}]
-    assert "Stop and seek advice if: dizziness or fainting" in sr["patientInstruction"]
+    assert "dizziness or fainting" not in sr["patientInstruction"]  # stop rules: once, in the referral
     assert sr["requester"]["reference"] == "Practitioner/sandbox-clinician"
     assert sr["meta"]["profile"] == [canonical.sd_url("onco-exercise-prescription"),
                                      canonical.pa_sd_url("pa-servicerequest")]

@@ -307,3 +307,25 @@ def test_cli_check_and_write(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "onc-02.json").write_text("{}")
     (tmp_path / "stray.json").write_text("{}")
     assert cohort.check(tmp_path) == ["onc-02.json", "stray.json"]
+
+
+def test_immunotherapy_infusions_are_not_coded_as_chemotherapy() -> None:
+    # Review finding: onc-27's nivolumab infusions were "Chemotherapy" procedures, so the rules saw chemotherapy.
+    from service.clinical.snapshot import build_snapshot
+    from service.terminology import get_terminology
+
+    term = get_terminology()
+    for pid in ("onc-27", "onc-15"):
+        bundle = files()[f"{pid}.json"]
+        procs = [r for r in resources(bundle) if r["resourceType"] == "Procedure"]
+        assert procs, pid
+        for p in procs:
+            coding = p["code"]["coding"][0]
+            assert not term.in_valueset("treatment-chemotherapy", coding["system"], coding["code"]), (pid, coding)
+            assert term.in_valueset("treatment-immunotherapy", coding["system"], coding["code"]), (pid, coding)
+        snap = build_snapshot(cohort.shift_dates(bundle, datetime.now(timezone.utc)), datetime.now(timezone.utc))
+        kinds = {t.kind for t in snap.treatments if t.active}
+        assert "immunotherapy" in kinds and "chemotherapy" not in kinds, (pid, kinds)
+    # A chemotherapy regimen with an antibody (onc-03: paclitaxel + trastuzumab) stays chemotherapy.
+    procs = [r for r in resources(files()["onc-03.json"]) if r["resourceType"] == "Procedure"]
+    assert any(p["code"]["coding"][0]["code"] == "367336001" for p in procs)

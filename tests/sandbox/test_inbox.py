@@ -244,3 +244,42 @@ def test_tasks_of_other_owners_are_not_shown(browser: httpx.Client, fhir: httpx.
     assert tid not in browser.get(INBOX).text
     assert browser.get(f"{INBOX}tasks/{tid}").status_code == 404
     assert act(browser, tid, action="accept").status_code == 404
+
+
+def test_stop_rules_are_listed_once_not_in_every_fitt_row(browser: httpx.Client) -> None:
+    html = browser.get(f"{INBOX}tasks/onc-03-referral-task").text
+    assert html.count("chest pain or pressure") == 1, "stop rules repeated"
+    stop = html[html.index('id="stop-rules"'):]
+    stop = stop[:stop.index("</ul>")]
+    assert stop.count("<li>") == 4 and ".;" not in stop
+
+
+def test_clinician_note_is_under_notes_from_the_clinician(browser: httpx.Client) -> None:
+    html = browser.get(f"{INBOX}tasks/onc-03-referral-task").text
+    notes = html[html.index('id="clinician-notes"'):]
+    notes = notes[:notes.index("</ul>")]
+    assert "Patient prefers early-morning sessions." in notes and "Dr Alex Morgan" in notes
+    assert "Requested setting" not in notes  # the service's own notes are listed apart
+
+
+def test_stop_rule_parsing_accepts_both_formats() -> None:
+    from service.sandbox.inbox import own_instructions, stop_rule_list
+
+    assert stop_rule_list("Stop and seek advice:\n- A.\n- B.") == ["A.", "B."]
+    assert stop_rule_list("Stop and seek advice if: dizziness; chest pain") == ["dizziness", "chest pain"]
+    old = "Aerobic: 3x/week\nStop and seek advice if: dizziness; chest pain"
+    assert own_instructions(old, "Stop and seek advice if: dizziness; chest pain") == "Aerobic: 3x/week"
+
+
+def test_units_are_shown_as_people_read_them() -> None:
+    from service.sandbox.ehr import _value
+
+    def obs(code: str, value: float = 1) -> dict[str, Any]:
+        return {"valueQuantity": {"value": value, "unit": code, "system": "http://unitsofmeasure.org", "code": code}}
+
+    assert _value(obs("Cel", 38.2)) == "38.2 °C"
+    assert _value(obs("10*3/uL", 142)) == "142 ×10³/µL"
+    assert _value(obs("{score}", 2)) == "2"
+    bp = {"component": [{"valueQuantity": {"value": 127, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org",
+                                           "code": "mm[Hg]"}}, {"valueQuantity": {"value": 75}}]}
+    assert _value(bp) == "127/75 mm Hg"

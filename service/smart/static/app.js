@@ -8,6 +8,7 @@
   var api = "/smart/api/prescription?s=" + encodeURIComponent(sid);
   var view = null;
   var signing = false;
+  var baseline = null;  // the form as last rendered from the server: anything else is an unsaved change
 
   function $(id) { return document.getElementById(id); }
   function el(tag, text, cls) {
@@ -24,6 +25,19 @@
   }
   function day(iso) { return iso ? String(iso).slice(0, 10) : "—"; }
   function num(v) { return typeof v === "number" ? (Math.round(v * 10) / 10).toString() : String(v); }
+  function withUnit(text, m) {
+    var u = m.unitLabel !== undefined && m.unitLabel !== null ? m.unitLabel : (m.unit || "");
+    return u ? text + " " + u : text;
+  }
+  // Panels (blood pressure) are shown in a fixed order, whichever component the row is about.
+  var PANEL_ORDER = ["bp-systolic", "bp-diastolic"];
+  function panelText(m) {
+    var parts = [{ measure: m.measure, value: m.value }].concat(m.components || []);
+    var rank = function (p, i) { var r = PANEL_ORDER.indexOf(p.measure); return r < 0 ? 100 + i : r; };
+    return parts.map(function (p, i) { return { p: p, r: rank(p, i) }; })
+      .sort(function (a, b) { return a.r - b.r; })
+      .map(function (x) { return num(x.p.value); }).join("/");
+  }
   function errorText(body, fallback) {
     if (body && body.issue && body.issue.length) {
       return body.issue.map(function (i) { return i.diagnostics || i.code; }).join(" ");
@@ -98,10 +112,8 @@
     d.measurements.forEach(function (m) {
       var tr = el("tr", undefined, m.stale ? "stale" : "");
       tr.appendChild(el("td", m.label + (m.stale ? " (out of date)" : "")));
-      var val = num(m.value) + " " + (m.unit || "");
-      if (m.components && m.components.length) {
-        val = m.components.map(function (c) { return num(c.value); }).join("/") + " " + (m.unit || "");
-      }
+      var val = withUnit(num(m.value), m);  // the row's own value first
+      if (m.components && m.components.length) val += " (panel " + panelText(m) + ")";
       tr.appendChild(el("td", val));
       tr.appendChild(el("td", day(m.date)));
       tr.appendChild(el("td", m.source, "source"));
@@ -212,13 +224,14 @@
     Object.keys(ov).forEach(function (k) { ol.appendChild(el("li", k + ": " + ov[k])); });
     $("overrides").hidden = !ol.firstChild;
     var locked = !!v.signed;
-    Array.prototype.forEach.call($("prescription-form").elements, function (e) { e.disabled = locked; });
+    lockForm(locked);
   }
 
   function renderSend(v) {
     var wb = v.writeBack;
     var r = v.requester || {};
-    $("requester").textContent = r.reference ? "Signing as " + (r.display || r.reference) + " (" + r.reference + ")"
+    $("requester").textContent = r.reference
+      ? "Signing as " + (r.display && r.display !== r.reference ? r.display + " (" + r.reference + ")" : r.reference)
       : "The EHR did not identify the signed-in clinician.";
     $("strategy").textContent = wb.strategy ? "Write-back: " + wb.strategy + " → " + wb.target
       : "Write-back: not possible in this session.";
@@ -255,8 +268,14 @@
       var partial = res.status === "partial";
       $("sign-button").disabled = !partial;  // a partial result may be completed by signing again
       $("sign-button").textContent = partial ? "Retry sending the failed parts" : "Sign & send";
-      Array.prototype.forEach.call($("prescription-form").elements, function (e) { e.disabled = true; });
+      lockForm(true);
     }
+  }
+
+  function lockForm(locked) {
+    var form = $("prescription-form");
+    Array.prototype.forEach.call(form.elements, function (e) { e.disabled = locked; });
+    form.classList.toggle("locked", locked);
   }
 
   function render(v) {
@@ -267,6 +286,7 @@
     renderForm(v);
     renderSend(v);
     $("app").hidden = false;
+    baseline = JSON.stringify(collect());
   }
 
   // -- actions ---------------------------------------------------------------------------------------------
@@ -366,24 +386,62 @@
     }, function () { $("update-button").disabled = false; status("The service could not be reached.", "error"); });
   });
 
+  function unsaved() {
+    return !view.signed && baseline !== null && JSON.stringify(collect()) !== baseline;
+  }
+
+  function signFailed(text) {
+    signing = false;
+    if (!view.signed) lockForm(false);
+    $("sign-button").disabled = !view.writeBack.canSign;
+    status(text, "error");
+  }
+
+  // Sign exactly the draft shown: the version the server last returned (and rendered into the form).
+  function signShownDraft() {
+    status("Signing and sending…");
+    request("POST", "/smart/api/prescription/sign?s=" + encodeURIComponent(sid), { draftVersion: view.draftVersion })
+      .then(function (r) {
+        if (r.body && (r.body.written || r.body.failed)) {
+          signing = false;
+          var ok = r.status < 300;
+          var done = function () {
+            renderResult(r.body);
+            $("sign-result").focus();
+            status(ok ? "Signed and sent." : errorText(r.body, "Sending failed."), ok ? "ok" : "error");
+            if (r.status >= 400 && !(r.body.written || []).length) {
+              lockForm(false);
+              $("sign-button").disabled = !view.writeBack.canSign;
+            }
+          };
+          if (!(r.body.written || []).length) { done(); return; }
+          // Written: show the stored (signed) draft in the locked form, not whatever the inputs hold.
+          request("GET", api).then(function (g) { if (g.status === 200) render(g.body); done(); }, done);
+          return;
+        }
+        signFailed(errorText(r.body, "Signing failed."));
+      }, function () { signFailed("The service could not be reached."); });
+  }
+
   $("sign-button").addEventListener("click", function () {
     if (signing) return;  // the server is idempotent too; this only spares a second request
     signing = true;
     $("sign-button").disabled = true;
-    status("Signing and sending…");
-    request("POST", "/smart/api/prescription/sign?s=" + encodeURIComponent(sid), { draftVersion: view.draftVersion })
-      .then(function (r) {
-        signing = false;
-        if (r.body && (r.body.written || r.body.failed)) {
-          renderResult(r.body);
-          $("sign-result").focus();
-          status(r.status < 300 ? "Signed and sent." : errorText(r.body, "Sending failed."), r.status < 300 ? "ok" : "error");
-          if (r.status >= 400 && !(r.body.written || []).length) $("sign-button").disabled = !view.writeBack.canSign;
-          return;
-        }
-        $("sign-button").disabled = !view.writeBack.canSign;
-        status(errorText(r.body, "Signing failed."), "error");
-      }, function () { signing = false; $("sign-button").disabled = false; status("The service could not be reached.", "error"); });
+    var pending = unsaved() ? collect() : null;
+    lockForm(true);  // nothing may change between what is validated and what is signed
+    if (!pending) { signShownDraft(); return; }
+    // Unsaved edits: validate and save them through the edit API first; sign only if they are accepted.
+    $("problems").hidden = true;
+    status("Saving your changes before signing…");
+    request("POST", api, pending).then(function (r) {
+      if (r.status === 200) { render(r.body); lockForm(true); signShownDraft(); return; }
+      signing = false;
+      lockForm(false);
+      $("sign-button").disabled = !view.writeBack.canSign;
+      showProblems(r.body);
+      status("Not signed: your changes were not accepted. " + errorText(r.body, "") + " Correct them, then sign again.",
+             "error");
+    }, function () { signFailed("The service could not be reached; nothing was signed."); });
   });
 
   function load() {
