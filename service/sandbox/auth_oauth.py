@@ -14,6 +14,7 @@ import contextvars
 import logging
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, TypeVar
 
@@ -58,10 +59,18 @@ def on_loop(coro: Awaitable[T]) -> T:
     return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)  # type: ignore[arg-type]
 
 
+# authlib calls get their own threads. On the default executor (min(32, cpus + 4) threads: 6 on 2 cores) a
+# few concurrent sign-ins would fill every thread with an authlib call waiting in on_loop for a store call —
+# which itself needs a default-executor thread (SQLiteStore runs in one): a deadlock until on_loop's timeout.
+_AUTHLIB_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="sandbox-authlib")
+
+
 async def run_authlib(fn: Any, *args: Any) -> Any:
     """Run a synchronous authlib call in a worker thread that can reach the store (see on_loop)."""
-    _LOOP.set(asyncio.get_running_loop())
-    return await asyncio.to_thread(fn, *args)
+    loop = asyncio.get_running_loop()
+    _LOOP.set(loop)
+    ctx = contextvars.copy_context()  # carries _LOOP (and the request id) into the thread, as to_thread does
+    return await loop.run_in_executor(_AUTHLIB_THREADS, lambda: ctx.run(fn, *args))
 
 
 # -- requests -------------------------------------------------------------------------------------------------
