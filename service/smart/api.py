@@ -306,9 +306,19 @@ class _Problem:
     message: str
 
 
-def signing_key(sid: str, version: int) -> str:
-    """Stable for one draft of one session: a double click (or a retry) writes one set of resources."""
-    return hashlib.sha256(f"onco-exercise:smart-sign:{sid}:{version}".encode()).hexdigest()[:40]
+def signing_key(sid: str, version: int, sess: dict[str, Any] | None = None) -> str:
+    """What makes two signatures "the same draft", so that it is written once.
+
+    Launched from a CDS card (appContext.cardUuid), the draft is the card's referral for that patient: every
+    clinician who opened the same card signs the same draft, the first signature is written and the others
+    get its result. Otherwise the draft is one version of one session's prescription (a double click or a
+    retry writes one set)."""
+    card = ((sess or {}).get("app_context") or {}).get("cardUuid")
+    if isinstance(card, str) and card and (sess or {}).get("patient"):
+        seed = f"card:{card}:{sess['patient']}"  # type: ignore[index]
+    else:
+        seed = f"{sid}:{version}"
+    return hashlib.sha256(f"onco-exercise:smart-sign:{seed}".encode()).hexdigest()[:40]
 
 
 @router.post("/smart/api/prescription/sign")
@@ -329,7 +339,7 @@ async def sign(request: Request, s: str | None = None) -> Response:
     if body.get("draftVersion") is not None and body.get("draftVersion") != version:
         return outcome(409, "The prescription changed since it was shown: review it again before signing.",
                        code="conflict")
-    key = signing_key(str(s), version)
+    key = signing_key(str(s), version, sess)
     if sess.get("signed") and sess["signed"].get("key") != key:
         return outcome(409, "This session's prescription has already been signed.", code="conflict")
     if not sess.get("requester"):

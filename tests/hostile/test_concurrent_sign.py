@@ -1,11 +1,10 @@
 """Two clinicians signing at once.
 
-What "the same draft" means here (service/smart/api.py): a draft belongs to one SMART session (one launch,
-bound to one browser cookie), and the signing key is sha256(session id, draft version). Two clinicians have
-two launches, hence two sessions and two drafts — they can never share one. So the property tested is the
-closest meaningful one: two sessions on the same patient signing at the same moment (each also
-double-clicking) give exactly two sets — one per session, each complete and valid, none interleaved with
-the other — and the double clicks add nothing.
+What "the same draft" means (service/smart/api.py `signing_key`): launched from a CDS card, the draft is that
+card's referral for that patient, shared by every clinician who opened the card — two clinicians signing it at
+once write one set. Launched without a card, a draft is one version of one session's prescription: two
+sessions on the same patient are two drafts and give exactly two sets, each complete and valid, none
+interleaved with the other, and double clicks add nothing.
 """
 
 from __future__ import annotations
@@ -106,3 +105,37 @@ async def test_many_concurrent_launches_do_not_starve_the_thread_pool(rig: Rig) 
     sids = await asyncio.gather(*(one(i) for i in range(16)))
     assert len(set(sids)) == 16
     assert time.monotonic() - start < 25, f"{time.monotonic() - start:.1f} s for 16 launches"
+
+
+async def test_two_clinicians_signing_the_same_card_draft_at_once_write_one_set(rig: Rig) -> None:
+    """Two clinicians open the app from the same CDS card (same appContext.cardUuid, same patient) and press
+    Sign & send at the same moment: one set of resources is written; both see it, the second as a replay."""
+    card = {"cardUuid": "card-shared-draft", "kind": "new-referral", "encounterId": f"enc-{PATIENT}"}
+
+    def launch(practitioner: str) -> tuple[Launched, dict[str, str]]:
+        with rig.browser() as b:
+            got = ehr_launch(b, patient=PATIENT, practitioner=practitioner, appContext=card)
+            assert b.get("/smart/api/prescription", params={"s": got.sid}).status_code == 200
+            return got, dict(b.cookies)
+
+    (a, cookies_a), (b, cookies_b) = launch("sandbox-clinician"), launch("exercise-physiologist")
+    assert a.sid != b.sid
+    with rig.fhir() as fhir:
+        before = set(prescription_sets(fhir, PATIENT))
+
+    async def press(cookies: dict[str, str], got: Launched) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=rig.url, cookies=cookies, timeout=90) as c:
+            return await c.post("/smart/api/prescription/sign", params={"s": got.sid},
+                                headers={"X-CSRF-Token": got.csrf}, json={"draftVersion": 0})
+
+    ra, rb = await asyncio.gather(press(cookies_a, a), press(cookies_b, b))
+    assert ra.status_code == 200 and rb.status_code == 200, (ra.text[:300], rb.text[:300])
+    ja, jb = ra.json(), rb.json()
+    assert ja["key"] == jb["key"]
+    assert sorted([bool(ja.get("replayed")), bool(jb.get("replayed"))]) == [False, True]
+    assert written_set(ja) == written_set(jb)
+    with rig.fhir() as fhir:
+        sets = prescription_sets(fhir, PATIENT)
+    assert set(sets) - before == {ja["key"]}  # one new set, not one per clinician
+    assert sets[ja["key"]] == written_set(ja)
+    assert len(sets[ja["key"]]["Task"]) == 1  # one referral Task for the exercise service
