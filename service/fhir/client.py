@@ -44,6 +44,7 @@ Params = Mapping[str, str | int | Sequence[str]] | Sequence[tuple[str, str]] | N
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 DEFAULT_MAX_PAGES = 10
+DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024  # one page of a patient's data is a few MB at most
 MAX_RETRY_AFTER = 5.0
 
 
@@ -111,6 +112,7 @@ class FhirClient:
         retries: int = 2,
         backoff: float = 0.25,
         max_pages: int = DEFAULT_MAX_PAGES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
@@ -121,6 +123,7 @@ class FhirClient:
         self.retries = max(0, retries)
         self.backoff = backoff
         self.max_pages = max(1, max_pages)
+        self.max_response_bytes = max_response_bytes
         self.requests_sent = 0  # HTTP requests actually sent (retries included): benchmarks read it
         self._capability: Capability | None = None
         base_headers = {"Accept": FHIR_JSON, **(headers or {})}
@@ -346,8 +349,7 @@ class FhirClient:
                 attempt += 1
                 try:
                     self.requests_sent += 1
-                    resp = await self._http.request(method, url, params=params or None, content=content,
-                                                    headers={**(headers or {}), **auth}, timeout=t)
+                    resp = await self._fetch(method, url, params, content, {**(headers or {}), **auth}, t)
                 except httpx.TimeoutException:
                     if attempt < attempts:
                         await self._sleep(attempt, None)
@@ -388,6 +390,34 @@ class FhirClient:
             log.warning("fhir %s %s failed after %d attempt(s)", interaction, rtype, attempt)
             metrics.FHIR_CALLS.labels(interaction, "error").observe(time.perf_counter() - start)
             raise
+
+    async def _fetch(self, method: str, url: str, params: list[tuple[str, str]] | None, content: bytes | None,
+                     headers: dict[str, str], timeout: httpx.Timeout) -> httpx.Response:
+        """Send and read the body, refusing one larger than `max_response_bytes` (decoded) before it is all in
+        memory: a hostile or broken server must not exhaust the service's memory."""
+        request = self._http.build_request(method, url, params=params or None, content=content, headers=headers,
+                                           timeout=timeout)
+        resp = await self._http.send(request, stream=True)
+        try:
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > self.max_response_bytes:
+                raise self._too_large()
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_response_bytes:
+                    raise self._too_large()
+                chunks.append(chunk)
+        finally:
+            await resp.aclose()
+        resp._content = b"".join(chunks)  # what `aread()` would have stored; the stream is consumed and closed
+        return resp
+
+    def _too_large(self) -> FhirError:
+        metrics.FHIR_ERRORS.labels("read", "too-large").inc()
+        return FhirError(STATUS_BAD_GATEWAY, f"the FHIR server's answer is larger than "
+                         f"{self.max_response_bytes} bytes; refused", kind="too-large")
 
     async def _sleep(self, attempt: int, retry_after: str | None) -> None:
         delay = self.backoff * (2 ** (attempt - 1)) * (0.5 + random.random())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-ErrorKind = Literal["http", "timeout", "transport", "malformed", "foreign-link", "auth", "too-many-pages"]
+ErrorKind = Literal["http", "timeout", "transport", "malformed", "foreign-link", "auth", "too-many-pages", "too-large"]
 
 # Status used when no usable HTTP status came back (the upstream server is the one at fault).
 STATUS_BAD_GATEWAY = 502

@@ -261,3 +261,32 @@ async def test_refresh_hook_that_raises_reports_the_401() -> None:
         with pytest.raises(FhirError) as err:
             await c.read("Patient", "1")
     assert err.value.status == 401 and route.call_count == 1
+
+
+@respx.mock
+async def test_an_oversized_answer_is_refused_without_being_kept() -> None:
+    """A server answering with more than max_response_bytes (declared or streamed) gets a 502 FhirError."""
+    huge = bundle([{"resourceType": "Observation", "id": f"o{i}", "status": "final"} for i in range(2000)])
+    respx.get(f"{BASE}/Observation").mock(return_value=fhir(200, huge))
+    async with new_client(max_response_bytes=10_000, retries=0) as c:
+        with pytest.raises(FhirError) as info:
+            await c.search("Observation", {"patient": "p1"})
+    assert info.value.status == 502 and info.value.kind == "too-large"
+
+    def chunked(request: httpx.Request) -> httpx.Response:  # no Content-Length: the cap applies while reading
+        body = httpx.Response(200, json=huge).content
+        return httpx.Response(200, headers={"Content-Type": "application/fhir+json"},
+                              stream=httpx.ByteStream(body))  # type: ignore[arg-type]
+
+    respx.get(f"{BASE}/Condition").mock(side_effect=chunked)
+    async with new_client(max_response_bytes=10_000, retries=0) as c:
+        with pytest.raises(FhirError) as info:
+            await c.search("Condition", {"patient": "p1"})
+    assert info.value.kind == "too-large"
+
+
+@respx.mock
+async def test_answers_within_the_cap_are_read_normally() -> None:
+    respx.get(f"{BASE}/Patient/p1").mock(return_value=fhir(200, {"resourceType": "Patient", "id": "p1"}))
+    async with new_client(max_response_bytes=10_000) as c:
+        assert (await c.read("Patient", "p1"))["id"] == "p1"
