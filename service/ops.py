@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import re
 import time
@@ -35,6 +36,7 @@ access_log = logging.getLogger("onco_exercise.access")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 READY_CACHE_SECONDS = 5.0
+GC_GEN0_THRESHOLD = 10_000
 _RID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -307,6 +309,25 @@ class Readiness:
 
 # -- wiring ------------------------------------------------------------------------------------------------
 
+def freeze_heap() -> None:
+    """Move everything alive after start-up (modules, terminology, schemas, compiled validators) out of the
+    cyclic garbage collector's reach (`gc.freeze`). Each hook call parses a ~120 KB prefetch into thousands of
+    containers; enough of them outlive young collections that a full collection runs every ~75 calls, and a
+    full collection walks the whole start-up heap: ~50-150 ms here, a latency spike and ~1 ms per call on
+    average. Frozen objects are never collected; they live as long as the process anyway. The gen-0 threshold
+    goes up too (fewer young collections walking the live parse tree).
+
+    Runs as the last start-up step (ops installs last), after the other parts' warm-up; once per process (a
+    second app in the same process, as in tests, adds little to freeze and would pay the full collection)."""
+    if gc.get_freeze_count():
+        return
+    gc.collect()
+    gc.freeze()
+    # Young collections: ~4 per hook call at the default threshold (700), each walking the parse tree that is
+    # alive at that moment; 10 000 allocations between them is still a small bound on uncollected cycles.
+    gc.set_threshold(max(gc.get_threshold()[0], GC_GEN0_THRESHOLD), *gc.get_threshold()[1:])
+
+
 def install(app: FastAPI, settings: Settings) -> None:
     """Endpoints, exception handlers and middleware; call once from create_app, before other routers."""
     install_redaction()
@@ -315,6 +336,7 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     @asynccontextmanager
     async def close_readiness(_: FastAPI) -> AsyncIterator[None]:
+        freeze_heap()
         try:
             yield
         finally:

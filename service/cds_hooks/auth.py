@@ -11,18 +11,19 @@ opaque 401: the caller learns nothing about which check failed, and we never log
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from joserfc import jws
+import orjson
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+from joserfc.jws import JWSRegistry
+from joserfc.util import urlsafe_b64decode
 
 from service.config import Settings
 from service.storage import Store
@@ -41,6 +42,10 @@ JWKS_MIN_REFETCH_SECONDS = 30  # an unknown kid triggers at most one refetch per
 JWKS_FETCH_TIMEOUT = 3.0
 JWKS_MAX_BYTES = 256_000
 JTI_NAMESPACE = "cds-jti"
+# joserfc's own header checks (crit, registered header types) and algorithm implementations (key type, curve,
+# signature length), called directly: `jws.deserialize_compact` would decode the header again and build
+# objects we do not need (~0.3 ms per call on the hook's hot path).
+_JWS = JWSRegistry(algorithms=sorted(STRONG_ALGS | SHA256_ALGS))
 
 
 class Unauthorized(Exception):
@@ -48,8 +53,7 @@ class Unauthorized(Exception):
 
 
 def _b64json(segment: str) -> dict[str, Any]:
-    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    value = json.loads(raw)
+    value = orjson.loads(urlsafe_b64decode(segment.encode("ascii")))
     if not isinstance(value, dict):
         raise ValueError("not an object")
     return value
@@ -85,6 +89,31 @@ def _import_keys(jwks: Any) -> KeySet:
               and isinstance(k.get("kid"), str)]
     public = [{n: v for n, v in k.items() if n not in ("d", "p", "q", "dp", "dq", "qi", "oth")} for k in usable]
     return KeySet.import_key_set({"keys": public})
+
+
+@dataclass
+class PendingToken:
+    """A client JWT whose every check has passed except the signature's (`check_signature`)."""
+
+    iss: str
+    claims: dict[str, Any]
+    header: dict[str, Any]
+    alg: str
+    key: Any
+    parts: list[str]
+
+    def check_signature(self) -> None:
+        """Raise Unauthorized unless the signature verifies (CPU-bound; safe to run in a worker thread)."""
+        try:
+            _JWS.check_header(self.header)
+            model = _JWS.get_alg(self.alg)
+            model.check_key(self.key)  # use, key type, curve, the key's own `alg` if it names one
+            good = model.verify(f"{self.parts[0]}.{self.parts[1]}".encode("ascii"),
+                                urlsafe_b64decode(self.parts[2].encode("ascii")), self.key)
+        except (JoseError, ValueError, TypeError, binascii.Error):
+            raise Unauthorized("bad signature") from None
+        if not good:
+            raise Unauthorized("bad signature")
 
 
 class ClientVerifier:
@@ -167,6 +196,13 @@ class ClientVerifier:
 
     async def verify_token(self, authorization: str | None, audience: str) -> tuple[str, dict[str, Any]]:
         """Every check except the replay cache: (issuer, claims), or raise Unauthorized."""
+        token = await self.prepare(authorization, audience)
+        token.check_signature()
+        return token.iss, token.claims
+
+    async def prepare(self, authorization: str | None, audience: str) -> PendingToken:
+        """Every check but the signature's (format, algorithm, issuer, key, aud, exp/iat/nbf, jti present): the
+        cheap ones first, so that a forged token costs no signature verification (~0.6 ms for ES384)."""
         if not authorization:
             raise Unauthorized("missing Authorization header")
         scheme, _, token = authorization.strip().partition(" ")
@@ -179,7 +215,7 @@ class ClientVerifier:
         try:
             header = _b64json(parts[0])
             claims = _b64json(parts[1])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, binascii.Error):  # also UnicodeError and orjson's JSONDecodeError
             raise Unauthorized("undecodable JWT") from None
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in self.algorithms:
@@ -207,13 +243,8 @@ class ClientVerifier:
             key = None
         if key is None:
             raise Unauthorized("unknown kid")
-        try:
-            jws.deserialize_compact(token, key, algorithms=[alg])
-        except (JoseError, ValueError, TypeError):
-            raise Unauthorized("bad signature") from None
-
         self._check_claims(claims, audience)
-        return iss, claims
+        return PendingToken(iss, claims, header, alg, key, parts)
 
     @staticmethod
     def _check_claims(claims: dict[str, Any], audience: str) -> None:

@@ -1,13 +1,21 @@
-"""Card history and suppression: brief, repeated conversations, not a nag.
+"""Showing a card once per patient context: brief, repeated conversations, not a nag.
 
-For each patient (keyed by a hash of fhirServer + patient id, never the id itself) we keep the last card
-shown: its kind, a fingerprint of what it said, when, and the clinician's feedback on it. A new card is
-suppressed when its fingerprint equals the last one and
-- it was shown less than `REPEAT_WINDOW` ago (encounter-start fires again, or patient-view right after it), or
-- it was overridden, for the quiet period of the override reason (patient declined: 90 days ...), or
-- its suggestion was accepted less than `ACCEPTED_QUIET` ago (the draft referral may not be visible yet).
-Anything that changes the fingerprint (new precaution, new Task status, new exercise vital sign ...) shows
-the card again. Warnings are never suppressed: they are about today's safety.
+The EHR often fires `encounter-start` and `patient-view` at the same instant when a clinician opens an
+encounter, and both would return the same card. Whether a card may be shown is therefore decided by one
+atomic claim in the store (`Store.add`, which only one caller can win) on the key (patient, fingerprint):
+
+- patient = a hash of fhirServer + patient id (never the id itself); fingerprint = what the card says
+  (cards.py), so anything that changes it (new precaution, new Task status, new exercise vital sign ...)
+  shows the card again;
+- a referral / follow-up / incomplete card claims its key for `REPEAT_WINDOW` (12 h): the concurrent twin,
+  encounter-start firing again and patient-view right after all lose the claim and answer `{"cards": []}`;
+- feedback on a card re-claims the same key for the quiet period of its outcome (overridden: by reason, 90
+  days for "patient declined"; accepted: 30 days), so it quiets the card for both hooks (its twin included);
+- a warning (unsafe today) claims a key that also names the clinician (`userId`) for `WARNING_REPEAT_WINDOW`
+  (60 s): the two hooks of one chart opening show it once, any other clinician or a later opening sees it
+  again, and feedback never quiets it.
+
+One write per shown card (the claim) plus the card record (`CARD_NS`, for feedback to find the card); no read.
 """
 
 from __future__ import annotations
@@ -20,13 +28,13 @@ from service.storage import Store
 
 from .cards import CardPlan
 
-HISTORY_NS = "cds-history"
+SHOWN_NS = "cds-shown"
 CARD_NS = "cds-card"
 DAY = 86400.0
 REPEAT_WINDOW = 12 * 3600.0
+WARNING_REPEAT_WINDOW = 60.0
 ACCEPTED_QUIET = 30 * DAY
 CARD_TTL = 180 * DAY
-HISTORY_TTL = 365 * DAY
 # Quiet period after an override, by override-reason code (terminology/CodeSystem-override-reason.json).
 OVERRIDE_QUIET: dict[str, float] = {
     "patient-declined": 90 * DAY,
@@ -35,59 +43,54 @@ OVERRIDE_QUIET: dict[str, float] = {
     "discuss-next-visit": REPEAT_WINDOW,  # bring it back at the next visit
 }
 OVERRIDE_QUIET_DEFAULT = 30 * DAY
-NEVER_SUPPRESSED = frozenset({"warning"})
+PER_USER = frozenset({"warning"})  # safety: claimed per clinician, briefly, and never quieted by feedback
 
 
 def patient_key(fhir_server: str | None, patient_id: str) -> str:
     return hashlib.sha256(f"{(fhir_server or '').rstrip('/')}\x00{patient_id}".encode()).hexdigest()[:40]
 
 
-def suppressed(plan: CardPlan, history: dict[str, Any] | None, now: float | None = None) -> bool:
-    """True when the card says what the last one said and the clinician has seen it recently enough."""
-    if plan.card is None or history is None or plan.kind in NEVER_SUPPRESSED:
-        return False
-    if history.get("fingerprint") != plan.fingerprint:
-        return False
-    now = time.time() if now is None else now
-    if now - float(history.get("shownAt", 0)) < REPEAT_WINDOW:
-        return True
-    outcome, at = history.get("outcome"), float(history.get("outcomeAt", 0))
-    if outcome == "overridden":
-        quiet = OVERRIDE_QUIET.get(history.get("reason") or "", OVERRIDE_QUIET_DEFAULT)
-        return now - at < quiet
+def shown_key(pkey: str, plan_kind: str, fingerprint: str, user_id: str | None = None) -> str:
+    """The claim key: patient + fingerprint (+ a hash of the clinician for warnings)."""
+    if plan_kind in PER_USER:
+        user = hashlib.sha256((user_id or "").encode()).hexdigest()[:16]
+        return f"{pkey}:{fingerprint}:{user}"
+    return f"{pkey}:{fingerprint}"
+
+
+def quiet_period(outcome: str, reason: str | None) -> float:
+    """How long feedback keeps a card quiet (seconds)."""
     if outcome == "accepted":
-        return now - at < ACCEPTED_QUIET
-    return False
+        return ACCEPTED_QUIET
+    return OVERRIDE_QUIET.get(reason or "", OVERRIDE_QUIET_DEFAULT)
 
 
-async def load_history(store: Store, pkey: str) -> dict[str, Any] | None:
-    return await store.get(HISTORY_NS, pkey)
+async def claim(store: Store, pkey: str, plan: CardPlan, service_id: str, user_id: str | None = None,
+                now: float | None = None) -> bool:
+    """Atomically claim showing this card now; False when it was shown recently or is quiet after feedback."""
+    assert plan.card is not None
+    window = WARNING_REPEAT_WINDOW if plan.kind in PER_USER else REPEAT_WINDOW
+    value = {"cardUuid": plan.card["uuid"], "service": service_id, "kind": plan.kind,
+             "shownAt": time.time() if now is None else now}
+    return await store.add(SHOWN_NS, shown_key(pkey, plan.kind, plan.fingerprint, user_id), value, ttl=window)
 
 
 async def remember(store: Store, pkey: str, plan: CardPlan, service_id: str, now: float | None = None) -> None:
-    """Record a card that was shown: the patient's history, and the card itself for feedback to find."""
+    """Record a card that was shown, for feedback to find (service, suggestion ids, what to quiet)."""
     assert plan.card is not None
-    now = time.time() if now is None else now
-    card_uuid = plan.card["uuid"]
-    await store.put(CARD_NS, card_uuid, {"service": service_id, "patient": pkey, "kind": plan.kind,
-                                         "fingerprint": plan.fingerprint, "shownAt": now,
-                                         "suggestions": list(plan.suggestion_ids)}, ttl=CARD_TTL)
-    await store.put(HISTORY_NS, pkey, {"fingerprint": plan.fingerprint, "kind": plan.kind, "cardUuid": card_uuid,
-                                       "shownAt": now}, ttl=HISTORY_TTL)
+    await store.put(CARD_NS, plan.card["uuid"], {
+        "service": service_id, "patient": pkey, "kind": plan.kind, "fingerprint": plan.fingerprint,
+        "shownAt": time.time() if now is None else now, "suggestions": list(plan.suggestion_ids)}, ttl=CARD_TTL)
 
 
 async def record_outcome(store: Store, card: dict[str, Any], card_uuid: str, outcome: str, reason: str | None,
                          at: float) -> None:
-    """Attach feedback to the patient's history when it is about the card last shown to them."""
-    pkey = card.get("patient")
-    if not pkey:
+    """Feedback on a card we issued quiets that card (same patient, same fingerprint) for both hooks."""
+    pkey, fingerprint, kind = card.get("patient"), card.get("fingerprint"), card.get("kind") or ""
+    if not pkey or not fingerprint or kind in PER_USER:
         return
-    history = await store.get(HISTORY_NS, pkey)
-    if history is None or history.get("cardUuid") != card_uuid:
-        return
-    history.update({"outcome": outcome, "outcomeAt": at})
+    value: dict[str, Any] = {"cardUuid": card_uuid, "service": card.get("service"), "kind": kind,
+                             "outcome": outcome, "outcomeAt": at}
     if reason:
-        history["reason"] = reason
-    else:
-        history.pop("reason", None)
-    await store.put(HISTORY_NS, pkey, history, ttl=HISTORY_TTL)
+        value["reason"] = reason
+    await store.put(SHOWN_NS, shown_key(pkey, kind, fingerprint), value, ttl=quiet_period(outcome, reason))

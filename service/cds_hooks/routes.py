@@ -9,13 +9,13 @@ Every non-2xx answer carries an OperationOutcome (401s a generic one).
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
-import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from service import metrics
@@ -61,7 +61,7 @@ def outcome(status: int, code: str, message: str | None = None, path: str | None
         issue["diagnostics"] = message
     if path:
         issue["expression"] = [path]
-    body = json.dumps({"resourceType": "OperationOutcome", "issue": [issue]}, separators=(",", ":"))
+    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
     return Response(body, status_code=status, media_type="application/fhir+json", headers=headers)
 
 
@@ -120,7 +120,8 @@ def _decide(req: HookRequest, data: HookData, service_id: str, request: Request,
 
 
 async def _start_auth(request: Request, path: str) -> Response | asyncio.Task[bool]:
-    """Verify the JWT now; its replay-cache write starts in the background (awaited before answering)."""
+    """Verify the JWT now (before the body is read); its replay-cache write starts in the background (it
+    overlaps with parsing and the rules, and is always awaited before anything is answered or fetched)."""
     settings = request.app.state.settings
     verifier = _verifier(request.app)
     try:
@@ -129,9 +130,16 @@ async def _start_auth(request: Request, path: str) -> Response | asyncio.Task[bo
     except Unauthorized as exc:
         log.info("cds client refused: %s", exc)
         return _unauthorized()
-    task = asyncio.create_task(verifier.consume_jti(iss, claims))
+    task = asyncio.create_task(_fresh_jti(verifier, iss, claims))
     await asyncio.sleep(0)  # let the store write begin: it overlaps with the parsing and the rules below
     return task
+
+
+async def _fresh_jti(verifier: ClientVerifier, iss: str, claims: dict[str, Any]) -> bool:
+    if not await verifier.consume_jti(iss, claims):
+        log.info("cds client refused: replayed jti")
+        return False
+    return True
 
 
 def _unauthorized() -> Response:
@@ -144,17 +152,36 @@ async def call_service(service_id: str, request: Request) -> Response:
     if isinstance(started, Response):
         return started
     try:
-        response, keep = await _answer(service_id, request, started)
+        response, shown = await _answer(service_id, request, started)
     finally:
-        fresh = await started  # never answer before the replay check
-    if not fresh:
-        log.info("cds client refused: replayed jti")
+        trusted = await started  # never answer before the replay check
+    if not trusted:
         return _unauthorized()
-    if keep is not None:
-        # Recorded before answering (not in the background): a repeated call right after must see it.
-        await _best_effort(followup.remember(*keep))
-        metrics.CARDS.labels(service=service_id, kind=keep[2].kind).inc()
+    if shown is not None:
+        store, pkey, plan, user_id = shown
+        # The atomic claim decides whether this call shows the card (of two concurrent hooks for the same
+        # patient, one wins); a store failure must not cost the card, so a failed claim shows it anyway.
+        if await _best_effort(followup.claim(store, pkey, plan, service_id, user_id)) is False:
+            return Response(EMPTY_CARDS, media_type=JSON)
+        # The card record (for feedback to find the card) is written after answering: feedback arrives
+        # seconds later at the earliest, and on this process it queues behind this write on the store's lock.
+        _in_background(followup.remember(store, pkey, plan, service_id))
+        _cards_metric(service_id, plan.kind).inc()
     return response
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def _in_background(awaitable: Any) -> None:
+    task = asyncio.ensure_future(_best_effort(awaitable))
+    _BACKGROUND.add(task)  # a strong reference until done (the loop keeps only weak ones)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+@functools.lru_cache(maxsize=64)
+def _cards_metric(service_id: str, kind: str) -> Any:
+    return metrics.CARDS.labels(service=service_id, kind=kind)  # labels() locks and builds keys: once per pair
 
 
 async def _best_effort(awaitable: Any) -> Any:
@@ -179,41 +206,33 @@ async def _answer(service_id: str, request: Request,
     except RequestInvalid as exc:
         return outcome(400, "invalid", exc.message, exc.path), None
 
-    store = request.app.state.store
-    pkey = followup.patient_key(req.fhir_server, req.patient_id)
-    history = asyncio.create_task(followup.load_history(store, pkey))  # overlaps with the work below
+    now = datetime.now(timezone.utc)
+    if not prefetch_complete(req) and not await jti:
+        return _unauthorized(), None  # a replayed call never makes us read from a FHIR server
     try:
-        now = datetime.now(timezone.utc)
-        if not prefetch_complete(req) and not await jti:
-            return _unauthorized(), None  # a replayed call never makes us read from a FHIR server
-        try:
-            data = await gather(req, request.app.state.settings, now)
-        except DataUnavailable as exc:
-            return outcome(412, "incomplete", str(exc)), None
-        if data.eligibility_unknown:
-            # The Patient or Conditions did not arrive within the budget: we cannot tell whether this is an
-            # oncology patient, and a card built on a guess would be worse than none.
-            log.info("hook %s: eligibility unknown within the budget; no card", req.hook_instance)
-            return Response(EMPTY_CARDS, media_type=JSON), None
-        await asyncio.sleep(0)  # let the history read start before the CPU-bound part
-        try:
-            plan = _decide(req, data, service_id, request, now)
-        except ValueError as exc:  # the clinical core could not read the data it was given
-            log.info("hook %s: unreadable patient data (%s)", req.hook_instance, type(exc).__name__)
-            return outcome(400, "invalid", "the prefetch data could not be read as FHIR R4 patient data"), None
-        except Exception as exc:  # noqa: BLE001 - an OperationOutcome, never a traceback or silently no card
-            frame = traceback.extract_tb(exc.__traceback__)[-1]
-            log.error("hook %s failed: %s at %s:%s", req.hook_instance, type(exc).__name__, frame.filename,
-                      frame.lineno)
-            return outcome(500, "exception", "the CDS service failed to evaluate this patient"), None
-        if plan.card is None or followup.suppressed(plan, await _best_effort(history)):
-            return Response(EMPTY_CARDS, media_type=JSON), None
-    finally:
-        if not history.done():
-            history.cancel()
-            await asyncio.gather(history, return_exceptions=True)
-    body_out = json.dumps({"cards": [plan.card]}, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(body_out, media_type=JSON), (store, pkey, plan, service_id, time.time())
+        data = await gather(req, request.app.state.settings, now)
+    except DataUnavailable as exc:
+        return outcome(412, "incomplete", str(exc)), None
+    if data.eligibility_unknown:
+        # The Patient or Conditions did not arrive within the budget: we cannot tell whether this is an
+        # oncology patient, and a card built on a guess would be worse than none.
+        log.info("hook %s: eligibility unknown within the budget; no card", req.hook_instance)
+        return Response(EMPTY_CARDS, media_type=JSON), None
+    try:
+        plan = _decide(req, data, service_id, request, now)
+    except ValueError as exc:  # the clinical core could not read the data it was given
+        log.info("hook %s: unreadable patient data (%s)", req.hook_instance, type(exc).__name__)
+        return outcome(400, "invalid", "the prefetch data could not be read as FHIR R4 patient data"), None
+    except Exception as exc:  # noqa: BLE001 - an OperationOutcome, never a traceback or silently no card
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.error("hook %s failed: %s at %s:%s", req.hook_instance, type(exc).__name__, frame.filename,
+                  frame.lineno)
+        return outcome(500, "exception", "the CDS service failed to evaluate this patient"), None
+    if plan.card is None:
+        return Response(EMPTY_CARDS, media_type=JSON), None
+    pkey = followup.patient_key(req.fhir_server, req.patient_id)
+    return Response(orjson.dumps({"cards": [plan.card]}), media_type=JSON), (request.app.state.store, pkey, plan,
+                                                                             req.user_id)
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="CDS Hooks feedback", openapi_extra=_FEEDBACK_BODY)

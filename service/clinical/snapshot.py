@@ -9,8 +9,10 @@ noted - it never aborts the snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from operator import attrgetter
 from typing import Any, Callable, ClassVar
 
 from service.clinical.model import CodedFact, Measurement, PatientSnapshot, Referral, Treatment, TreatmentKind
@@ -64,15 +66,25 @@ def normalise_value(measure: str, canonical_unit: str, value: float, unit: str |
 
     Dimensionless measures (canonical unit `{...}`, e.g. ECOG) accept any or no unit.
     """
+    conv = unit_converter(measure, canonical_unit, unit)
+    return None if conv is None else conv(value)
+
+
+def _keep(v: float) -> float:
+    return v
+
+
+def unit_converter(measure: str, canonical_unit: str, unit: str | None) -> _Conv | None:
+    """The converter `normalise_value` applies (None: unknown unit); a pure function of its arguments, so the
+    snapshot looks it up once per (measure, unit) spelling instead of once per value."""
     if canonical_unit.startswith("{"):
-        return value
+        return _keep
     if canonical_unit == "%" and (unit is None or unit.strip() in ("%", "{score}", "")):
-        return value
+        return _keep
     if unit is None:
         return None
     key = unit.strip().lower()
-    conv = MEASURE_UNIT_EXTRA.get((measure, key)) or UNIT_TABLE.get(canonical_unit, {}).get(key)
-    return None if conv is None else conv(value)
+    return MEASURE_UNIT_EXTRA.get((measure, key)) or UNIT_TABLE.get(canonical_unit, {}).get(key)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -145,6 +157,35 @@ SNAPSHOT_COMORBIDITY_KEYS = ("cardiac", "neuropathy", "lymphedema", "diabetes", 
                              "symptom", "beta-blocker")
 
 
+def _measurement_factory() -> Callable[..., Measurement]:
+    """`Measurement(...)` for the hot loop (one per Observation value, ~170 per hook call).
+
+    The frozen dataclass's generated __init__ sets each field through object.__setattr__ (~1.5 us a call);
+    filling the instance __dict__ directly makes the same object (same fields, eq, hash, repr) in a third of
+    the time. Only while Measurement is the plain frozen dataclass this was written for: with slots, a
+    __post_init__ or other fields, the real constructor is used.
+    """
+    names = tuple(f.name for f in dataclasses.fields(Measurement))
+    plain = (names == ("measure", "value", "unit", "effective", "ref", "code", "components")
+             and "__slots__" not in Measurement.__dict__ and not hasattr(Measurement, "__post_init__"))
+    if not plain:
+        return Measurement
+    new = object.__new__
+
+    def make(measure: str, value: float, unit: str, effective: datetime, ref: str, code: str,
+             components: tuple[tuple[str, float], ...] = ()) -> Measurement:
+        m = new(Measurement)
+        m.__dict__.update(measure=measure, value=value, unit=unit, effective=effective, ref=ref, code=code,
+                          components=components)
+        return m
+
+    return make
+
+
+_measurement = _measurement_factory()
+_BY_TIME = attrgetter("effective", "ref")
+
+
 class _Skip(Exception):
     """This resource is unusable (malformed or out of scope): skip it and say why."""
 
@@ -205,6 +246,10 @@ class _Builder:
     seen: set[str] = field(default_factory=set)
     measure_by_code: dict[tuple[str, str], str] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
+    # Per-snapshot memos (hot path): a lab panel's results share one timestamp, and a record uses a handful of
+    # unit spellings, so each distinct string is parsed / looked up once per snapshot.
+    _dt_memo: dict[str, datetime | None] = field(default_factory=dict, repr=False)
+    _conv_memo: dict[tuple[str, str | None], _Conv | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.measure_by_code = self.term.measure_index()
@@ -232,7 +277,8 @@ class _Builder:
         if ref in self.seen and res.get("resourceType") != "Patient":
             return  # the same resource in two prefetch Bundles
         try:
-            self._check_subject(res)
+            if self.patient_aliases:  # (the check's own first test, inlined: this runs for every resource)
+                self._check_subject(res)
             handler(self, res, ref)
         except _Skip as exc:
             self.issues.append(f"{ref} skipped: {exc}")
@@ -329,11 +375,23 @@ class _Builder:
         code = res.get("code")
         if not isinstance(code, dict):
             raise _Skip("no code")
-        found = self._measure_of(code)
-        if found is None:
+        # _measure_of, inlined (this runs for every Observation)
+        by_code = self.measure_by_code
+        measure = code_str = None
+        for coding in code.get("coding") or ():
+            if isinstance(coding, dict):
+                c = coding.get("code")
+                m = by_code.get((coding.get("system"), c))
+                if m is not None:
+                    measure, code_str = m, c
+                    break
+        if measure is None:
             return
-        measure, code_str = found
-        effective = self._effective(res)
+        # Hot path: a panel's results share their effectiveDateTime, usually parsed already for this snapshot.
+        when = res.get("effectiveDateTime")
+        effective = self._dt_memo.get(when) if type(when) is str else None
+        if effective is None:
+            effective = self._effective(res)
         if effective is None:
             raise _Skip("no effective time")
         if effective > self.now:
@@ -354,7 +412,7 @@ class _Builder:
                     parts.append((cfound[0], cval, cfound[1]))
             for name, cval, ccode in parts:
                 others = tuple((n, v) for n, v, _ in parts if n != name)
-                self._add(Measurement(name, cval, units[name], effective, ref, ccode, others))
+                self._add(_measurement(name, cval, units[name], effective, ref, ccode, others))
             if parts and not _has_value(res):
                 return
         if measure == "blood-pressure" or "dataAbsentReason" in res:
@@ -364,15 +422,31 @@ class _Builder:
             if _has_value(res):
                 self.issues.append(f"{ref} skipped: value or unit not usable for {measure}")
             return
-        self._add(Measurement(measure, value, units[measure], effective, ref, code_str))
+        m = _measurement(measure, value, units[measure], effective, ref, code_str)
+        values = self.values.get(measure)  # _add, inlined
+        if values is None:
+            self.values[measure] = [m]
+        else:
+            values.append(m)
 
-    @staticmethod
-    def _effective(res: dict[str, Any]) -> datetime | None:
-        eff = parse_datetime(res.get("effectiveDateTime")) or parse_datetime(res.get("effectiveInstant"))
+    def _dt(self, value: Any) -> datetime | None:
+        """parse_datetime, memoised for this snapshot."""
+        if type(value) is not str:
+            return parse_datetime(value)
+        memo = self._dt_memo
+        try:
+            return memo[value]
+        except KeyError:
+            dt = memo[value] = parse_datetime(value)
+            return dt
+
+    def _effective(self, res: dict[str, Any]) -> datetime | None:
+        dt = self._dt
+        eff = dt(res.get("effectiveDateTime")) or dt(res.get("effectiveInstant"))
         if eff is None and isinstance(res.get("effectivePeriod"), dict):
             p = res["effectivePeriod"]
-            eff = parse_datetime(p.get("end")) or parse_datetime(p.get("start"))
-        return eff or parse_datetime(res.get("issued"))
+            eff = dt(p.get("end")) or dt(p.get("start"))
+        return eff or dt(res.get("issued"))
 
     def _value(self, measure: str, holder: dict[str, Any]) -> float | None:
         canonical = self.units[measure]
@@ -384,7 +458,12 @@ class _Builder:
             unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
             if isinstance(q.get("comparator"), str):
                 return None  # '<20' is not a value the thresholds can use safely
-            return normalise_value(measure, canonical, float(v), unit if isinstance(unit, str) else None)
+            unit = unit if isinstance(unit, str) else None
+            try:
+                conv = self._conv_memo[(measure, unit)]
+            except KeyError:
+                conv = self._conv_memo[(measure, unit)] = unit_converter(measure, canonical, unit)
+            return None if conv is None else conv(float(v))
         v = holder.get("valueInteger")
         if isinstance(v, int) and not isinstance(v, bool):
             return float(v) if canonical.startswith("{") else None
@@ -565,7 +644,7 @@ class _Builder:
         history: dict[str, tuple[Measurement, ...]] = {}
         measures = self.term.measures()
         for measure, values in self.values.items():
-            values.sort(key=lambda m: (m.effective, m.ref))
+            values.sort(key=_BY_TIME)  # (effective, ref)
             history[measure] = tuple(values)
             newest = values[-1]
             if self.now - newest.effective <= timedelta(days=measures[measure].max_age_days):
@@ -599,25 +678,32 @@ class _Builder:
 def iter_resources(data: Any) -> list[tuple[dict[str, Any], str | None]]:
     """Flatten a Bundle, a resource, or an iterable of those into (resource, fullUrl) pairs."""
     out: list[tuple[dict[str, Any], str | None]] = []
-
-    def walk(item: Any, full_url: str | None = None) -> None:
-        if isinstance(item, dict):
-            if item.get("resourceType") == "Bundle":
-                for entry in item.get("entry") or ():
-                    if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
-                        fu = entry.get("fullUrl")
-                        walk(entry["resource"], fu if isinstance(fu, str) else None)
-            elif isinstance(item.get("resourceType"), str):
-                out.append((item, full_url))
-        elif isinstance(item, (list, tuple)):
-            for x in item:
-                walk(x)
-        elif item is not None and not isinstance(item, (str, bytes)) and hasattr(item, "__iter__"):
-            for x in item:
-                walk(x)
-
-    walk(data)
+    _walk(data, None, out)
     return out
+
+
+def _walk(item: Any, full_url: str | None, out: list[tuple[dict[str, Any], str | None]]) -> None:
+    # A module-level function, not a closure: a recursive closure is a reference cycle (function -> cell ->
+    # function) that kept `out`, and through it the whole parsed prefetch, alive until the cyclic GC ran.
+    if isinstance(item, dict):
+        if item.get("resourceType") == "Bundle":
+            for entry in item.get("entry") or ():
+                if isinstance(entry, dict) and isinstance(res := entry.get("resource"), dict):
+                    fu = entry.get("fullUrl")
+                    fu = fu if isinstance(fu, str) else None
+                    kind = res.get("resourceType")
+                    if kind == "Bundle":
+                        _walk(res, fu, out)
+                    elif isinstance(kind, str):  # the common case, without a recursive call
+                        out.append((res, fu))
+        elif isinstance(item.get("resourceType"), str):
+            out.append((item, full_url))
+    elif isinstance(item, (list, tuple)):
+        for x in item:
+            _walk(x, None, out)
+    elif item is not None and not isinstance(item, (str, bytes)) and hasattr(item, "__iter__"):
+        for x in item:
+            _walk(x, None, out)
 
 
 def build_snapshot_report(data: Any, now: datetime,

@@ -136,6 +136,23 @@ def service(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any],
         yield Service(url, app, Ehr(url, keys["es"]))
 
 
+class Clock:
+    """Moves the process's wall clock (`time.time`) forward: store expiry, JWT times and card claims alike."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c, real = Clock(), time.time
+    monkeypatch.setattr(time, "time", lambda: real() + c.offset)
+    return c
+
+
 def hook_body(service_id: str, prefetch: dict[str, Any] | None, patient_id: str, *,
               hook: str | None = None, **extra: Any) -> dict[str, Any]:
     hook = hook or ("encounter-start" if service_id.endswith("encounter-start") else "patient-view")

@@ -141,19 +141,20 @@ def test_prune_and_shorten() -> None:
     assert len(s) == SUMMARY_MAX and s.endswith("…")
 
 
-def test_suppression_rules() -> None:
-    plan = CardPlan("referral", {"uuid": "u"}, "fp1")
-    t = 1_000_000.0
-    assert not followup.suppressed(plan, None, t)
-    shown = {"fingerprint": "fp1", "shownAt": t}
-    assert followup.suppressed(plan, shown, t + 60)  # same card a minute later
-    assert not followup.suppressed(plan, shown, t + followup.REPEAT_WINDOW + 1)  # next visit
-    assert not followup.suppressed(CardPlan("referral", {"uuid": "u"}, "fp2"), shown, t + 60)  # something changed
-    assert not followup.suppressed(CardPlan("warning", {"uuid": "u"}, "fp1"), shown, t + 60)  # safety first
-    declined = {**shown, "outcome": "overridden", "reason": "patient-declined", "outcomeAt": t}
-    assert followup.suppressed(plan, declined, t + 30 * followup.DAY)
-    assert not followup.suppressed(plan, declined, t + 91 * followup.DAY)
-    next_visit = {**shown, "outcome": "overridden", "reason": "discuss-next-visit", "outcomeAt": t}
-    assert not followup.suppressed(plan, next_visit, t + followup.REPEAT_WINDOW + 1)
-    accepted = {**shown, "outcome": "accepted", "outcomeAt": t}
-    assert followup.suppressed(plan, accepted, t + 10 * followup.DAY)
+def test_quiet_periods_and_claim_keys() -> None:
+    assert followup.quiet_period("overridden", "patient-declined") == 90 * followup.DAY
+    assert followup.quiet_period("overridden", "already-exercising") == 90 * followup.DAY
+    assert followup.quiet_period("overridden", "not-appropriate-now") == 14 * followup.DAY
+    assert followup.quiet_period("overridden", "discuss-next-visit") == followup.REPEAT_WINDOW  # next visit
+    assert followup.quiet_period("overridden", None) == followup.OVERRIDE_QUIET_DEFAULT
+    assert followup.quiet_period("overridden", "x-local") == followup.OVERRIDE_QUIET_DEFAULT
+    assert followup.quiet_period("accepted", None) == followup.ACCEPTED_QUIET
+    # the claim is per patient and fingerprint, whoever asks; a warning's is per clinician too
+    pkey = followup.patient_key("https://ehr/fhir/", "p1")
+    assert pkey == followup.patient_key("https://ehr/fhir", "p1") != followup.patient_key("https://ehr/fhir", "p2")
+    assert "p1" not in pkey
+    assert followup.shown_key(pkey, "referral", "fp1", "Practitioner/a") == \
+        followup.shown_key(pkey, "referral", "fp1", "Practitioner/b") != followup.shown_key(pkey, "referral", "fp2")
+    assert followup.shown_key(pkey, "warning", "fp1", "Practitioner/a") != \
+        followup.shown_key(pkey, "warning", "fp1", "Practitioner/b")
+    assert "Practitioner" not in followup.shown_key(pkey, "warning", "fp1", "Practitioner/a")

@@ -14,7 +14,7 @@ from service.cds_hooks import followup
 from service.cds_hooks.discovery import ENCOUNTER_START_ID, PATIENT_VIEW_ID
 from service.canonical import CS_OVERRIDE_REASON
 from tests.cds_hooks import patients
-from tests.cds_hooks.conftest import Service, assert_clean, hook_body
+from tests.cds_hooks.conftest import Clock, Service, assert_clean, hook_body
 
 ES = f"/cds-services/{ENCOUNTER_START_ID}"
 FB = f"{ES}/feedback"
@@ -68,9 +68,9 @@ def test_accepted_feedback_is_idempotent_and_counted(service: Service) -> None:
     assert row["outcome"] == "accepted" and row["acceptedSuggestions"] == [sid]
 
 
-def test_override_feedback_stored_counted_and_quiets_the_card(service: Service,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_override_feedback_stored_counted_and_quiets_the_card(service: Service, clock: Clock) -> None:
     card, p = _card(service, patients.bone_metastases)
+    control, c = _card(service, patients.bone_metastases)  # same card, no feedback
     reason = {"system": CS_OVERRIDE_REASON, "code": "patient-declined", "display": "Patient declined"}
     item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now(),
             "overrideReason": {"reason": reason, "userComment": "prefers to wait until after surgery"}}
@@ -82,22 +82,47 @@ def test_override_feedback_stored_counted_and_quiets_the_card(service: Service,
     assert row["reason"]["code"] == "patient-declined"
     assert "userComment" not in row and row["hasComment"] is True  # free text is not kept
 
-    # next visit (the repeat window is over): declined 90 days ago -> still quiet; across services too
-    monkeypatch.setattr(followup, "REPEAT_WINDOW", 0.0)
+    # a month later (the repeat window is long over): declined -> still quiet, for both hooks (the twin too);
+    # the card without feedback comes back
+    clock.advance(30 * followup.DAY)
     body = hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)
     assert service.ehr.post(ES, body).json() == {"cards": []}
     pv = hook_body(PATIENT_VIEW_ID, p.prefetch(), p.pid)
     assert service.ehr.post(f"/cds-services/{PATIENT_VIEW_ID}", pv).json() == {"cards": []}
+    assert len(service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, c.prefetch(), c.pid)).json()["cards"]) == 1
+    clock.advance(61 * followup.DAY)  # 91 days after "patient declined": ask again
+    assert len(service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]) == 1
 
 
-def test_discuss_next_visit_brings_the_card_back(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_accepted_feedback_quiets_the_card_for_30_days(service: Service, clock: Clock) -> None:
+    card, p = _card(service, patients.survivorship)
+    item = {"card": card["uuid"], "outcome": "accepted", "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+            "outcomeTimestamp": _now()}
+    assert service.ehr.post(FB, {"feedback": [item]}).status_code == 200
+    clock.advance(29 * followup.DAY)
+    assert service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json() == {"cards": []}
+    clock.advance(2 * followup.DAY)
+    assert len(service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]) == 1
+
+
+def test_feedback_on_a_warning_does_not_quiet_it(service: Service, clock: Clock) -> None:
+    card, p = _card(service, patients.neutropenic_fever)
+    assert card["indicator"] == "warning"
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now(),
+            "overrideReason": {"reason": {"system": CS_OVERRIDE_REASON, "code": "patient-declined"}}}
+    assert service.ehr.post(FB, {"feedback": [item]}).status_code == 200
+    clock.advance(followup.WARNING_REPEAT_WINDOW + 1)
+    [again] = service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]
+    assert again["indicator"] == "warning"
+
+
+def test_discuss_next_visit_brings_the_card_back(service: Service, clock: Clock) -> None:
     card, p = _card(service, patients.bone_metastases)
     item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now(),
             "overrideReason": {"reason": {"system": CS_OVERRIDE_REASON, "code": "discuss-next-visit"}}}
     assert service.ehr.post(FB, {"feedback": [item]}).status_code == 200
     assert service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json() == {"cards": []}
-    monkeypatch.setattr(followup, "REPEAT_WINDOW", 0.0)
-    monkeypatch.setitem(followup.OVERRIDE_QUIET, "discuss-next-visit", 0.0)
+    clock.advance(followup.REPEAT_WINDOW + 60)
     assert len(service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]) == 1
 
 

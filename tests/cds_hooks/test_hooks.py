@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 
+from service.cds_hooks import followup
 from service.cds_hooks.discovery import ENCOUNTER_START_ID, PATIENT_VIEW_ID
 from tests.cds_hooks import patients
-from tests.cds_hooks.conftest import Service, assert_clean, find_empty, hook_body
+from tests.cds_hooks.conftest import Clock, Service, assert_clean, find_empty, hook_body
 
 ES = f"/cds-services/{ENCOUNTER_START_ID}"
 PV = f"/cds-services/{PATIENT_VIEW_ID}"
@@ -197,7 +201,7 @@ def test_existing_referral_follow_up(service: Service) -> None:
     assert "suggestions" not in card
 
 
-def test_at_most_one_card_and_repeat_suppressed(service: Service) -> None:
+def test_at_most_one_card_and_repeat_suppressed(service: Service, clock: Clock) -> None:
     p = patients.bone_metastases(_pid("repeat"))
     assert len(cards_for(service, p)) == 1
     assert cards_for(service, p) == []  # encounter-start fired again: quiet
@@ -206,12 +210,62 @@ def test_at_most_one_card_and_repeat_suppressed(service: Service) -> None:
     p.obs("777-3", "Platelets", 35, "10*3/uL", 0.05)
     again = cards_for(service, p)
     assert len(again) == 1
+    clock.advance(followup.REPEAT_WINDOW - 60)
+    assert cards_for(service, p, PV) == []  # still the same visit
+    clock.advance(120)
+    assert len(cards_for(service, p, PV)) == 1  # the next visit: a brief, repeated conversation
 
 
-def test_warning_repeats(service: Service) -> None:
+def test_warning_once_per_opening_but_for_every_clinician(service: Service, clock: Clock) -> None:
     p = patients.neutropenic_fever(_pid("fever-repeat"))
-    assert len(cards_for(service, p)) == 1
-    assert len(cards_for(service, p)) == 1  # safety warnings are never suppressed
+    [warning] = cards_for(service, p)
+    assert warning["indicator"] == "warning"
+    assert cards_for(service, p, PV) == []  # the chart opening's second hook: one warning is enough
+    other = hook_body(PATIENT_VIEW_ID, p.prefetch(), p.pid)
+    other["context"]["userId"] = "Practitioner/nurse-2"
+    assert len(call(service, PV, other).json()["cards"]) == 1  # another clinician always sees it
+    clock.advance(followup.WARNING_REPEAT_WINDOW + 1)
+    assert len(cards_for(service, p)) == 1  # the next opening, a minute later: shown again
+
+
+def _concurrent(service: Service, calls: list[tuple[str, dict[str, Any]]]) -> list[list[dict[str, Any]]]:
+    """Send every call at once over real HTTP (one connection each); the cards of each answer, in order."""
+
+    async def send_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(calls))
+        async with httpx.AsyncClient(base_url=service.url, limits=limits, timeout=30) as http:
+            bodies = [(path, orjson.dumps(body), service.ehr.token(path)) for path, body in calls]
+            return await asyncio.gather(*(
+                http.post(path, content=raw, headers={"Authorization": f"Bearer {tok}",
+                                                      "Content-Type": "application/json"})
+                for path, raw, tok in bodies))
+
+    responses = asyncio.run(send_all())
+    assert [r.status_code for r in responses] == [200] * len(calls), [r.text[:200] for r in responses]
+    return [assert_clean(r)["cards"] for r in responses]
+
+
+@pytest.mark.parametrize("builder", [patients.bone_metastases, patients.existing_referral,
+                                     patients.neutropenic_fever])
+def test_concurrent_hooks_for_one_patient_show_one_card(service: Service, builder: Any) -> None:
+    """The EHR fires encounter-start and patient-view together when an encounter is opened: one card."""
+    ps = [builder(_pid("twin")) for _ in range(6)]
+    calls = [(path, hook_body(path.rsplit("/", 1)[1], p.prefetch(), p.pid)) for p in ps for path in (ES, PV)]
+    answers = _concurrent(service, calls)
+    for i, p in enumerate(ps):
+        es, pv = answers[2 * i], answers[2 * i + 1]
+        assert len(es) + len(pv) == 1, (p.pid, es, pv)
+        # the winner's card is on record: feedback is taken from the service that showed it, not the other
+        shown_by, other = (ES, PV) if es else (PV, ES)
+        item = {"card": (es or pv)[0]["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-01-01T00:00:00Z"}
+        assert service.ehr.post(f"{other}/feedback", {"feedback": [item]}).status_code == 400
+        assert service.ehr.post(f"{shown_by}/feedback", {"feedback": [item]}).status_code == 200
+
+
+def test_concurrent_repeats_of_one_hook_show_one_card(service: Service) -> None:
+    p = patients.survivorship(_pid("burst"))
+    answers = _concurrent(service, [(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)) for _ in range(5)])
+    assert sorted(len(a) for a in answers) == [0, 0, 0, 0, 1]
 
 
 def test_unicode_and_no_empty_values_everywhere(service: Service) -> None:
@@ -238,11 +292,9 @@ def test_cors_preflight_for_browser_clients(service: Service) -> None:
 
 
 def test_card_history_failure_does_not_cost_the_card(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.cds_hooks import followup
-
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise ConnectionError("store down")
 
-    monkeypatch.setattr(followup, "load_history", broken)
+    monkeypatch.setattr(followup, "claim", broken)
     monkeypatch.setattr(followup, "remember", broken)
     assert len(cards_for(service, patients.bone_metastases(_pid("nostore")))) == 1
