@@ -7,7 +7,7 @@ single-use `state` and double-click protection need.
 
 from __future__ import annotations
 
-import asyncio
+import threading
 import json
 import sqlite3
 import time
@@ -40,7 +40,9 @@ class Store(Protocol):
 
 
 class SQLiteStore:
-    """SQLite in WAL mode; calls run in a worker thread so the event loop never blocks on disk."""
+    """SQLite in WAL mode with synchronous=NORMAL: each statement is a few tens of microseconds of page-cache
+    work (no fsync on commit), cheaper than handing it to a worker thread (~0.15 ms a hop), so statements run
+    inline under a thread lock (several event loops in one process may share a store)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
@@ -54,11 +56,11 @@ class SQLiteStore:
             "CREATE TABLE IF NOT EXISTS kv (ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
             " expires REAL, PRIMARY KEY (ns, key))"
         )
-        self._lock = asyncio.Lock()
+        self._lock = threading.Lock()
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        async with self._lock:
-            return await asyncio.to_thread(fn, *args)
+        with self._lock:
+            return fn(*args)
 
     @staticmethod
     def _exp(ttl: float | None) -> float | None:
