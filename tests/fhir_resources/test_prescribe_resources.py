@@ -12,16 +12,17 @@ import pytest
 from service.cli import main
 from service.fhir.validate import validate_resource
 
-BUNDLES = sorted((Path(__file__).parents[1] / "fixtures" / "bundles").glob("*.json"))
+INVALID = {"junk_resources"}  # deliberately not parseable as R4: the CLI refuses it (test below)
+BUNDLES = sorted(p for p in (Path(__file__).parents[1] / "fixtures" / "bundles").glob("*.json")
+                 if p.stem not in INVALID)
 CLI = Path(sys.executable).parent / "onco-exercise"
 
 
 def _prescribe(path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
     code = main(["prescribe", str(path), "--now", "2026-11-01", *extra])
-    out = capsys.readouterr().out
-    if code != 0:
-        pytest.skip(f"{path.name} is a deliberately invalid input")
-    return json.loads(out)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(captured.out)
 
 
 @pytest.mark.parametrize("path", BUNDLES, ids=lambda p: p.stem)
@@ -62,3 +63,10 @@ def test_cli_output_validates_with_the_validate_command(tmp_path: Path) -> None:
     target.write_text(json.dumps(json.loads(out)["resources"][0]))
     done = subprocess.run([str(CLI), "validate", str(target)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_junk_fixture_is_refused_with_a_readable_message(capsys: pytest.CaptureFixture[str]) -> None:
+    path = Path(__file__).parents[1] / "fixtures" / "bundles" / "junk_resources.json"
+    assert main(["prescribe", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "does not parse as FHIR R4" in err and "Traceback" not in err
