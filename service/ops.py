@@ -27,9 +27,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.asgi import read_limited, replay
 from service.config import Settings
 from service.logs import install_redaction, request_id_var
 from service.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
+from service.outcome import operation_outcome
 
 log = logging.getLogger("onco_exercise.ops")
 access_log = logging.getLogger("onco_exercise.access")
@@ -40,26 +42,9 @@ GC_GEN0_THRESHOLD = 10_000
 _RID_OK = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 _QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
-_ISSUE_CODES = {400: "invalid", 401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported",
-                409: "conflict", 410: "deleted", 412: "conflict", 413: "too-costly", 415: "not-supported",
-                422: "invalid", 429: "throttled", 500: "exception", 502: "transient", 503: "transient",
-                504: "timeout"}
 
 
 # -- OperationOutcome errors ----------------------------------------------------------------------------------
-
-def operation_outcome(message: str, *, status: int = 400, code: str | None = None,
-                      location: str | None = None) -> dict[str, Any]:
-    """A one-issue OperationOutcome; the issue code follows the HTTP status unless given."""
-    issue: dict[str, Any] = {
-        "severity": "error" if status < 500 else "fatal",
-        "code": code or _ISSUE_CODES.get(status, "processing"),
-        "diagnostics": message,
-    }
-    if location:
-        issue["expression"] = [location]
-    return {"resourceType": "OperationOutcome", "issue": [issue]}
-
 
 def outcome_response(status: int, message: str, *, code: str | None = None,
                      headers: dict[str, str] | None = None) -> JSONResponse:
@@ -154,9 +139,9 @@ class OpsMiddleware:
                 except ValueError:
                     too_large = False  # the server's HTTP parser rejects a malformed length itself
             elif chunked:
-                body, too_large = await _read_limited(receive, self.max_body)
+                body, too_large = await read_limited(receive, self.max_body)
                 if not too_large:
-                    receive = _replay(body, receive)
+                    receive = replay(body, receive)
             if too_large:
                 await _send_outcome(send_with_headers, 413, f"request body is larger than {self.max_body} bytes")
             else:
@@ -201,37 +186,6 @@ def _route_label(scope: Scope, root_path: str) -> str:
     if prefix:
         return prefix + "/{path}"
     return "<other>" if "endpoint" in scope else "<unmatched>"
-
-
-async def _read_limited(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """Read a body of unknown length; stop as soon as it passes `limit` (True = too large)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return b"", True
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks), False
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _send_outcome(send: Send, status: int, message: str) -> None:

@@ -19,6 +19,7 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from service import metrics
+from service.outcome import operation_outcome
 
 from . import followup
 from .auth import ClientVerifier, Unauthorized
@@ -56,12 +57,7 @@ _FEEDBACK_BODY = {
 
 def outcome(status: int, code: str, message: str | None = None, path: str | None = None,
             headers: dict[str, str] | None = None) -> Response:
-    issue: dict[str, Any] = {"severity": "error", "code": code}
-    if message:
-        issue["diagnostics"] = message
-    if path:
-        issue["expression"] = [path]
-    body = orjson.dumps({"resourceType": "OperationOutcome", "issue": [issue]})
+    body = orjson.dumps(operation_outcome(message, status=status, code=code, location=path))
     return Response(body, status_code=status, media_type="application/fhir+json", headers=headers)
 
 

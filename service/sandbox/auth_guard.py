@@ -28,6 +28,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.asgi import read_limited, replay as replay_body
+from service.outcome import operation_outcome
 from service.sandbox.auth_scopes import Scope as SmartScope, allows, parse_scopes
 from service.sandbox.auth_tokens import TokenInvalid, verify_access_token
 from service.sandbox.fhir_server import FHIR_PREFIX
@@ -46,8 +48,7 @@ class Denied(Exception):
 
 
 def outcome(status: int, message: str, code: str | None = None) -> dict[str, Any]:
-    return {"resourceType": "OperationOutcome", "issue": [
-        {"severity": "error", "code": code or OO_CODES.get(status, "processing"), "diagnostics": message}]}
+    return operation_outcome(message, status=status, code=code or OO_CODES.get(status, "processing"))
 
 
 @dataclass
@@ -348,8 +349,8 @@ class FhirGuard:
 
         body_bytes = b""
         if method in ("POST", "PUT", "PATCH"):
-            body_bytes = await _read_body(receive)
-            if body_bytes is None:
+            body_bytes, too_large = await read_limited(receive, MAX_BODY)
+            if too_large:
                 await _send_json(send, 413, outcome(413, "request body too large"))
                 return
         body = _parse_body(body_bytes, headers.get("content-type", ""))
@@ -361,7 +362,7 @@ class FhirGuard:
             await _send_json(send, 403, outcome(403, exc.message))
             return
 
-        replay = _replay(body_bytes, receive)
+        replay = replay_body(body_bytes, receive)
         if grant.filter_types and method in ("GET", "POST"):
             await self._filtered(scope, replay, send, grant)
         else:
@@ -434,23 +435,6 @@ class FhirGuard:
         await send({"type": "http.response.body", "body": raw})
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        parts.append(chunk)
-        if not message.get("more_body"):
-            break
-    return b"".join(parts)
-
-
 def _parse_body(raw: bytes, content_type: str) -> Any:
     if not raw.strip():
         return None
@@ -460,19 +444,6 @@ def _parse_body(raw: bytes, content_type: str) -> Any:
         return json.loads(raw)
     except ValueError:
         return None  # sekmet answers with its own 400
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], media: str = "application/fhir+json",

@@ -10,6 +10,8 @@ from typing import Any
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from service.outcome import operation_outcome
+
 HERE = Path(__file__).parent
 TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                         trim_blocks=True, lstrip_blocks=True)
@@ -47,9 +49,9 @@ def error_page(status: int, title: str, message: str, *, relaunch: bool = False,
 def outcome(status: int, message: str, *, code: str = "processing",
             issues: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
     """An API error: OperationOutcome body (one issue per problem, with `expression` paths when known)."""
-    severity = "error" if status >= 400 else "information"
-    items = issues or [{"severity": severity, "code": code, "diagnostics": message}]
-    body: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": items}
+    body = operation_outcome(message, status=status, code=code)
+    if issues:
+        body["issue"] = issues
     if extra:
         body.update(extra)
     return no_store(JSONResponse(body, status_code=status, media_type="application/fhir+json"))  # type: ignore
