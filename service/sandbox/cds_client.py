@@ -102,6 +102,20 @@ def _elapsed(start: float) -> int:
     return int((time.monotonic() - start) * 1000)
 
 
+def _list_answer(resp: httpx.Response, key: str, what: str) -> tuple[dict[str, Any], list[Any]] | str:
+    """A 200 answer's JSON object and its list under `key`, or a sentence saying what is wrong with it."""
+    if resp.status_code != 200:
+        return _describe_error(resp)
+    try:
+        body = resp.json()
+        items = body[key]
+    except (ValueError, KeyError, TypeError):
+        items = None
+    if not isinstance(items, list):
+        return f'{what} is not {{"{key}": [...]}}'
+    return body, items
+
+
 def _describe_error(resp: httpx.Response) -> str:
     """Short, safe description of an error response (OperationOutcome diagnostics or the start of the body)."""
     text = ""
@@ -186,17 +200,11 @@ class CdsClient:
             return result
         result.elapsed_ms = _elapsed(start)
         result.status = resp.status_code
-        if resp.status_code != 200:
-            result.error = _describe_error(resp)
+        answer = _list_answer(resp, "services", "discovery response")
+        if isinstance(answer, str):
+            result.error = answer
             return result
-        try:
-            body = resp.json()
-            items = body["services"]
-            if not isinstance(items, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            result.error = "discovery response is not {\"services\": [...]}"
-            return result
+        _, items = answer
         for item in items:
             if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item.get(k)
                                                      for k in ("id", "hook")):
@@ -357,17 +365,11 @@ class CdsClient:
             return result
         result.elapsed_ms = _elapsed(start)
         result.status = resp.status_code
-        if resp.status_code != 200:
-            result.error = _describe_error(resp)
+        answer = _list_answer(resp, "cards", "response")
+        if isinstance(answer, str):
+            result.error = answer
             return result
-        try:
-            data = resp.json()
-            cards = data["cards"]
-            if not isinstance(cards, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            result.error = "response is not {\"cards\": [...]}"
-            return result
+        data, cards = answer
         for i, card in enumerate(cards):
             problem = card_problem(card)
             if problem:
