@@ -285,29 +285,17 @@ def prescription_to_text(p: Prescription) -> str:
     if p.notes:
         out.append("")
         out += [f"Note: {n}" for n in p.notes]
-    if p.precautions:
-        out.append("")
-        out.append("Precautions:")
-        out += [f"  - {x.code}: {x.text} [{x.rule}]" for x in p.precautions]
-    if p.targets:
-        out.append("")
-        out.append("Goals:")
-        out += [f"  - {t.text}" for t in p.targets]
-    if p.progression:
-        out.append("")
-        out.append("Progression:")
-        out += [f"  - {x}" for x in p.progression]
-    if p.stop_rules:
-        out.append("")
-        out.append("Stop rules:")
-        out += [f"  - {x}" for x in p.stop_rules]
-    if p.missing_data:
-        out.append("")
-        out.append("Missing data:")
-        out += [f"  - {m.text}: {m.recommendation}" for m in p.missing_data]
-    out.append("")
-    out.append("Why:")
-    out += [f"  - [{r.rule}] {r.finding} -> {r.effect} ({r.source})" for r in p.rationale]
+    sections = (
+        ("Precautions", [f"{x.code}: {x.text} [{x.rule}]" for x in p.precautions]),
+        ("Goals", [t.text for t in p.targets]),
+        ("Progression", list(p.progression)),
+        ("Stop rules", list(p.stop_rules)),
+        ("Missing data", [f"{m.text}: {m.recommendation}" for m in p.missing_data]),
+    )
+    for title, lines in sections:
+        if lines:
+            out += ["", f"{title}:", *(f"  - {line}" for line in lines)]
+    out += ["", "Why:", *(f"  - [{r.rule}] {r.finding} -> {r.effect} ({r.source})" for r in p.rationale)]
     out.append("")
     out.append(f"Ruleset {p.ruleset_version}, generated {p.generated_at.isoformat()}")
     return "\n".join(out) + "\n"
