@@ -9,9 +9,12 @@ module did not exist this file carried a test-only copy, kept below as the fallb
 from __future__ import annotations
 
 import logging
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from fastapi import FastAPI
+
+from tests.support.live import free_port, serve
 
 
 def _fallback_patch() -> None:
@@ -57,6 +60,19 @@ def sekmet_app(base_url: str, *, patch: bool = True) -> tuple[FastAPI, Any]:
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.include_router(build_router(lambda: ctx))
     return app, ctx
+
+
+@contextmanager
+def running_sekmet() -> Iterator[str]:
+    """A fresh in-memory sekmet server on a free loopback port; yields its FHIR base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/fhir"
+    app, ctx = sekmet_app(base)
+    try:
+        with serve(app, port):
+            yield base
+    finally:
+        close_ctx(ctx)
 
 
 def close_ctx(ctx: Any) -> None:

@@ -14,7 +14,7 @@ from service.fhir.client import FhirClient
 from service.fhir.patient_data import fetch_patient_data
 from service.fhir.queries import PATIENT_TOKEN, patient_queries, prefetch_templates, query_by_key
 from tests.fhir_client import data
-from tests.fhir_client.conftest import terminology
+from service.terminology import get_terminology
 
 SUBSET_PARAM = re.compile(r"^[a-z_][a-z\-]*(:in)?$")
 
@@ -37,7 +37,7 @@ def test_prefetch_templates_use_the_patient_token_within_the_subset() -> None:
 def test_observation_query_filters_to_rule_codes_newest_first() -> None:
     q = query_by_key("observations")
     params = dict(q.params)
-    wanted = {f"{s}|{c}" for s, c in terminology().observation_codes()}
+    wanted = {f"{s}|{c}" for s, c in get_terminology().observation_codes()}
     assert set(params["code"].split(",")) == wanted
     assert params["_sort"] == "-date" and int(params["_count"]) >= 100
     rtype, concrete = q.concrete("p1", data.NOW)

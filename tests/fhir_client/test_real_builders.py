@@ -57,14 +57,11 @@ async def test_service_request_only_from_the_builder(sekmet_url: str, store: SQL
 
 
 async def test_care_coordination_with_document_builder(sekmet_url: str, store: SQLiteStore) -> None:
-    from tests.fhir_client.sekmet_server import close_ctx, sekmet_app
-    from tests.support.live import free_port, serve
+    from tests.fhir_client.sekmet_server import running_sekmet
 
     sig, p, snap = signing(), factories.prescription(), factories.snapshot()
-    port = free_port()
-    app, ctx = sekmet_app(f"http://127.0.0.1:{port}/fhir")
-    with serve(app, port) as url:
-        async with FhirClient(sekmet_url) as ehr, FhirClient(f"{url}/fhir") as cc:
+    with running_sekmet() as cc_base:
+        async with FhirClient(sekmet_url) as ehr, FhirClient(cc_base) as cc:
             result = await write_back(
                 ehr, resources.build_prescription_resources(p, snap, sig),
                 lambda refs: resources.build_document_reference(p, snap, sig, refs),
@@ -73,4 +70,3 @@ async def test_care_coordination_with_document_builder(sekmet_url: str, store: S
             doc_ref = result.references("DocumentReference")[0]
             doc = await ehr.read("DocumentReference", doc_ref.split("/")[1])
             assert all(r["reference"].startswith(cc.base_url) for r in doc["context"]["related"])
-    close_ctx(ctx)

@@ -16,8 +16,7 @@ from service.fhir.client import FhirClient
 from service.fhir.writeback import (NS_RESULT, WritebackError, choose_strategy, scopes_allow_create, write_back)
 from service.storage import SQLiteStore
 from tests.fhir_client import data
-from tests.fhir_client.sekmet_server import close_ctx, sekmet_app
-from tests.support.live import free_port, serve
+from tests.fhir_client.sekmet_server import running_sekmet
 
 ID_SYSTEM = "https://fhir.onco-exercise.org/identifier/prescription"
 
@@ -25,12 +24,8 @@ ID_SYSTEM = "https://fhir.onco-exercise.org/identifier/prescription"
 @pytest.fixture(scope="module")
 def cc_url() -> Iterator[str]:
     """A second sekmet server: the hospital's care-coordination FHIR server."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/fhir"
-    app, ctx = sekmet_app(base)
-    with serve(app, port):
+    with running_sekmet() as base:
         yield base
-    close_ctx(ctx)
 
 
 @pytest.fixture
