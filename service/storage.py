@@ -79,20 +79,15 @@ class SQLiteStore:
         )
 
     def _add(self, ns: str, key: str, value: dict[str, Any], ttl: float | None) -> bool:
+        # One statement, so atomic on its own: insert, or take over an expired entry; a live one is left alone
+        # (then no row changes and rowcount is 0).
         now = time.time()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute("DELETE FROM kv WHERE ns=? AND key=? AND expires IS NOT NULL AND expires<=?",
-                             (ns, key, now))
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO kv (ns, key, value, expires) VALUES (?,?,?,?)",
-                (ns, key, json.dumps(value), self._exp(ttl)),
-            )
-            self._db.execute("COMMIT")
-            return cur.rowcount == 1
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        cur = self._db.execute(
+            "INSERT INTO kv (ns, key, value, expires) VALUES (?,?,?,?) ON CONFLICT (ns, key) DO UPDATE"
+            " SET value=excluded.value, expires=excluded.expires WHERE kv.expires IS NOT NULL AND kv.expires<=?",
+            (ns, key, json.dumps(value), None if ttl is None else now + ttl, now),
+        )
+        return cur.rowcount == 1
 
     def _pop(self, ns: str, key: str) -> dict[str, Any] | None:
         self._db.execute("BEGIN IMMEDIATE")
