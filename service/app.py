@@ -14,16 +14,9 @@ from service.storage import open_store
 LifespanPart = Callable[[FastAPI], AsyncContextManager[None]]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings()
-    if settings.mode == "sandbox":
-        from service.sandbox.setup import prepare_settings
-
-        prepare_settings(settings)  # adds the sandbox FHIR base and CDS client to the allowlists
-
-    from service.fhir.validate import warm_up_lifespan
-
-    parts: list[LifespanPart] = [warm_up_lifespan]  # compile the validator before the first signing
+def parts_lifespan(settings: Settings, parts: list[LifespanPart]) -> LifespanPart:
+    """The app's lifespan: open the store, enter each part in order (parts may be appended until start-up), and
+    leave them in reverse and close the store on the way out, whatever happens."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -36,11 +29,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 await app.state.store.close()
 
+    return lifespan
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if settings.mode == "sandbox":
+        from service.sandbox.setup import prepare_settings
+
+        prepare_settings(settings)  # adds the sandbox FHIR base and CDS client to the allowlists
+
+    from service.fhir.validate import warm_up_lifespan
+
+    parts: list[LifespanPart] = [warm_up_lifespan]  # compile the validator before the first signing
+
     app = FastAPI(
         title="onco-exercise",
         version=__version__,
         description="CDS Hooks service and SMART on FHIR app for safe, personalised exercise referral in oncology.",
-        lifespan=lifespan,
+        lifespan=parts_lifespan(settings, parts),
     )
     app.state.settings = settings
     app.state.lifespan_parts = parts

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 import pytest
+from fastapi import FastAPI
 
 from service.app import create_app
 from service.config import Settings
@@ -25,10 +27,17 @@ def sandbox_settings(port: int, data_dir: Path, **overrides: object) -> Settings
     return Settings(**values)  # type: ignore[arg-type]
 
 
+@contextmanager
+def running_sandbox(data_dir: Path, **overrides: object) -> Iterator[tuple[str, FastAPI]]:
+    """A sandbox app served on a free loopback port: (base URL, app)."""
+    port = free_port()
+    app = create_app(sandbox_settings(port, data_dir, **overrides))
+    with serve(app, port) as url:
+        yield url, app
+
+
 @pytest.fixture(scope="session")
 def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of one sandbox shared by the whole session (FHIR at {url}/sandbox/fhir)."""
-    port = free_port()
-    settings = sandbox_settings(port, tmp_path_factory.mktemp("sandbox"))
-    with serve(create_app(settings), port) as url:
+    with running_sandbox(tmp_path_factory.mktemp("sandbox")) as (url, _):
         yield url

@@ -20,7 +20,6 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -196,6 +195,16 @@ def _component_line(c: Any) -> str:
             f"{i.label}{scale}{sets}{reps}")
 
 
+def _card(ctx: CardContext, kind: str, indicator: str, summary: str, lines: list[str], link_label: str,
+          link_extra: dict[str, Any] | None = None, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What every card carries: a fresh uuid, the summary cut to 140 characters, the markdown detail, its source
+    and the SMART link that opens this card in the app."""
+    card_uuid = str(uuid.uuid4())
+    return {"uuid": card_uuid, "summary": shorten(summary), "indicator": indicator, "detail": "\n".join(lines),
+            "source": source or _source(),
+            "links": [_smart_link(ctx, card_uuid, kind, link_label, link_extra or {})]}
+
+
 def _referral_card(p: Prescription, s: PatientSnapshot, ctx: CardContext, not_read: list[str]) -> CardPlan:
     setting = SETTING_PHRASE.get(p.setting, p.setting)
     n = len(p.precautions)
@@ -220,17 +229,10 @@ def _referral_card(p: Prescription, s: PatientSnapshot, ctx: CardContext, not_re
         lines += ["", "**Not read from the EHR**"] + [f"- {m}" for m in not_read[:8]]
     lines += ["", f"_Review, edit and sign in onco-exercise. Rules {p.ruleset_version}._"]
 
-    card_uuid, sugg_uuid = str(uuid.uuid4()), str(uuid.uuid4())
-    card: dict[str, Any] = {
-        "uuid": card_uuid,
-        "summary": shorten(summary),
-        "indicator": "info",
-        "detail": "\n".join(lines),
-        "source": _source(),
-        "links": [_smart_link(ctx, card_uuid, "referral", "Review and sign the exercise prescription",
-                              {"setting": p.setting, "rulesetVersion": p.ruleset_version})],
-        "overrideReasons": list(override_reasons()),
-    }
+    card = _card(ctx, "referral", "info", summary, lines, "Review and sign the exercise prescription",
+                 {"setting": p.setting, "rulesetVersion": p.ruleset_version})
+    card["overrideReasons"] = list(override_reasons())
+    sugg_uuid = str(uuid.uuid4())
     if p.setting != "defer":
         sr = build_draft_referral(p, s, ctx.exercise_service_ref, _practitioner(ctx.user_ref))
         card["suggestions"] = [{
@@ -258,15 +260,8 @@ def _warning_card(p: Prescription, ctx: CardContext) -> CardPlan:
     lines = ["Exercise is not safe today:", ""]
     lines += [f"- **{r.finding}**: {r.effect} _({r.source})_" for r in p.red_flags]
     lines += ["", "No exercise referral is suggested while this lasts; reassess at the next visit."]
-    card_uuid = str(uuid.uuid4())
-    card = {
-        "uuid": card_uuid,
-        "summary": shorten(summary),
-        "indicator": "warning",
-        "detail": "\n".join(lines),
-        "source": {**_source(), "label": "onco-exercise safety rules"},
-        "links": [_smart_link(ctx, card_uuid, "warning", "Review in onco-exercise", {})],
-    }
+    card = _card(ctx, "warning", "warning", summary, lines, "Review in onco-exercise",
+                 source={**_source(), "label": "onco-exercise safety rules"})
     fp = _fp("warning", sorted(r.rule for r in p.red_flags))
     return CardPlan("warning", prune(card), fp)
 
@@ -293,16 +288,8 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
                      + (f", {trend}" if trend else "") + f" ({gap} the {GUIDELINE_MINUTES} min/week guideline)")
     else:
         lines.append("- **Exercise vital sign**: not recorded — ask about minutes of moderate activity per week")
-    card_uuid = str(uuid.uuid4())
-    card = {
-        "uuid": card_uuid,
-        "summary": shorten(summary),
-        "indicator": "info",
-        "detail": "\n".join(lines),
-        "source": _source(),
-        "links": [_smart_link(ctx, card_uuid, "follow-up", "Open the exercise plan in onco-exercise",
-                              {"referral": ref.ref})],
-    }
+    card = _card(ctx, "follow-up", "info", summary, lines, "Open the exercise plan in onco-exercise",
+                 {"referral": ref.ref})
     fp = _fp("follow-up", ref.ref, ref.status, ref.task_status,
              (evs.value, evs.effective.isoformat()) if evs else None)
     return CardPlan("follow-up", prune(card), fp)
@@ -314,15 +301,7 @@ def _incomplete_card(ctx: CardContext, missing: list[str], budget: float) -> Car
              "so no one-click referral is offered: a missing lab could hide a reason not to exercise today.", "",
              "**Not read**"]
     lines += [f"- {m}" for m in missing[:8]]
-    card_uuid = str(uuid.uuid4())
-    card = {
-        "uuid": card_uuid,
-        "summary": summary,
-        "indicator": "info",
-        "detail": "\n".join(lines),
-        "source": _source(),
-        "links": [_smart_link(ctx, card_uuid, "incomplete", "Review in onco-exercise", {})],
-    }
+    card = _card(ctx, "incomplete", "info", summary, lines, "Review in onco-exercise")
     return CardPlan("incomplete", prune(card), _fp("incomplete", sorted(missing)))
 
 

@@ -7,7 +7,7 @@ The JSON form is what the CLI prints, the SMART app's API returns and stores bet
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from service.clinical.model import (
     SETTING_ORDER,
@@ -117,6 +117,9 @@ def _num(v: Any, where: str) -> float | None:
     return v
 
 
+T = TypeVar("T")
+
+
 def intensity_from_json(d: Any, where: str = "intensity") -> Intensity:
     if not isinstance(d, dict):
         raise ValueError(f"{where} must be an object")
@@ -186,45 +189,33 @@ def prescription_from_json(d: Any) -> Prescription:
     except ValueError:
         raise ValueError("generatedAt is not an ISO date-time") from None
 
-    def items(key: str) -> list[Any]:
-        v = d.get(key) or []
-        if not isinstance(v, list):
+    def objects(key: str, build: Callable[[dict[str, Any], str], T]) -> tuple[T, ...]:
+        """Each element of the list `key` (which must be an object) through `build`, told where it stands."""
+        values = d.get(key) or []
+        if not isinstance(values, list):
             raise ValueError(f"{key} must be a list")
-        return v
+        out = []
+        for i, x in enumerate(values):
+            where = f"{key}[{i}]"
+            if not isinstance(x, dict):
+                raise ValueError(f"{where} must be an object")
+            out.append(build(x, where))
+        return tuple(out)
 
-    precautions = []
-    for i, x in enumerate(items("precautions")):
-        where = f"precautions[{i}]"
-        if not isinstance(x, dict):
-            raise ValueError(f"{where} must be an object")
-        precautions.append(Precaution(_req(x, "code", str, where), _req(x, "text", str, where),
-                                      _req(x, "rule", str, where), _req(x, "source", str, where)))
-    missing = []
-    for i, x in enumerate(items("missingData")):
-        where = f"missingData[{i}]"
-        if not isinstance(x, dict):
-            raise ValueError(f"{where} must be an object")
-        missing.append(MissingData(_req(x, "measure", str, where), _req(x, "text", str, where),
-                                   _req(x, "recommendation", str, where)))
-    targets = []
-    for i, x in enumerate(items("targets")):
-        where = f"targets[{i}]"
-        if not isinstance(x, dict):
-            raise ValueError(f"{where} must be an object")
-        targets.append(Target(_req(x, "measure", str, where), _req(x, "value", int, where),
-                              _req(x, "text", str, where)))
     prefs = d.get("preferences")
     return Prescription(
         eligible=_req(d, "eligible", bool, "prescription"),
         setting=setting,
         clearance_required=_req(d, "clearanceRequired", bool, "prescription"),
-        components=tuple(component_from_json(c, f"components[{i}]") for i, c in enumerate(items("components"))),
-        precautions=tuple(precautions),
-        missing_data=tuple(missing),
-        rationale=tuple(_reason_from_json(r, f"rationale[{i}]") for i, r in enumerate(items("rationale"))),
+        components=objects("components", component_from_json),
+        precautions=objects("precautions", lambda x, w: Precaution(
+            _req(x, "code", str, w), _req(x, "text", str, w), _req(x, "rule", str, w), _req(x, "source", str, w))),
+        missing_data=objects("missingData", lambda x, w: MissingData(
+            _req(x, "measure", str, w), _req(x, "text", str, w), _req(x, "recommendation", str, w))),
+        rationale=objects("rationale", _reason_from_json),
         progression=_strs(d.get("progression"), "progression"),
         stop_rules=_strs(d.get("stopRules"), "stopRules"),
-        red_flags=tuple(_reason_from_json(r, f"redFlags[{i}]") for i, r in enumerate(items("redFlags"))),
+        red_flags=objects("redFlags", _reason_from_json),
         ruleset_version=_req(d, "rulesetVersion", str, "prescription"),
         generated_at=generated,
         patient_ref=d.get("patientRef"),
@@ -232,7 +223,8 @@ def prescription_from_json(d: Any) -> Prescription:
         supporting_refs=_strs(d.get("supportingRefs"), "supportingRefs"),
         preferences=preferences_from_json(prefs) if prefs is not None else None,
         notes=_strs(d.get("notes"), "notes"),
-        targets=tuple(targets),
+        targets=objects("targets", lambda x, w: Target(
+            _req(x, "measure", str, w), _req(x, "value", int, w), _req(x, "text", str, w))),
     )
 
 

@@ -92,23 +92,22 @@ def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     fhir.close()
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeFhir]:
+def _running_fake() -> Iterator[FakeFhir]:
     f = FakeFhir()
-    port = free_port()
-    with serve(_fake_app(f), port) as url:
+    with serve(_fake_app(f), free_port()) as url:
         f.url = url
         yield f
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeFhir]:
+    yield from _running_fake()
 
 
 @pytest.fixture(scope="module")
 def stranger() -> Iterator[FakeFhir]:
     """A server that is NOT allowlisted: it must never see a request."""
-    f = FakeFhir()
-    port = free_port()
-    with serve(_fake_app(f), port) as url:
-        f.url = url
-        yield f
+    yield from _running_fake()
 
 
 @pytest.fixture(scope="module")

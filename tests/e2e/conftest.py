@@ -9,13 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 
-from service.app import create_app
-from tests.conftest import sandbox_settings
-from tests.support.live import free_port, serve
+from tests.conftest import running_sandbox
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -71,10 +70,20 @@ def need_chromium() -> None:
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     need_chromium()  # module fixtures are set up first: do not start a sandbox for nothing
-    port = free_port()
-    app = create_app(sandbox_settings(port, tmp_path_factory.mktemp("e2e-sandbox")))
-    with serve(app, port) as url:
+    with running_sandbox(tmp_path_factory.mktemp("e2e-sandbox")) as (url, app):
         yield Sandbox(url, app)
+
+
+def ehr_launch_page(page: Any, sandbox: Sandbox, patient: str) -> None:
+    """An EHR launch straight from the sandbox authorization server (no card needed), ready in the app."""
+    from playwright.sync_api import expect
+
+    r = httpx.post(f"{sandbox.url}/sandbox/auth/launch", json={"patient": patient,
+                                                               "practitioner": "sandbox-clinician"}, timeout=30)
+    assert r.status_code == 201, r.text
+    page.goto(f"{sandbox.url}/smart/launch?" + urlencode({"iss": r.json()["iss"], "launch": r.json()["launch"]}))
+    page.wait_for_url(re.compile(r"/smart/app\?s="))
+    expect(page.locator("#status")).to_have_text("Ready.")
 
 
 @pytest.fixture

@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlencode
 
-import httpx
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.e2e.conftest import Sandbox
+from tests.e2e.conftest import Sandbox, ehr_launch_page
 
 pytestmark = pytest.mark.browser
 
@@ -394,18 +393,9 @@ def test_ehr_screen_and_chart_with_card(page: Page, sandbox: Sandbox) -> None:
     report(problems)
 
 
-def _ehr_launch(page: Page, sandbox: Sandbox, patient: str) -> None:
-    r = httpx.post(f"{sandbox.url}/sandbox/auth/launch", json={"patient": patient,
-                                                               "practitioner": "sandbox-clinician"}, timeout=30)
-    assert r.status_code == 201, r.text
-    page.goto(f"{sandbox.url}/smart/launch?" + urlencode({"iss": r.json()["iss"], "launch": r.json()["launch"]}))
-    page.wait_for_url(re.compile(r"/smart/app\?s="))
-    expect(page.locator("#status")).to_have_text("Ready.")
-
-
 def test_smart_app_handout_and_inbox(page: Page, sandbox: Sandbox) -> None:
     problems: list[str] = []
-    _ehr_launch(page, sandbox, APP_PATIENT)
+    ehr_launch_page(page, sandbox, APP_PATIENT)
     targets = {"Update prescription": page.locator("#update-button"), "Patient handout": page.locator("#handout-link"),
                "Sign & send": page.locator("#sign-button")}
     audit(page, "SMART app", "app", targets, problems)

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import re
 from typing import Any, Callable
-from urllib.parse import urlencode
-
-import httpx
 
 import pytest
 from playwright.sync_api import Page, expect
 
 from service.fhir.validate import validate_resource
-from tests.e2e.conftest import Sandbox
+from tests.e2e.conftest import Sandbox, ehr_launch_page
 
 pytestmark = pytest.mark.browser
 
@@ -245,19 +242,9 @@ def test_the_app_shows_blood_pressure_as_recorded(page: Page, sandbox: Sandbox,
         assert f"{systolic:g}/{diastolic:g}" in text and "mm Hg" in text and "mm[Hg]" not in text, text
 
 
-def _launch(page: Page, sandbox: Sandbox, patient: str) -> None:
-    """An EHR launch straight from the sandbox authorization server (no card needed)."""
-    r = httpx.post(f"{sandbox.url}/sandbox/auth/launch", json={"patient": patient,
-                                                               "practitioner": "sandbox-clinician"}, timeout=30)
-    assert r.status_code == 201, r.text
-    page.goto(f"{sandbox.url}/smart/launch?" + urlencode({"iss": r.json()["iss"], "launch": r.json()["launch"]}))
-    page.wait_for_url(re.compile(r"/smart/app\?s="))
-    expect(page.locator("#status")).to_have_text("Ready.")
-
-
 def test_sign_with_unsaved_edits_saves_them_first_or_refuses(page: Page, sandbox: Sandbox,
                                                              shot: Callable[[Page, str], Any]) -> None:
-    _launch(page, sandbox, UNSAVED_PATIENT)
+    ehr_launch_page(page, sandbox, UNSAVED_PATIENT)
     status = page.locator("#status")
     minutes = page.locator("fieldset.component[data-type='aerobic']").get_by_label("Minutes per session")
     # An invalid unsaved edit: the server's problems are shown and nothing is signed.

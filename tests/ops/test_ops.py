@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Iterator
 
 import httpx
 import pytest
@@ -14,8 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from service import ops
+from service.app import LifespanPart, parts_lifespan
 from service.config import Settings
-from service.storage import open_store
 from tests.ops.procs import dead_url
 from tests.support.live import free_port, serve
 
@@ -28,18 +27,8 @@ class Item(BaseModel):
 
 def ops_app(settings: Settings) -> FastAPI:
     """The ops layer exactly as create_app installs it, plus a few routes to exercise it."""
-    parts: list = []
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = open_store(settings.resolved_storage_url())
-        async with AsyncExitStack() as stack:
-            for part in parts:
-                await stack.enter_async_context(part(app))
-            yield
-        await app.state.store.close()
-
-    app = FastAPI(lifespan=lifespan)
+    parts: list[LifespanPart] = []
+    app = FastAPI(lifespan=parts_lifespan(settings, parts))
     app.state.settings = settings
     app.state.lifespan_parts = parts
     ops.install(app, settings)

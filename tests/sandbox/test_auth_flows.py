@@ -19,11 +19,9 @@ import httpx
 import pytest
 from joserfc import jwk, jwt
 
-from service.app import create_app
 from service.sandbox import setup as sandbox_setup
 from service.sandbox.auth_tokens import issue_access_token, issue_id_token
-from tests.conftest import sandbox_settings
-from tests.support.live import free_port, serve
+from tests.conftest import running_sandbox
 
 PATIENT = "auth-p1"
 OTHER = "auth-p2"
@@ -36,9 +34,7 @@ def sb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             return None
 
         mp.setattr(sandbox_setup, "_load_cohort", no_cohort)
-        port = free_port()
-        app = create_app(sandbox_settings(port, tmp_path_factory.mktemp("sandbox-auth")))
-        with serve(app, port) as url:
+        with running_sandbox(tmp_path_factory.mktemp("sandbox-auth")) as (url, app):
             rt = app.state.sandbox
             admin, _ = issue_access_token(rt, scope="user/*.cruds", client_id="test-admin")
             with httpx.Client(base_url=url, timeout=20, headers={"Authorization": f"Bearer {admin}"}) as c:

@@ -10,18 +10,15 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from service.app import create_app
-from tests.conftest import sandbox_settings
+from tests.conftest import running_sandbox
 from tests.sandbox.test_cds_client import FakeCds
 from tests.support.live import free_port, serve
 
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    port = free_port()
-    app = create_app(sandbox_settings(port, tmp_path_factory.mktemp("ehr")))
-    with serve(app, port) as url:
-        yield url, app
+    with running_sandbox(tmp_path_factory.mktemp("ehr")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,8 @@ import httpx
 import pytest
 from fhirpathpy import evaluate
 
-from service.app import create_app
 from service.sandbox.inbox import ACTIONS, TransitionError, allowed_actions, taskrm_1_ok, transition
-from tests.conftest import sandbox_settings
-from tests.support.live import free_port, serve
+from tests.conftest import running_sandbox
 
 PA_TASKRM_1 = "statusReason.exists() = (status = 'rejected' or status = 'on-hold' or status = 'cancelled' " \
               "or status = 'failed')"
@@ -38,10 +36,8 @@ def product_errors(resource: dict[str, Any]) -> list[Any]:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any]]:
-    port = free_port()
-    app = create_app(sandbox_settings(port, tmp_path_factory.mktemp("inbox")))
-    with serve(app, port) as url:
-        yield url, app
+    with running_sandbox(tmp_path_factory.mktemp("inbox")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

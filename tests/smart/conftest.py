@@ -92,3 +92,11 @@ def standalone_launch(client: httpx.Client, iss: str, patient: str = "onc-02") -
 
 def api(client: httpx.Client, sid: str) -> httpx.Response:
     return client.get("/smart/api/prescription", params={"s": sid})
+
+
+def fhir_reader(sandbox: Sandbox) -> httpx.Client:
+    """A client on the sandbox FHIR server with a read-only user token (to check what the app wrote)."""
+    from service.sandbox.auth_server import mint_access_token
+
+    token = mint_access_token("user/*.rs", app=sandbox.app)
+    return httpx.Client(base_url=sandbox.iss, headers={"Authorization": f"Bearer {token}"}, timeout=30)

@@ -7,19 +7,12 @@ import asyncio
 import httpx
 import pytest
 
-from tests.smart.conftest import Sandbox, api, ehr_launch
+from tests.smart.conftest import Sandbox, api, ehr_launch, fhir_reader
 
 
 def _post(b: httpx.Client, sid: str, path: str = "", csrf: str | None = None, **kw) -> httpx.Response:
     headers = {"X-CSRF-Token": csrf} if csrf else {}
     return b.post(f"/smart/api/prescription{path}", params={"s": sid}, headers=headers, **kw)
-
-
-def _fhir(sandbox: Sandbox) -> httpx.Client:
-    from service.sandbox.auth_server import mint_access_token
-
-    token = mint_access_token("user/*.rs", app=sandbox.app)
-    return httpx.Client(base_url=sandbox.iss, headers={"Authorization": f"Bearer {token}"}, timeout=30)
 
 
 def test_app_page_is_accessible_and_locked_down(sandbox: Sandbox):
@@ -134,7 +127,7 @@ async def test_double_sign_writes_one_set_and_returns_the_first_result(sandbox: 
     assert sorted([bool(a.get("replayed")), bool(b2.get("replayed"))]) == [False, True] and c["replayed"]
     assert a["strategy"] == "full" and a["status"] == "sent" and not a["failed"]
     assert {w["resourceType"] for w in a["written"]} >= {"CarePlan", "ServiceRequest", "Task"}
-    with _fhir(sandbox) as fhir:
+    with fhir_reader(sandbox) as fhir:
         plans = fhir.get("/CarePlan", params={"subject": "Patient/onc-10"}).json().get("entry", [])
         assert len(plans) == 1
         from service.fhir.validate import validate_resource

@@ -3,16 +3,8 @@ the signer's name, human units, goals and advice in the handout, and signing exa
 
 from __future__ import annotations
 
-import httpx
 
-from tests.smart.conftest import Sandbox, api, ehr_launch
-
-
-def _fhir(sandbox: Sandbox) -> httpx.Client:
-    from service.sandbox.auth_server import mint_access_token
-
-    token = mint_access_token("user/*.rs", app=sandbox.app)
-    return httpx.Client(base_url=sandbox.iss, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+from tests.smart.conftest import Sandbox, api, ehr_launch, fhir_reader
 
 
 def test_the_signer_is_named_from_their_practitioner_resource(sandbox: Sandbox):
@@ -85,7 +77,7 @@ def test_sign_signs_exactly_the_draft_version_shown(sandbox: Sandbox):
         assert signed.status_code == 200, signed.text
         answer = signed.json()
         assert answer["draftVersion"] == 1
-    with _fhir(sandbox) as fhir:
+    with fhir_reader(sandbox) as fhir:
         srs = [fhir.get(f"/{w['reference']}").json() for w in answer["written"] if w["resourceType"] == "ServiceRequest"]
     aerobic_sr = next(s for s in srs if s["code"].get("text", "").lower().startswith("aerobic"))
     assert aerobic_sr["occurrenceTiming"]["repeat"]["duration"] == minutes
