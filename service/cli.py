@@ -1,4 +1,4 @@
-"""onco-exercise {sandbox, serve, prescribe, validate, check-config}.
+"""onco-exercise {sandbox, serve, prescribe, validate, check-config, terminology}.
 
 Each command returns an exit code; problems are printed as readable messages on stderr, never as tracebacks.
 """
@@ -249,6 +249,23 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return check_config()
 
 
+def cmd_terminology(args: argparse.Namespace) -> int:
+    """The terminology coverage report: concepts x code systems x counts, the range rules and the sources."""
+    import json
+
+    from service.paths import TERMINOLOGY_DIR
+    from service.terminology import TerminologyError, get_terminology
+    from service.terminology_report import coverage, render
+
+    try:
+        get_terminology()  # the same load the service does: a broken file is an error here too
+    except TerminologyError as exc:
+        return _fail(str(exc))
+    report = coverage(TERMINOLOGY_DIR)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="onco-exercise",
@@ -284,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="check settings and every configured FHIR server")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("terminology", help="print the terminology coverage report (code systems, counts, sources)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_terminology)
     return parser
 
 

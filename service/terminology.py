@@ -15,12 +15,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from service.canonical import BASE, ICD10CM, LOINC
+from service.canonical import ATC, BASE, ICD10CM, LOINC, RXNORM
 from service.paths import TERMINOLOGY_DIR
 
 VS_PREFIX = f"{BASE}/ValueSet/"
 CS_OBSERVATION_MEASURE = f"{BASE}/CodeSystem/observation-measure"
 CM_ANSWER_SCORE = f"{BASE}/ConceptMap/loinc-answer-score"
+CM_UNIT_SYNONYMS = f"{BASE}/ConceptMap/unit-synonyms"
+
+
+NAME_SYSTEMS = frozenset({RXNORM, ATC})
+MIN_NAME = 4  # shorter names ("ara", "5fu") match too much free text
+MAX_NAME_WORDS = 4
+_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
 
 
 class TerminologyError(Exception):
@@ -75,13 +86,29 @@ class _ValueSet:
 
 @dataclass(frozen=True)
 class MeasureInfo:
-    """One row of the observation table: the measure key, its canonical UCUM unit and max age in days."""
+    """One row of the observation table: the measure key, its canonical UCUM unit and max age in days.
+
+    `danger` says which side of the range is dangerous ("low" for platelets, "high" for temperature, "none"):
+    comparators ("<20") and conflicting results are read toward it. `unreadable` says what a present but
+    unreadable value requires: "defer" (a measure whose bad value is a red flag), "clearance", or "note"
+    (not safety-relevant). `plausible` holds, per UCUM unit, the range a real result can take in that unit:
+    values outside it are implausible, and a value without a unit is read only when exactly one unit fits.
+    """
 
     key: str
     display: str
     unit: str
     max_age_days: int
     codes: tuple[tuple[str, str], ...]
+    danger: str = "none"
+    unreadable: str = "note"
+    plausible: tuple[tuple[str, float, float], ...] = ()
+    molar_mass: float | None = None
+    valence: int | None = None
+
+    @property
+    def canonical_range(self) -> tuple[float, float] | None:
+        return next(((lo, hi) for u, lo, hi in self.plausible if u == self.unit), None)
 
 
 class Terminology:
@@ -94,6 +121,8 @@ class Terminology:
         self._measures: dict[str, MeasureInfo] = {}
         self._measure_by_code: dict[tuple[str, str], str] = {}
         self._answer_scores: dict[tuple[str, str], float] = {}
+        self._unit_synonyms: dict[str, tuple[str, ...]] = {}
+        self._names: dict[str, frozenset[str]] = {}
         pending_vs: list[dict[str, Any]] = []
         for res in resources:
             kind = res.get("resourceType")
@@ -117,20 +146,43 @@ class Terminology:
         self._code_systems[url] = concepts
         if url == CS_OBSERVATION_MEASURE:
             for key, c in concepts.items():
-                props = c.get("property", [])
-                unit = next(p["valueCode"] for p in props if p["code"] == "unit")
-                age = next(p["valueInteger"] for p in props if p["code"] == "maxAgeDays")
-                codes = tuple((p["valueCoding"]["system"], p["valueCoding"]["code"]) for p in props
-                              if p["code"] == "code")
-                self._measures[key] = MeasureInfo(key, c.get("display", key), unit, age, codes)
-                for sc in codes:
-                    self._measure_by_code[sc] = key
-                for p in props:
-                    if p["code"] == "code" and p["valueCoding"].get("display"):
-                        self._displays.setdefault((p["valueCoding"]["system"], p["valueCoding"]["code"]),
-                                                  p["valueCoding"]["display"])
+                self._load_measure(key, c)
+
+    def _load_measure(self, key: str, c: dict[str, Any]) -> None:
+        props = c.get("property", [])
+
+        def one(name: str, field_: str, default: Any = None) -> Any:
+            return next((p[field_] for p in props if p["code"] == name), default)
+
+        codes = tuple((p["valueCoding"]["system"], p["valueCoding"]["code"]) for p in props if p["code"] == "code")
+        plausible = []
+        for p in props:
+            if p["code"] == "plausible":
+                unit, lo, hi = p["valueString"].rsplit(" ", 2)
+                plausible.append((unit, float(lo), float(hi)))
+        info = MeasureInfo(key, c.get("display", key), one("unit", "valueCode"), one("maxAgeDays", "valueInteger"),
+                           codes, one("danger", "valueCode", "none"), one("unreadable", "valueCode", "note"),
+                           tuple(plausible), one("molarMass", "valueDecimal"), one("valence", "valueInteger"))
+        if info.unit is None or info.max_age_days is None:
+            raise TerminologyError(f"measure {key!r} needs a unit and maxAgeDays")
+        self._measures[key] = info
+        for sc in codes:
+            if sc in self._measure_by_code and self._measure_by_code[sc] != key:
+                raise TerminologyError(f"observation code {sc[1]} is listed under two measures")
+            self._measure_by_code[sc] = key
+        for p in props:
+            if p["code"] == "code" and p["valueCoding"].get("display"):
+                self._displays.setdefault((p["valueCoding"]["system"], p["valueCoding"]["code"]),
+                                          p["valueCoding"]["display"])
 
     def _load_concept_map(self, res: dict[str, Any]) -> None:
+        if res.get("url") == CM_UNIT_SYNONYMS:
+            for group in res.get("group", []):
+                for el in group.get("element", []):
+                    targets = tuple(t["code"] for t in el.get("target", []))
+                    key = el["code"].strip().lower()
+                    self._unit_synonyms[key] = tuple(dict.fromkeys(self._unit_synonyms.get(key, ()) + targets))
+            return
         if res.get("url") != CM_ANSWER_SCORE:
             return
         for group in res.get("group", []):
@@ -235,6 +287,10 @@ class Terminology:
     def measures(self) -> dict[str, MeasureInfo]:
         return dict(self._measures)
 
+    def measures_by_key(self) -> dict[str, MeasureInfo]:
+        """The measure table itself (read-only by contract): no copy, for per-call lookups."""
+        return self._measures
+
     def measure_index(self) -> dict[tuple[str, str], str]:
         """(system, code) -> measure key, shared (read-only) for the snapshot's hot loop."""
         return self._measure_by_code
@@ -260,6 +316,44 @@ class Terminology:
             return None
         return self._answer_scores.get((system, code))
 
+    def names(self, vs_id: str) -> frozenset[str]:
+        """Lower-case drug/ingredient names of a value set: the displays of its RxNorm ingredient and brand
+        concepts (no digits: not a clinical drug) and ATC substances, for codings we do not know by code."""
+        cached = self._names.get(vs_id)
+        if cached is not None:
+            return cached
+        vs = self._vs(vs_id)
+        out: set[str] = set()
+        for inc in vs.include:
+            if inc.system not in NAME_SYSTEMS or inc.codes is None:
+                continue
+            for code in inc.codes:
+                if inc.system == ATC and len(code) != 7:
+                    continue
+                display = self._displays.get((inc.system, code), "")
+                name = " ".join(_words(display))
+                if len(name) >= MIN_NAME and not any(ch.isdigit() for ch in name):
+                    out.add(name)
+        self._names[vs_id] = frozenset(out)
+        return self._names[vs_id]
+
+    def name_in_text(self, vs_id: str, text: str) -> str | None:
+        """The first name of value set `vs_id` that occurs as whole words in `text`, else None."""
+        names = self.names(vs_id)
+        if not names or not text:
+            return None
+        words = _words(text)
+        for n in range(min(MAX_NAME_WORDS, len(words)), 0, -1):
+            for i in range(len(words) - n + 1):
+                phrase = " ".join(words[i:i + n])
+                if phrase in names:
+                    return phrase
+        return None
+
+    def unit_synonyms(self) -> dict[str, tuple[str, ...]]:
+        """Lower-case real-world unit spelling -> the UCUM codes it may stand for (ConceptMap unit-synonyms)."""
+        return self._unit_synonyms
+
 
 def load_terminology(directory: Path) -> Terminology:
     """Read every *.json file in `directory`; raises TerminologyError naming the broken file."""
@@ -273,7 +367,7 @@ def load_terminology(directory: Path) -> Terminology:
             raise TerminologyError(f"cannot read {path.name}: {exc}") from exc
     try:
         return Terminology(resources)
-    except (KeyError, TypeError, re.error, StopIteration) as exc:
+    except (KeyError, TypeError, ValueError, re.error, StopIteration) as exc:
         raise TerminologyError(f"malformed terminology resource: {exc!r}") from exc
 
 

@@ -259,6 +259,9 @@ def _warning_card(p: Prescription, ctx: CardContext) -> CardPlan:
         summary += f" (+{len(p.red_flags) - 1} more)"
     lines = ["Exercise is not safe today:", ""]
     lines += [f"- **{r.finding}**: {r.effect} _({r.source})_" for r in p.red_flags]
+    unreadable = [m for m in p.missing_data if m.source]
+    if unreadable:
+        lines += ["", "**Results present but unreadable**"] + [f"- {m.text} {m.recommendation}" for m in unreadable[:5]]
     lines += ["", "No exercise referral is suggested while this lasts; reassess at the next visit."]
     card = _card(ctx, "warning", "warning", summary, lines, "Review in onco-exercise",
                  source={**_source(), "label": "onco-exercise safety rules"})
@@ -308,12 +311,10 @@ def _incomplete_card(ctx: CardContext, missing: list[str], budget: float) -> Car
 def decide(prescription: Prescription | None, snapshot: PatientSnapshot, ctx: CardContext, *,
            complete: bool = True, missing: list[str] | None = None, budget: float = 0.0) -> CardPlan:
     """At most one card for this patient now (see the module docstring for the order)."""
-    if prescription is None or not snapshot.cancers:
+    if prescription is None or not prescription.eligible:
         return CardPlan("none", None)
     if prescription.red_flags:
         return _warning_card(prescription, ctx)
-    if not prescription.eligible:
-        return CardPlan("none", None)
     if not complete:
         return _incomplete_card(ctx, missing or [], budget)
     ref = referral_in_place(snapshot)

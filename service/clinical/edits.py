@@ -28,7 +28,9 @@ from service.clinical.prescribe import (
     AEROBIC_TARGET_MIN,
     HRR_BANDS,
     RPE_BANDS,
+    PAEDIATRIC_STRENGTH_DAYS,
     RPE_SCALE,
+    STRENGTH_TARGET_DAYS,
     normalise_activity,
     progression_for,
     targets_for,
@@ -322,7 +324,8 @@ class _Editor:
         recorded = [Reason(rule.id, f"clinician changed: {change}", f"applied on {self.now.date().isoformat()}",
                            rule.citation) for change in changes]
         goal = next((t.value for t in p.targets if t.measure == "aerobic-minutes-per-week"), AEROBIC_TARGET_MIN)
-        targets = targets_for(components, goal)
+        paediatric = any(r.rule == "PAEDIATRIC" for r in p.rationale)
+        targets = targets_for(components, goal, PAEDIATRIC_STRENGTH_DAYS if paediatric else STRENGTH_TARGET_DAYS)
         lim = self.limits
         return replace(
             edited,

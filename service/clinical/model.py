@@ -50,6 +50,24 @@ class Measurement:
     ref: str
     code: str
     components: tuple[tuple[str, float], ...] = ()
+    comparator: str | None = None  # "<", "<=", ">=", ">": the value is a bound, read toward the dangerous side
+    flag: str | None = None  # the lab's critical interpretation (LL, HH, AA ...), a signal for review
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A safety-relevant datum that is present but could not be read: shown, and it requires clearance.
+
+    `requires` is "defer" for measures whose dangerous value is a red flag (platelets, temperature ...) and
+    "clearance" for the others; `what` names the datum for people ("Platelets", "Condition text").
+    """
+
+    measure: str
+    what: str
+    ref: str
+    problem: str
+    requires: str
+    effective: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,7 @@ class Treatment:
     end: datetime | None
     active: bool
     cardiotoxic: bool = False
+    stale_order: bool = False  # an "active" order authored long ago with nothing since: not counted as current
 
 
 @dataclass(frozen=True)
@@ -94,6 +113,10 @@ class PatientSnapshot:
     history: dict[str, tuple[Measurement, ...]] = field(default_factory=dict)
     stale: dict[str, Measurement] = field(default_factory=dict)
     referrals: tuple[Referral, ...] = ()
+    cancer_history: tuple[CodedFact, ...] = ()  # personal history of cancer (survivors: in scope)
+    regional_nodes: tuple[CodedFact, ...] = ()  # regional lymph-node involvement: cancer, not distant spread
+    brain_metastases: tuple[CodedFact, ...] = ()
+    unreadable: tuple[Unreadable, ...] = ()
 
     @property
     def age(self) -> int | None:
@@ -153,9 +176,12 @@ class Precaution:
 
 @dataclass(frozen=True)
 class MissingData:
+    """Data the plan needs and lacks; with `source` set, a result that is present but unreadable (its resource)."""
+
     measure: str
     text: str
     recommendation: str
+    source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,9 @@ ACTIVITIES: dict[str, tuple[str, frozenset[str]]] = {
     "nordic walking": ("aerobic", frozenset()),
     "stationary cycling": ("aerobic", frozenset()),
     "recumbent cycling": ("aerobic", frozenset()),
-    "cycling": ("aerobic", frozenset({"balance-demanding"})),
-    "swimming": ("aerobic", frozenset({"water", "public-facility"})),
-    "aqua aerobics": ("aerobic", frozenset({"water", "public-facility"})),
+    "cycling": ("aerobic", frozenset({"balance-demanding", "seizure-risk"})),
+    "swimming": ("aerobic", frozenset({"water", "public-facility", "seizure-risk"})),
+    "aqua aerobics": ("aerobic", frozenset({"water", "public-facility", "seizure-risk"})),
     "elliptical": ("aerobic", frozenset()),
     "dancing": ("aerobic", frozenset({"balance-demanding"})),
     "jogging": ("aerobic", frozenset({"high-impact", "running"})),
@@ -90,6 +90,8 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 # Long-term aerobic goal: the guideline's 150 min/week, or what the patient already does (up to 300).
 AEROBIC_TARGET_MIN, AEROBIC_TARGET_MAX = int(EVS_TARGET), 300
 STRENGTH_TARGET_DAYS = 2
+# Children and adolescents (WHO 2020): an average of 60 min/day, muscle and bone strengthening 3 days/week.
+PAEDIATRIC_AEROBIC_TARGET, PAEDIATRIC_STRENGTH_DAYS = 420, 3
 MAX_SESSION_MINUTES = 60
 
 # What the patient is told when a precaution rules out a kind of activity (activity tag -> handout text).
@@ -102,6 +104,12 @@ AVOID_TEXT = {
     "balance-demanding": "Avoid activities where you could lose your balance (outdoor cycling, dancing)",
     "spinal-loading": "Avoid loaded bending or twisting of the spine (sit-ups, heavy yoga or pilates poses)",
     "heavy-lifting": "No heavy lifting",
+    "seizure-risk": "No swimming alone, cycling on roads or climbing to heights (seizure risk)",
+}
+
+UNREADABLE_ADVICE = {
+    "defer": "Check the result in the record (or repeat the test): exercise is deferred until a clinician clears it.",
+    "clearance": "Check the result in the record: clearance is required before exercise starts.",
 }
 
 STOP_RULES_BASE = (
@@ -119,6 +127,17 @@ STOP_RULES_BY_PRECAUTION = {
     "anemia": "Stop if you become unusually breathless, pale or your heart pounds.",
     "peripheral-neuropathy": "Stop if you lose your footing or feel new numbness; check your feet after exercise.",
     "recent-surgery": "Stop if the wound becomes painful, red, swollen or starts to leak.",
+    "vte": "Stop and get help at once for sudden breathlessness, chest pain or a painful, swollen leg.",
+    "anticoagulation": "Contact your care team for unusual bleeding or bruising, or after a fall or a blow to the head.",
+    "central-line": "Stop if the skin around your line becomes painful, red or swollen, or the dressing gets wet.",
+    "seizure-risk": "Exercise with someone nearby; stop and sit down if you feel a warning sign of a seizure.",
+    "low-oxygen": "Stop if your lips turn blue or you cannot get your breath back within a few minutes of rest.",
+    "spinal-cord-compression": "Call at once for new back pain with leg weakness, numbness, or bladder or bowel changes.",
+    "pathological-fracture": "Stop and contact your care team for new or worse bone pain.",
+    "pregnancy": "Stop and contact your midwife or doctor for bleeding, fluid loss, contractions or dizziness.",
+    "hypercalcaemia": "Stop and contact your care team if you feel very thirsty, confused, sick or unusually tired.",
+    "ostomy": "Stop if the area around your stoma bulges, hurts or changes colour.",
+    "stem-cell-transplant": "Contact the transplant team at once for a temperature of 38 °C or more, a new rash or diarrhoea.",
 }
 
 
@@ -255,12 +274,15 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         if e.precaution and e.precaution not in precautions:
             text = term.definition(CS_PRECAUTION, e.precaution) or e.precaution
             precautions[e.precaution] = Precaution(e.precaution, text, rule.id, rule.citation)
-        if e.missing:
+        if e.missing and not any(m.measure == e.missing[0] and m.recommendation == e.missing[1] for m in missing):
             missing.append(MissingData(e.missing[0], hit.finding, e.missing[1]))
         for ref in hit.refs:
             if ref not in supporting:
                 supporting.append(ref)
 
+    # Present-but-unreadable results come first: each is named with its resource so a clinician can find it.
+    missing = [MissingData(u.measure, f"{u.what} result present but unreadable ({u.ref}): {u.problem}.",
+                           UNREADABLE_ADVICE[u.requires], u.ref) for u in snapshot.unreadable] + missing
     prefs = preferences or Preferences()
     setting = _triage(plan, prefs, rationale)
     clearance = plan.clearance or setting == "defer"
@@ -277,9 +299,13 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         if code in STOP_RULES_BY_PRECAUTION:
             stop_rules.append(STOP_RULES_BY_PRECAUTION[code])
 
-    cancer_refs = tuple(dict.fromkeys(f.ref for f in (*snapshot.cancers, *snapshot.metastases)))
+    cancer_refs = tuple(dict.fromkeys(f.ref for f in (*snapshot.cancers, *snapshot.metastases,
+                                                      *snapshot.regional_nodes, *snapshot.cancer_history)))
     current = Facts(snapshot, now).evs_minutes()
-    targets = targets_for(components, aerobic_floor(current[0] if current else None))
+    if any(r.id == "PAEDIATRIC" for r, _ in fired):
+        targets = targets_for(components, PAEDIATRIC_AEROBIC_TARGET, PAEDIATRIC_STRENGTH_DAYS)
+    else:
+        targets = targets_for(components, aerobic_floor(current[0] if current else None))
     return Prescription(
         eligible=True,
         setting=setting,
@@ -325,7 +351,8 @@ def aerobic_floor(current_minutes: float | None) -> int:
     return int(min(AEROBIC_TARGET_MAX, max(AEROBIC_TARGET_MIN, _round5(current_minutes))))
 
 
-def targets_for(components: tuple[Component, ...], aerobic_goal: int) -> tuple[Target, ...]:
+def targets_for(components: tuple[Component, ...], aerobic_goal: int,
+                strength_goal: int = STRENGTH_TARGET_DAYS) -> tuple[Target, ...]:
     """Long-term goals for the components prescribed; never below the starting dose itself."""
     out: list[Target] = []
     aerobic = sum(c.frequency_per_week * c.minutes_per_session for c in components if c.type == "aerobic")
@@ -336,7 +363,7 @@ def targets_for(components: tuple[Component, ...], aerobic_goal: int) -> tuple[T
                           f"{verb} {value} minutes of aerobic activity per week"))
     strength = max((c.frequency_per_week for c in components if c.type == "resistance"), default=0)
     if strength:
-        value = max(STRENGTH_TARGET_DAYS, strength)
+        value = max(strength_goal, strength)
         out.append(Target("strength-days-per-week", value, f"Muscle-strengthening exercise on {value} days per week"))
     return tuple(out)
 

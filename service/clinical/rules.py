@@ -10,14 +10,15 @@ here so the README table and the rationale share one vocabulary. Thresholds: exe
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable, Literal
 
-from service.clinical.model import SETTING_ORDER, Measurement, PatientSnapshot, Setting, Treatment
-from service.clinical.units import with_unit
+from service.clinical.facts import Facts, Hit, coded_hit, fmt, fmt_value
+from service.clinical.model import SETTING_ORDER, PatientSnapshot, Setting
 
-RULESET_VERSION = "1.0.0"
+RULESET_VERSION = "2.0.0"
 
 Level = Literal["light", "moderate", "vigorous"]
 LEVELS: tuple[Level, ...] = ("light", "moderate", "vigorous")
@@ -35,6 +36,16 @@ SANTA_MINA_2018 = "Santa Mina D et al., Curr Oncol 2018;25:149-162"
 SEED_002 = "Safe exercise in metastatic/advanced cancer (seed 002); common clinical practice"
 PRACTICE = "common clinical practice"
 MCODE = "HL7 mCODE STU4 (cancer condition in scope)"
+FLETCHER_2013 = "Fletcher GF et al., AHA exercise standards, Circulation 2013;128:873-934"
+LYON_2022 = "Lyon AR et al., ESC cardio-oncology guideline, Eur Heart J 2022;43:4229-4361"
+BTS_2017 = "BTS guideline for oxygen use in adults, Thorax 2017"
+NICE_NG234 = "NICE NG234, Spinal metastases and metastatic spinal cord compression, 2023"
+SCHMITZ_2010 = "Schmitz KH et al., ACSM roundtable, Med Sci Sports Exerc 2010;42:1409-1426"
+WHO_2020 = "Bull FC et al., WHO 2020 guidelines on physical activity, Br J Sports Med 2020;54:1451-1462"
+RIEBE_2015 = "Riebe D et al., ACSM pre-participation screening, Med Sci Sports Exerc 2015;47:2473-2479"
+FEARON_2011 = "Fearon K et al., cancer cachexia consensus, Lancet Oncol 2011;12:489-495"
+HSCT_PRACTICE = f"{PRACTICE} (Wiskemann and Steindorf exercise trials in stem-cell transplantation)"
+FAIL_SAFE = f"{PRACTICE}: a safety-relevant result that is present but unreadable is reviewed, never ignored"
 
 # ------------------------------------------------------------------------------------------------ thresholds
 FEVER_C = 38.0
@@ -57,14 +68,16 @@ FUNCTIONAL_MEASURES = ("six-minute-walk", "vo2peak", "sit-to-stand", "tug", "gri
                        "two-minute-step")
 CBC_MEASURES = ("platelets", "hemoglobin", "anc")
 SYSTEMIC = ("chemotherapy", "immunotherapy", "targeted")
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A rule fired: what data point triggered it (human-readable) and the FHIR references behind it."""
-
-    finding: str
-    refs: tuple[str, ...] = ()
+WBC_LOW = 4.0  # 10^9/L: below this, the neutrophil count matters and is unknown without a differential
+ACSM_REGULAR_MIN_WEEK = 90.0  # ACSM "regular exercise": >= 30 min of moderate activity on >= 3 days a week
+LVEF_LOW_PCT = 40.0  # severe LV dysfunction (ESC 2022)
+SPO2_LOW_PCT = 90.0
+HSCT_RECENT_DAYS = 100
+ADULT_AGE = 18
+WEIGHT_LOSS_PCT, WEIGHT_LOSS_DAYS = 5.0, 182  # > 5% in 6 months (Fearon 2011)
+CALCIUM_HIGH, CALCIUM_SEVERE = 3.0, 3.5  # mmol/L, total corrected (12 and 14 mg/dL)
+CALCIUM_IONISED_HIGH, CALCIUM_IONISED_SEVERE = 1.5, 1.75  # mmol/L
+ALBUMIN_REFERENCE_G_L = 40.0
 
 
 @dataclass(frozen=True)
@@ -99,98 +112,15 @@ class Rule:
     effect: Effect = Effect()
 
 
-# ------------------------------------------------------------------------------------------------ facts
-
-
-def _fmt(m: Measurement) -> str:
-    value = f"{m.value:g}" if m.value == int(m.value) else f"{m.value:.1f}"
-    return f"{m.measure} {with_unit(value, m.unit)} on {m.effective.date().isoformat()}"
-
-
-@dataclass(frozen=True)
-class Facts:
-    """What the rules read, derived once from the snapshot (so each predicate is a cheap lookup)."""
-
-    s: PatientSnapshot
-    now: datetime
-
-    def m(self, measure: str) -> Measurement | None:
-        return self.s.latest.get(measure)
-
-    def below(self, measure: str, threshold: float, floor: float | None = None) -> Hit | None:
-        m = self.m(measure)
-        if m is not None and m.value < threshold and (floor is None or m.value >= floor):
-            return Hit(_fmt(m), (m.ref,))
-        return None
-
-    def performance_grade(self) -> tuple[int, Measurement] | None:
-        """ECOG grade, from ECOG or from Karnofsky (80-100 -> 0-1, 60-70 -> 2, 40-50 -> 3, <= 30 -> 4); worst wins."""
-        options: list[tuple[int, Measurement]] = []
-        if (e := self.m("ecog")) is not None:
-            options.append((int(round(e.value)), e))
-        if (k := self.m("karnofsky")) is not None:
-            kps = k.value
-            grade = 1 if kps >= 80 else 2 if kps >= 60 else 3 if kps >= 40 else 4
-            options.append((grade, k))
-        return max(options, key=lambda o: o[0]) if options else None
-
-    def ps(self, low: int, high: int) -> Hit | None:
-        pg = self.performance_grade()
-        if pg is not None and low <= pg[0] <= high:
-            return Hit(f"performance status grade {pg[0]} ({_fmt(pg[1])})", (pg[1].ref,))
-        return None
-
-    def treatments(self, kind: str, active: bool = True) -> list[Treatment]:
-        return [t for t in self.s.treatments if t.kind == kind and (t.active or not active)]
-
-    def active(self, kind: str) -> Hit | None:
-        ts = self.treatments(kind)
-        if ts:
-            return Hit(f"active {kind}: " + ", ".join(sorted({t.display for t in ts})), tuple(t.ref for t in ts))
-        return None
-
-    def comorbidity(self, key: str) -> Hit | None:
-        facts = self.s.comorbidities.get(key, ())
-        if facts:
-            return Hit(", ".join(sorted({f.display or f.code for f in facts})), tuple(f.ref for f in facts))
-        return None
-
-    def evs_minutes(self) -> tuple[float, tuple[str, ...], str] | None:
-        """Minutes/week of moderate-to-vigorous activity: 82290-8, else days/week x minutes/day."""
-        if (m := self.m("evs-minutes-per-week")) is not None:
-            return m.value, (m.ref,), _fmt(m)
-        d, mpd = self.m("evs-days-per-week"), self.m("evs-minutes-per-day")
-        if d is not None and mpd is not None:
-            return d.value * mpd.value, (d.ref, mpd.ref), f"{d.value:g} days/week x {mpd.value:g} min/day"
-        return None
-
-    def evs(self, low: float, high: float | None) -> Hit | None:
-        e = self.evs_minutes()
-        if e is not None and e[0] >= low and (high is None or e[0] < high):
-            return Hit(f"exercise vital sign {e[0]:g} min/week ({e[2]})", e[1])
-        return None
-
-    def eligible(self) -> bool:
-        return bool(self.s.cancers or self.s.metastases)
-
-    def fresh(self, measures: tuple[str, ...]) -> bool:
-        return any(m in self.s.latest for m in measures)
-
-    def stale_text(self, measures: tuple[str, ...]) -> str:
-        stale = [self.s.stale[m] for m in measures if m in self.s.stale]
-        return "; latest is stale: " + ", ".join(_fmt(m) for m in stale) if stale else ""
-
-
 # ------------------------------------------------------------------------------------------------ predicates
 
 
 def _not_eligible(f: Facts) -> Hit | None:
-    return None if f.eligible() else Hit("no active primary or secondary cancer Condition")
+    return None if f.eligible() else Hit("no active primary or secondary cancer Condition and no history of cancer")
 
 
 def _fever(f: Facts) -> Hit | None:
-    m = f.m("temperature")
-    return Hit(_fmt(m), (m.ref,)) if m is not None and m.value >= FEVER_C else None
+    return f.at_least("temperature", FEVER_C)
 
 
 def _new_symptom(f: Facts) -> Hit | None:
@@ -199,13 +129,11 @@ def _new_symptom(f: Facts) -> Hit | None:
 
 
 def _bone_mets(f: Facts) -> Hit | None:
-    facts = f.s.bone_metastases
-    return Hit(", ".join(sorted({x.display or x.code for x in facts})), tuple(x.ref for x in facts)) if facts else None
+    return coded_hit(f.s.bone_metastases)
 
 
 def _metastatic(f: Facts) -> Hit | None:
-    facts = f.s.metastases
-    return Hit(", ".join(sorted({x.display or x.code for x in facts})), tuple(x.ref for x in facts)) if facts else None
+    return coded_hit(f.s.metastases)
 
 
 def _cardiotoxic(f: Facts) -> Hit | None:
@@ -217,9 +145,8 @@ def _cardiotoxic(f: Facts) -> Hit | None:
 
 
 def _bp_high(f: Facts) -> Hit | None:
-    sbp, dbp = f.m("bp-systolic"), f.m("bp-diastolic")
-    hits = [m for m, limit in ((sbp, SBP_HIGH), (dbp, DBP_HIGH)) if m is not None and m.value >= limit]
-    return Hit("; ".join(_fmt(m) for m in hits), tuple(sorted({m.ref for m in hits}))) if hits else None
+    hits = [h for h in (f.at_least("bp-systolic", SBP_HIGH), f.at_least("bp-diastolic", DBP_HIGH)) if h]
+    return Hit("; ".join(h.finding for h in hits), tuple(sorted({r for h in hits for r in h.refs}))) if hits else None
 
 
 def _recent_surgery(f: Facts) -> Hit | None:
@@ -246,13 +173,11 @@ def _falls(f: Facts) -> Hit | None:
 
 
 def _tug(f: Facts) -> Hit | None:
-    m = f.m("tug")
-    return Hit(_fmt(m), (m.ref,)) if m is not None and m.value >= TUG_FALL_RISK_S else None
+    return f.at_least("tug", TUG_FALL_RISK_S)
 
 
 def _pain(f: Facts) -> Hit | None:
-    m = f.m("pain")
-    return Hit(_fmt(m), (m.ref,)) if m is not None and m.value >= PAIN_SEVERE else None
+    return f.at_least("pain", PAIN_SEVERE)
 
 
 def _grip_low(f: Facts) -> Hit | None:
@@ -261,7 +186,7 @@ def _grip_low(f: Facts) -> Hit | None:
         return None
     best = max(grips, key=lambda m: m.value)
     limit = GRIP_LOW_KG.get(f.s.sex or "", GRIP_LOW_KG["female"])
-    return Hit(f"best {_fmt(best)} < {limit:g} kg", (best.ref,)) if best.value < limit else None
+    return Hit(f"best {fmt(best)} < {limit:g} kg", (best.ref,)) if best.value < limit else None
 
 
 def _older(f: Facts) -> Hit | None:
@@ -302,6 +227,172 @@ def _beta_blocker(f: Facts) -> Hit | None:
     return f.comorbidity("beta-blocker")
 
 
+# --- fail-safe reading of the data
+
+
+def _unreadable(requires: str) -> Callable[[Facts], Hit | None]:
+    def predicate(f: Facts) -> Hit | None:
+        items = [u for u in f.s.unreadable if u.requires == requires]
+        if not items:
+            return None
+        return Hit("; ".join(f"{u.what} in {u.ref}: {u.problem}" for u in items), tuple(u.ref for u in items))
+    return predicate
+
+
+def _critical_flag(f: Facts) -> Hit | None:
+    flagged = [r for key in f.s.latest if (r := f.reading(key)) is not None and r.m.flag
+               and f.safety(key)]
+    if not flagged:
+        return None
+    return Hit("; ".join(r.describe() for r in flagged), tuple(ref for r in flagged for ref in r.refs))
+
+
+def _stale_order(f: Facts) -> Hit | None:
+    ts = [t for t in f.s.treatments if t.stale_order]
+    if not ts:
+        return None
+    return Hit("; ".join(f"{t.display} ordered {t.start.date().isoformat() if t.start else 'long ago'}"
+                         for t in ts), tuple(t.ref for t in ts))
+
+
+# --- white cells without a differential (the neutrophil count cannot exceed the white-cell count)
+
+
+def _wbc_only(f: Facts, below: float, floor: float | None) -> Hit | None:
+    if f.reading("anc") is not None:
+        return None
+    h = f.below("wbc", below, floor)
+    return Hit(f"{h.finding}; no neutrophil count (differential) in 14 days", h.refs) if h else None
+
+
+def _neutropenia_dx(f: Facts) -> Hit | None:
+    if f.reading("anc") is not None or f.reading("wbc") is not None:
+        return None
+    h = f.comorbidity("neutropenia")
+    return Hit(f"neutropenia recorded ({h.finding}); no recent blood count", h.refs) if h else None
+
+
+# --- thromboembolism, heart, lungs
+
+
+def _vte(anticoagulated: bool) -> Callable[[Facts], Hit | None]:
+    def predicate(f: Facts) -> Hit | None:
+        if bool(f.facts("anticoagulant")) != anticoagulated:
+            return None
+        h = f.comorbidity("vte")
+        if h is None:
+            return None
+        if anticoagulated:
+            return Hit(f"{h.finding}; anticoagulated ({f.comorbidity('anticoagulant').finding})",  # type: ignore[union-attr]
+                       h.refs + tuple(x.ref for x in f.facts("anticoagulant")))
+        return Hit(f"{h.finding}; no active anticoagulant", h.refs)
+    return predicate
+
+
+def _immune_myositis(f: Facts) -> Hit | None:
+    h, ici = f.comorbidity("immune-myositis"), f.active("immunotherapy")
+    return Hit(f"{h.finding} during {ici.finding}", h.refs + ici.refs) if h and ici else None
+
+
+def _regularly_active(f: Facts) -> bool:
+    e = f.evs_minutes()
+    return e is not None and e[0] >= ACSM_REGULAR_MIN_WEEK
+
+
+def _cardiac(active: bool) -> Callable[[Facts], Hit | None]:
+    def predicate(f: Facts) -> Hit | None:
+        h = f.comorbidity("cardiac")
+        if h is None or _regularly_active(f) != active:
+            return None
+        if active:
+            e = f.evs_minutes()
+            return Hit(f"{h.finding}; already active ({e[0]:g} min/week), no symptom recorded",  # type: ignore[index]
+                       h.refs + e[1])  # type: ignore[index]
+        return h
+    return predicate
+
+
+# --- nervous system, bone, body
+
+
+def _brain_mets(f: Facts) -> Hit | None:
+    return coded_hit(f.s.brain_metastases)
+
+
+def _hsct(f: Facts) -> Hit | None:
+    recent = [x for x in f.facts("hsct") if x.onset is not None
+              and (f.now.date() - x.onset).days <= HSCT_RECENT_DAYS]
+    return coded_hit((*recent, *f.facts("gvhd")))
+
+
+def _paediatric(f: Facts) -> Hit | None:
+    age = f.s.age
+    return Hit(f"age {age}", (f.s.patient_ref,) if f.s.patient_ref else ()) if age is not None and age < ADULT_AGE else None
+
+
+def _pregnancy(f: Facts) -> Hit | None:
+    r = f.reading("pregnancy-status")
+    if r is not None and r.value >= 1:
+        return Hit(f"pregnancy status: pregnant on {r.m.effective.date().isoformat()}", r.refs)
+    return f.comorbidity("pregnancy")
+
+
+def _weight_loss(f: Facts) -> Hit | None:
+    """Weight loss of more than 5% within 6 months (the newest weight against the heaviest before it)."""
+    newest = f.s.latest.get("weight") or f.s.stale.get("weight")
+    if newest is None or (f.now - newest.effective).days > WEIGHT_LOSS_DAYS:
+        return None
+    since = newest.effective - timedelta(days=WEIGHT_LOSS_DAYS)
+    earlier = [m for m in f.s.history.get("weight", ()) if since <= m.effective < newest.effective]
+    if not earlier:
+        return None
+    top = max(earlier, key=lambda m: m.value)
+    loss = (top.value - newest.value) / top.value * 100 if top.value > 0 else 0.0
+    if loss <= WEIGHT_LOSS_PCT:
+        return None
+    return Hit(f"weight {fmt(top)} -> {fmt(newest)} ({loss:.1f}% loss)", (top.ref, newest.ref))
+
+
+def _cachexia(f: Facts) -> Hit | None:
+    hits = [h for h in (f.comorbidity("cachexia"), _weight_loss(f)) if h]
+    return Hit("; ".join(h.finding for h in hits), tuple(r for h in hits for r in h.refs)) if hits else None
+
+
+def _calcium(f: Facts) -> tuple[float, float, Hit] | None:
+    """(value, its severe threshold ratio base, Hit) for the calcium the rules read: total calcium corrected
+    for albumin (+0.02 mmol/L per g/L below 40 g/L, albumin within 2 days), else ionised calcium. The value is
+    returned as a fraction of the moderate threshold of its kind (1.0 = 3.0 mmol/L total, 1.5 ionised) so one
+    comparison serves both kinds."""
+    r = f.reading("calcium")
+    if r is not None:
+        value, text, refs = r.value, r.describe(), r.refs
+        alb = f.reading("albumin")
+        if alb is not None and abs(alb.m.effective - r.m.effective) <= timedelta(days=2) and math.isfinite(value):
+            value += 0.02 * (ALBUMIN_REFERENCE_G_L - alb.value)
+            text += f"; corrected for albumin {fmt_value(alb.m)}: {value:.2f} mmol/L"
+            refs += (alb.m.ref,)
+        return value / CALCIUM_HIGH, CALCIUM_SEVERE / CALCIUM_HIGH, Hit(text, refs)
+    i = f.reading("calcium-ionized")
+    if i is not None:
+        return i.value / CALCIUM_IONISED_HIGH, CALCIUM_IONISED_SEVERE / CALCIUM_IONISED_HIGH, Hit(i.describe(), i.refs)
+    return None
+
+
+def _hypercalcaemia(f: Facts) -> Hit | None:
+    c = _calcium(f)
+    if c is not None and 1.0 <= c[0] < c[1]:
+        return c[2]
+    if c is not None and c[0] >= c[1]:
+        return None  # the severe rule speaks
+    h = f.comorbidity("hypercalcaemia")
+    return Hit(f"hypercalcaemia recorded in the last 30 days: {h.finding}", h.refs) if h else None
+
+
+def _hypercalcaemia_severe(f: Facts) -> Hit | None:
+    c = _calcium(f)
+    return c[2] if c is not None and c[0] >= c[1] else None
+
+
 # ------------------------------------------------------------------------------------------------ the table
 
 RULES: tuple[Rule, ...] = (
@@ -333,6 +424,53 @@ RULES: tuple[Rule, ...] = (
          lambda f: f.below("anc", ANC_RED_FLAG),
          Effect(min_setting="defer", clearance=True, red_flag=True, precaution="neutropenia", no_public=True,
                 until_cleared="Stay active at home only; avoid crowds; check your temperature if unwell.")),
+    Rule("FEVER-CONDITION", "Fever recorded as a diagnosis", "active fever Condition recorded in the last 7 days",
+         "defer; clearance required; no exercise until the fever resolves", f"{PRACTICE} (Maltser 2017)",
+         lambda f: f.comorbidity("fever"),
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="fever",
+                until_cleared="Rest until the fever has gone and any infection is treated.")),
+    Rule("FEBRILE-NEUTROPENIA", "Febrile neutropenia", "active febrile neutropenia Condition in the last 30 days",
+         "defer; clearance required; neutropenic precautions", MALTSER_2017,
+         lambda f: f.comorbidity("febrile-neutropenia"),
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="neutropenia", no_public=True,
+                until_cleared="Rest and follow the care team's advice for the infection; avoid crowds.")),
+    Rule("HEME-WBC-05", "Very low white cells, no differential",
+         f"white cells < {ANC_RED_FLAG:g} x10^9/L and no neutrophil count",
+         "defer; clearance required; neutropenic precautions (the neutrophil count cannot exceed the white-cell "
+         "count)", MALTSER_2017, lambda f: _wbc_only(f, ANC_RED_FLAG, None),
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="neutropenia", no_public=True,
+                until_cleared="Stay active at home only; avoid crowds; check your temperature if unwell.")),
+    Rule("VTE-ACUTE", "Acute venous thromboembolism", "pulmonary embolism or DVT in the last 90 days, no active "
+         "anticoagulant", "defer until anticoagulated and stable; clearance required", f"{FLETCHER_2013}; {PRACTICE}",
+         _vte(anticoagulated=False),
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="vte",
+                until_cleared="Usual daily activities only until the clot is treated and a clinician has reviewed it.")),
+    Rule("CARD-MYOCARDITIS", "Myocarditis or pericarditis", "active myocarditis or pericarditis in the last 180 days",
+         "defer; clearance required (acute myocarditis and pericarditis are contraindications to exercise testing)",
+         FLETCHER_2013, lambda f: f.comorbidity("myocarditis"),
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="cardiac",
+                until_cleared="No exercise until a cardiologist has reviewed the heart inflammation.")),
+    Rule("IMMUNO-MYOSITIS", "Immune-related myositis", "myositis during checkpoint-inhibitor therapy",
+         "defer; clearance required (possible immune-related myositis/myocarditis)", f"{FLETCHER_2013}; {PRACTICE}",
+         _immune_myositis,
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="active-treatment",
+                until_cleared="Rest the muscles until the oncology team has reviewed the muscle inflammation.")),
+    Rule("MSCC", "Spinal cord compression", "spinal cord compression Condition in the last 180 days",
+         "defer; urgent review; no exercise of the spine until reviewed", NICE_NG234,
+         lambda f: f.comorbidity("spinal-cord-compression"),
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="spinal-cord-compression",
+                until_cleared="Follow the spinal team's instructions on moving; report new weakness, numbness or "
+                              "bladder or bowel changes at once.")),
+    Rule("HYPERCALCAEMIA-SEVERE", "Severe hypercalcaemia",
+         f"corrected calcium >= {CALCIUM_SEVERE:g} mmol/L (or ionised >= {CALCIUM_IONISED_SEVERE:g})",
+         "defer; clearance required (urgent treatment)", PRACTICE, _hypercalcaemia_severe,
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="hypercalcaemia",
+                until_cleared="Drink fluids as advised and rest until the calcium has been treated.")),
+    Rule("DATA-UNREADABLE-RED-FLAG", "Unreadable red-flag result",
+         "a blood count or temperature result is present but cannot be read (unit, number, date)",
+         "defer until a clinician has checked the result; clearance required", FAIL_SAFE, _unreadable("defer"),
+         Effect(min_setting="defer", clearance=True, red_flag=True, precaution="data-review",
+                until_cleared="Usual daily activities until the care team has checked a blood or temperature result.")),
     Rule("PS-ECOG-4", "Performance status 4", "ECOG >= 4 (or Karnofsky <= 30) in the last 90 days",
          "defer; clearance required; daily-activity goals only", f"{PRACTICE}; {EXCEEDS_2021}",
          lambda f: f.ps(4, 5),
@@ -374,6 +512,27 @@ RULES: tuple[Rule, ...] = (
          "neutropenic precautions: no public gyms or pools (home-based rather than community)", MALTSER_2017,
          lambda f: f.below("anc", ANC_LOW, ANC_RED_FLAG),
          Effect(precaution="neutropenia", no_public=True, avoid=frozenset({"public-facility", "water"}))),
+    Rule("HEME-WBC-15", "Low white cells, no differential",
+         f"{ANC_RED_FLAG:g} <= white cells < {ANC_LOW:g} x10^9/L and no neutrophil count",
+         "neutropenic precautions (the neutrophil count is at most the white-cell count)", MALTSER_2017,
+         lambda f: _wbc_only(f, ANC_LOW, ANC_RED_FLAG),
+         Effect(precaution="neutropenia", no_public=True, avoid=frozenset({"public-facility", "water"}),
+                missing=("blood-count", "Neutrophil count (differential) to judge infection risk."))),
+    Rule("HEME-WBC-NO-DIFF", "White cells without a differential",
+         f"{ANC_LOW:g} <= white cells < {WBC_LOW:g} x10^9/L and no neutrophil count",
+         "missing data: neutrophil count; no public gyms or pools until it is known", MALTSER_2017,
+         lambda f: _wbc_only(f, WBC_LOW, ANC_LOW),
+         Effect(no_public=True, missing=("blood-count", "Neutrophil count (differential) to judge infection risk."))),
+    Rule("HEME-NEUTROPENIA-DX", "Neutropenia on the problem list", "neutropenia Condition in the last 30 days and "
+         "no blood count in 14 days", "neutropenic precautions; missing data: blood count", MALTSER_2017,
+         _neutropenia_dx,
+         Effect(precaution="neutropenia", no_public=True, avoid=frozenset({"public-facility", "water"}),
+                missing=("blood-count", "Full blood count with differential before starting."))),
+    Rule("HYPERCALCAEMIA", "Hypercalcaemia",
+         f"corrected calcium {CALCIUM_HIGH:g}-{CALCIUM_SEVERE:g} mmol/L (or ionised {CALCIUM_IONISED_HIGH:g}-"
+         f"{CALCIUM_IONISED_SEVERE:g}), or hypercalcaemia recorded in the last 30 days",
+         "clinical review (clearance) before exercise; stay hydrated", PRACTICE, _hypercalcaemia,
+         Effect(clearance=True, precaution="hypercalcaemia")),
     # --- treatment phase
     Rule("TX-CHEMO", "During chemotherapy", "active chemotherapy (medication or procedure, dose in last 28 days)",
          "active-treatment precaution; lower starting volume; keep consistency", f"{CAMPBELL_2019}; {PRACTICE}",
@@ -403,20 +562,82 @@ RULES: tuple[Rule, ...] = (
     Rule("TX-COMPLETED", "After treatment", "every recorded anticancer treatment has ended",
          "survivorship: work up to the full guideline dose", f"{CAMPBELL_2019}; {PAG_2018}", _after_treatment,
          Effect(note="After treatment: work up to 150-300 minutes a week plus strength training twice a week.")),
+    Rule("TX-STALE-ORDER", "Old open order", f"an 'active' anticancer order authored more than 180 days ago, no "
+         "end date and nothing given since", "not counted as current treatment; confirm the treatment status",
+         PRACTICE, _stale_order,
+         Effect(note="An old anticancer order is still open in the record: confirm whether treatment is current.")),
+    Rule("HSCT", "Stem-cell transplant", f"haematopoietic stem-cell transplant in the last {HSCT_RECENT_DAYS} days, "
+         "or graft-versus-host disease", "clinically supervised; infection precautions; no public gyms or pools",
+         HSCT_PRACTICE, _hsct,
+         Effect(min_setting="supervised", precaution="stem-cell-transplant", no_public=True,
+                avoid=frozenset({"public-facility", "water"}), slow_progression=True)),
     # --- metastatic disease
-    Rule("BONE-METS", "Bone metastases", "bone metastasis Condition (SNOMED 94222008, ICD-10-CM C79.51/C79.52/C7B.03)",
+    Rule("BONE-METS", "Bone metastases", "bone metastasis Condition (or a secondary neoplasm with bodySite bone/spine)",
          "clinically supervised; clearance; no high-impact, contact or loaded spinal flexion/rotation; light "
          "resistance", BONE_2022, _bone_mets,
          Effect(min_setting="supervised", clearance=True, precaution="bone-metastases", resistance="light",
                 avoid=frozenset({"high-impact", "contact", "spinal-loading", "heavy-lifting"}))),
-    Rule("METASTATIC", "Metastatic disease", "secondary (metastatic) cancer Condition",
+    Rule("METASTATIC", "Metastatic disease", "distant metastasis Condition (regional lymph nodes are not distant)",
          "at least community-based with a professional; gentle start (5-10 min), gradual progression", SEED_002,
          _metastatic,
          Effect(min_setting="community", precaution="metastatic-disease", volume=0.34, slow_progression=True)),
+    Rule("BRAIN-METS", "Brain metastases", "brain metastasis Condition (or secondary neoplasm with bodySite brain)",
+         "supervised start; no activities where a seizure would be dangerous (swimming alone, cycling on roads, "
+         "heights)", PRACTICE, _brain_mets,
+         Effect(min_setting="supervised", precaution="seizure-risk", avoid=frozenset({"seizure-risk"}))),
+    Rule("FRACTURE-PATHOLOGICAL", "Pathological or impending fracture", "pathological fracture Condition in the "
+         "last 180 days", "clearance; supervised; no loading of the affected bone until reviewed; light resistance",
+         f"{BONE_2022}; {NICE_NG234}", lambda f: f.comorbidity("pathological-fracture"),
+         Effect(min_setting="supervised", clearance=True, precaution="pathological-fracture", resistance="light",
+                avoid=frozenset({"high-impact", "contact", "spinal-loading", "heavy-lifting"}))),
     # --- comorbidities
-    Rule("CARD-DISEASE", "Cardiac disease", "active heart disease Condition",
-         "medical clearance; supervised start", BROWN_2015, lambda f: f.comorbidity("cardiac"),
+    Rule("CARD-DISEASE", "Cardiac disease", "clinically significant cardiovascular disease (coronary, heart "
+         "failure, cardiomyopathy, significant valve disease, serious arrhythmia, vascular) in a person not "
+         "regularly active", "medical clearance; supervised start", f"{RIEBE_2015}; {BROWN_2015}", _cardiac(False),
          Effect(min_setting="supervised", clearance=True, precaution="cardiac")),
+    Rule("CARD-DISEASE-ACTIVE", "Cardiac disease, already active",
+         f"clinically significant cardiovascular disease, exercise vital sign >= {ACSM_REGULAR_MIN_WEEK:g} min/week "
+         "and no new symptom", "continue at moderate intensity; medical clearance before vigorous exercise",
+         RIEBE_2015, _cardiac(True),
+         Effect(precaution="cardiac", max_intensity="moderate")),
+    Rule("CARD-LVEF-40", "Reduced ejection fraction", f"LVEF < {LVEF_LOW_PCT:g}%",
+         "medical clearance; supervised, cardiac-rehabilitation-style start", LYON_2022,
+         lambda f: f.below("lvef", LVEF_LOW_PCT),
+         Effect(min_setting="supervised", clearance=True, precaution="cardiac", max_intensity="moderate",
+                slow_progression=True)),
+    Rule("RESP-SPO2-90", "Low oxygen saturation", f"resting SpO2 < {SPO2_LOW_PCT:g}%",
+         "medical review (clearance); supervised start at light intensity", BTS_2017,
+         lambda f: f.below("spo2", SPO2_LOW_PCT),
+         Effect(min_setting="supervised", clearance=True, precaution="low-oxygen", max_intensity="light")),
+    Rule("VTE-ANTICOAGULATED", "Venous thromboembolism on treatment", "pulmonary embolism or DVT in the last 90 "
+         "days, anticoagulated", "medical clearance; graded return with slow progression; no contact sports",
+         f"{FLETCHER_2013}; {PRACTICE}", _vte(anticoagulated=True),
+         Effect(clearance=True, precaution="vte", slow_progression=True, avoid=frozenset({"contact"}))),
+    Rule("ANTICOAGULANT", "Anticoagulant", "active anticoagulant medication",
+         "no contact sports (bleeding risk)", PRACTICE, lambda f: f.comorbidity("anticoagulant"),
+         Effect(precaution="anticoagulation", avoid=frozenset({"contact"}))),
+    Rule("SEIZURE", "Seizures", "active seizure disorder or seizure Condition",
+         "supervised start; no activities where a seizure would be dangerous", PRACTICE,
+         lambda f: f.comorbidity("seizure"),
+         Effect(min_setting="supervised", precaution="seizure-risk", avoid=frozenset({"seizure-risk"}))),
+    Rule("OSTOMY", "Ostomy", "colostomy, ileostomy or urostomy", "light resistance and no contact sports until "
+         "a physician allows more; support garment", SCHMITZ_2010, lambda f: f.comorbidity("ostomy"),
+         Effect(precaution="ostomy", resistance="light", avoid=frozenset({"contact", "heavy-lifting"}),
+                note="Wear a support garment or belt over the stoma for exercise; ask before heavy lifting.")),
+    Rule("CENTRAL-LINE", "Central venous line", "central venous catheter, PICC or port in place",
+         "no swimming and no heavy upper-body loading while the line is in place", PRACTICE,
+         lambda f: f.comorbidity("central-line"),
+         Effect(precaution="central-line", avoid=frozenset({"water", "heavy-lifting"}),
+                note="Keep the line dressing dry and secure; no swimming while the line is in.")),
+    Rule("PREGNANCY", "Pregnancy", "current pregnancy (Condition or pregnancy status)",
+         "obstetric guidance first (clearance); no contact or high-impact sports", f"{WHO_2020}; {PRACTICE}",
+         _pregnancy,
+         Effect(clearance=True, precaution="pregnancy", avoid=frozenset({"contact", "high-impact"}))),
+    Rule("CACHEXIA", "Cachexia or weight loss", f"cachexia Condition, or weight loss > {WEIGHT_LOSS_PCT:g}% in 6 "
+         "months", "clinical review (clearance); resistance emphasis once cleared; nutrition support",
+         f"{FEARON_2011}; {PRACTICE}", _cachexia,
+         Effect(clearance=True, precaution="cachexia", resistance_emphasis=True,
+                note="Eat enough protein and energy around exercise; a dietitian can help.")),
     Rule("CARD-TOXIC", "Cardiotoxic therapy",
          f"anthracycline or HER2-directed therapy, active or within {CARDIOTOXIC_LOOKBACK_DAYS} days",
          "medical clearance; supervised start", f"{BROWN_2015}; {PRACTICE}", _cardiotoxic,
@@ -470,6 +691,12 @@ RULES: tuple[Rule, ...] = (
          _grip_low, Effect(resistance_emphasis=True)),
     Rule("AGE-65", "Older adult", f"age >= {OLDER_ADULT_AGE}", "add balance training", PAG_2018, _older,
          Effect(add_balance=True)),
+    Rule("PAEDIATRIC", "Child or adolescent", f"age < {ADULT_AGE}",
+         "paediatric dose: an average of 60 minutes a day of moderate-to-vigorous activity and strengthening on 3 "
+         "days a week, in a paediatric oncology programme", WHO_2020, _paediatric,
+         Effect(min_setting="community", precaution="paediatric",
+                note="Children and teenagers: aim for an average of 60 minutes of activity a day, through play and "
+                     "sport, with a paediatric oncology exercise programme.")),
     Rule("FATIGUE-FACIT", "Cancer-related fatigue", f"FACIT-Fatigue < {FACIT_FATIGUE_LOW:g} (last 90 days)",
          "exercise is recommended for fatigue: shorter, more frequent sessions; slower progression",
          f"{CAMPBELL_2019} (strong evidence for fatigue); {PRACTICE} (threshold)",
@@ -501,6 +728,12 @@ RULES: tuple[Rule, ...] = (
          _no_cbc_on_treatment,
          Effect(max_intensity="moderate",
                 missing=("blood-count", "Full blood count (platelets, haemoglobin, neutrophils) before starting."))),
+    Rule("DATA-UNREADABLE", "Unreadable result", "a safety-relevant result other than a blood count or temperature "
+         "is present but cannot be read", "clearance: a clinician checks the result", FAIL_SAFE, _unreadable("clearance"),
+         Effect(clearance=True, precaution="data-review")),
+    Rule("DATA-CRITICAL-FLAG", "Result flagged critical", "the lab flagged a current safety-relevant result critical "
+         "(LL, HH, AA)", "clearance: a clinician reviews the flagged result", f"{PRACTICE} (critical laboratory values "
+         "are reviewed by a clinician)", _critical_flag, Effect(clearance=True, precaution="data-review")),
     Rule("DATA-NO-EVS", "No exercise vital sign", "no exercise vital sign in 90 days",
          "missing data: ask minutes/week of moderate-to-vigorous activity", f"{SCHMITZ_2019} (Assess)", _no_evs,
          Effect(missing=("exercise-vital-sign", "Ask the exercise vital sign: days/week x minutes/day."))),

@@ -71,8 +71,8 @@ def prescription_to_json(p: Prescription, resources: list[dict[str, Any]] | None
         "clearanceRequired": p.clearance_required,
         "components": [component_to_json(c) for c in p.components],
         "precautions": [{"code": x.code, "text": x.text, "rule": x.rule, "source": x.source} for x in p.precautions],
-        "missingData": [{"measure": m.measure, "text": m.text, "recommendation": m.recommendation}
-                        for m in p.missing_data],
+        "missingData": [{"measure": m.measure, "text": m.text, "recommendation": m.recommendation,
+                         **({"unreadable": True, "source": m.source} if m.source else {})} for m in p.missing_data],
         "rationale": [reason_to_json(r) for r in p.rationale],
         "progression": list(p.progression),
         "stopRules": list(p.stop_rules),
@@ -211,7 +211,8 @@ def prescription_from_json(d: Any) -> Prescription:
         precautions=objects("precautions", lambda x, w: Precaution(
             _req(x, "code", str, w), _req(x, "text", str, w), _req(x, "rule", str, w), _req(x, "source", str, w))),
         missing_data=objects("missingData", lambda x, w: MissingData(
-            _req(x, "measure", str, w), _req(x, "text", str, w), _req(x, "recommendation", str, w))),
+            _req(x, "measure", str, w), _req(x, "text", str, w), _req(x, "recommendation", str, w),
+            _req(x, "source", str, w) if x.get("unreadable") else None)),
         rationale=objects("rationale", _reason_from_json),
         progression=_strs(d.get("progression"), "progression"),
         stop_rules=_strs(d.get("stopRules"), "stopRules"),

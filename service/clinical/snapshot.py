@@ -12,80 +12,25 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from operator import attrgetter
 from typing import Any, Callable, ClassVar
 
-from service.clinical.model import CodedFact, Measurement, PatientSnapshot, Referral, Treatment, TreatmentKind
-from service.terminology import Terminology, get_terminology
+from service.clinical.drugs import classify as classify_drug
+from service.clinical.drugs import concepts as drug_concepts
+from service.clinical.model import (
+    CodedFact,
+    Measurement,
+    PatientSnapshot,
+    Referral,
+    Treatment,
+    TreatmentKind,
+    Unreadable,
+)
+from service.clinical.values import ValueReader, interpretation_flag
+from service.terminology import MeasureInfo, Terminology, get_terminology
 
 UTC = timezone.utc
-
-# ---------------------------------------------------------------------------------------------------------
-# UCUM normalisation: canonical unit -> {accepted unit spelling: converter}; measure-specific extras below.
-# ---------------------------------------------------------------------------------------------------------
-
-_Conv = Callable[[float], float]
-
-
-def _f(factor: float) -> _Conv:
-    return lambda v: v * factor
-
-
-_ID: _Conv = _f(1.0)
-_COUNT_PER_UL = {  # canonical 10*3/uL (== 10*9/L)
-    "10*3/ul": _ID, "10^3/ul": _ID, "k/ul": _ID, "x10e3/ul": _ID, "10*3/mm3": _ID, "/nl": _ID,
-    "10*9/l": _ID, "10^9/l": _ID, "x10e9/l": _ID, "g/l": _ID, "thou/ul": _ID, "10.3/ul": _ID,
-    "/ul": _f(0.001), "/mm3": _f(0.001), "{cells}/ul": _f(0.001), "cells/ul": _f(0.001), "10*6/l": _f(0.001),
-}
-UNIT_TABLE: dict[str, dict[str, _Conv]] = {
-    "10*3/uL": _COUNT_PER_UL,
-    "g/dL": {"g/dl": _ID, "g/l": _f(0.1), "mg/dl": _f(0.001)},
-    "Cel": {"cel": _ID, "°c": _ID, "degc": _ID, "c": _ID, "[degf]": lambda v: (v - 32.0) * 5.0 / 9.0,
-            "°f": lambda v: (v - 32.0) * 5.0 / 9.0, "degf": lambda v: (v - 32.0) * 5.0 / 9.0,
-            "f": lambda v: (v - 32.0) * 5.0 / 9.0, "k": lambda v: v - 273.15},
-    "kg": {"kg": _ID, "g": _f(0.001), "[lb_av]": _f(0.45359237), "lb": _f(0.45359237), "lbs": _f(0.45359237),
-           "[lbf_av]": _f(0.45359237), "lbf": _f(0.45359237)},
-    "m": {"m": _ID, "km": _f(1000.0), "[ft_i]": _f(0.3048), "ft": _f(0.3048), "[yd_i]": _f(0.9144)},
-    "s": {"s": _ID, "sec": _ID, "ms": _f(0.001), "min": _f(60.0)},
-    "/min": {"/min": _ID, "{beats}/min": _ID, "beats/min": _ID, "bpm": _ID, "{beat}/min": _ID},
-    "mm[Hg]": {"mm[hg]": _ID, "mmhg": _ID, "kpa": _f(7.50062)},
-    "kg/m2": {"kg/m2": _ID, "kg/m^2": _ID},
-    "mL/kg/min": {"ml/kg/min": _ID, "ml/(kg.min)": _ID, "ml/min/kg": _ID},
-    "d/wk": {"d/wk": _ID, "/wk": _ID, "d/(7.d)": _ID, "days/week": _ID, "{days}/wk": _ID},
-    "min/d": {"min/d": _ID, "min/day": _ID, "min/(24.h)": _ID, "h/d": _f(60.0)},
-    "min/wk": {"min/wk": _ID, "min/(7.d)": _ID, "min/week": _ID, "h/wk": _f(60.0)},
-}
-# Conversions that depend on the substance, not only on the unit.
-MEASURE_UNIT_EXTRA: dict[tuple[str, str], _Conv] = {
-    ("hemoglobin", "mmol/l"): _f(1.6114),  # Hb (monomer, 16.114 g/mmol): 1 mmol/L = 1.6114 g/dL
-}
-
-
-def normalise_value(measure: str, canonical_unit: str, value: float, unit: str | None) -> float | None:
-    """Value in the measure's canonical unit, or None when the unit is unknown for it (then it is not used).
-
-    Dimensionless measures (canonical unit `{...}`, e.g. ECOG) accept any or no unit.
-    """
-    conv = unit_converter(measure, canonical_unit, unit)
-    return None if conv is None else conv(value)
-
-
-def _keep(v: float) -> float:
-    return v
-
-
-def unit_converter(measure: str, canonical_unit: str, unit: str | None) -> _Conv | None:
-    """The converter `normalise_value` applies (None: unknown unit); a pure function of its arguments, so the
-    snapshot looks it up once per (measure, unit) spelling instead of once per value."""
-    if canonical_unit.startswith("{"):
-        return _keep
-    if canonical_unit == "%" and (unit is None or unit.strip() in ("%", "{score}", "")):
-        return _keep
-    if unit is None:
-        return None
-    key = unit.strip().lower()
-    return MEASURE_UNIT_EXTRA.get((measure, key)) or UNIT_TABLE.get(canonical_unit, {}).get(key)
-
 
 # ---------------------------------------------------------------------------------------------------------
 # FHIR dates
@@ -126,35 +71,69 @@ def as_utc(now: datetime) -> datetime:
 IGNORED_VERIFICATION = {"refuted", "entered-in-error"}
 ACTIVE_CLINICAL = {"active", "recurrence", "relapse"}
 CANCER_CLINICAL = ACTIVE_CLINICAL | {"remission"}  # survivors in remission remain eligible (Campbell 2019)
+HISTORY_CLINICAL = CANCER_CLINICAL | {"inactive", "resolved"}  # "history of cancer" is a fact whatever its status
 IGNORED_OBSERVATION = {"entered-in-error", "cancelled", "registered"}
-COMORBIDITY_VALUESETS = (
-    ("cardiac", "comorbidity-cardiac"),
-    ("neuropathy", "comorbidity-neuropathy"),
-    ("lymphedema", "comorbidity-lymphedema"),
-    ("diabetes", "comorbidity-diabetes"),
-    ("arthritis-osteoporosis", "comorbidity-arthritis-osteoporosis"),
-)
-MED_CLASS_ORDER: tuple[tuple[TreatmentKind, str], ...] = (
-    ("immunotherapy", "treatment-immunotherapy"),
-    ("targeted", "treatment-targeted"),
-    ("endocrine", "treatment-endocrine"),
-    ("chemotherapy", "treatment-chemotherapy"),
+
+
+@dataclass(frozen=True)
+class ConditionFact:
+    """A kind of non-cancer Condition the rules read: snapshot key, value set, and when it counts.
+
+    `active_only`: only an active/recurrent/relapsed (or status-less) Condition counts. `within_days`: the onset
+    *or* the recorded date must fall within this many days (a symptom coded today with an onset last year is
+    new to us); None: any time.
+    """
+
+    key: str
+    valueset: str
+    active_only: bool = True
+    within_days: int | None = None
+
+
+# First match wins, so the more specific sets come first (febrile neutropenia before fever and neutropenia).
+CONDITION_FACTS: tuple[ConditionFact, ...] = (
+    ConditionFact("febrile-neutropenia", "febrile-neutropenia", within_days=30),
+    ConditionFact("fever", "fever-condition", within_days=7),
+    ConditionFact("neutropenia", "neutropenia-condition", within_days=30),
+    ConditionFact("spinal-cord-compression", "spinal-cord-compression", within_days=180),
+    ConditionFact("pathological-fracture", "pathological-fracture", within_days=180),
+    ConditionFact("vte", "vte", within_days=90),
+    ConditionFact("myocarditis", "myocarditis-pericarditis", within_days=180),
+    ConditionFact("immune-myositis", "immune-myositis", within_days=180),
+    ConditionFact("hypercalcaemia", "hypercalcaemia", within_days=30),
+    ConditionFact("symptom", "red-flag-symptom", within_days=30),
+    ConditionFact("falls", "comorbidity-falls", active_only=False, within_days=365),
+    ConditionFact("seizure", "seizure"),
+    ConditionFact("gvhd", "gvhd"),
+    ConditionFact("hsct", "hsct"),
+    ConditionFact("ostomy", "ostomy"),
+    ConditionFact("central-line", "central-venous-line"),
+    ConditionFact("pregnancy", "pregnancy", within_days=300),
+    ConditionFact("cachexia", "cachexia", within_days=180),
+    ConditionFact("cardiac", "comorbidity-cardiac"),
+    ConditionFact("neuropathy", "comorbidity-neuropathy"),
+    ConditionFact("lymphedema", "comorbidity-lymphedema"),
+    ConditionFact("diabetes", "comorbidity-diabetes"),
+    ConditionFact("arthritis-osteoporosis", "comorbidity-arthritis-osteoporosis"),
 )
 PROC_CLASS_ORDER: tuple[tuple[TreatmentKind, str], ...] = (
     ("radiotherapy", "treatment-radiotherapy"),
+    ("chemotherapy", "treatment-chemotherapy-procedure"),
     ("chemotherapy", "treatment-chemotherapy"),
     ("immunotherapy", "treatment-immunotherapy"),
     ("endocrine", "treatment-endocrine"),
     ("surgery", "treatment-surgery"),
 )
-SURGICAL_CATEGORY = ("http://snomed.info/sct", "387713003")
+# Procedures that are facts rather than treatments: (snapshot key, value set).
+PROC_FACTS: tuple[tuple[str, str], ...] = (("hsct", "hsct"), ("central-line", "central-venous-line-insertion"))
 TASK_FULFILL = ("http://hl7.org/fhir/CodeSystem/task-code", "fulfill")
 # A chemotherapy/immunotherapy dose within this window means "on treatment" (a typical 2-4 week cycle).
 ADMINISTRATION_ACTIVE_DAYS = 28
-FALLS_LOOKBACK_DAYS = 365
-SYMPTOM_NEW_DAYS = 30
-SNAPSHOT_COMORBIDITY_KEYS = ("cardiac", "neuropathy", "lymphedema", "diabetes", "arthritis-osteoporosis", "falls",
-                             "symptom", "beta-blocker")
+# An "active" anticancer order authored longer ago than this, with no end date, no validity period covering
+# now and no administration since, is not current treatment (orders are renewed well within six months).
+STALE_ORDER_DAYS = 180
+# A central line inserted within this many days is assumed still in place unless a Device says otherwise.
+LINE_ASSUMED_DAYS = 180
 
 
 def _measurement_factory() -> Callable[..., Measurement]:
@@ -166,17 +145,18 @@ def _measurement_factory() -> Callable[..., Measurement]:
     __post_init__ or other fields, the real constructor is used.
     """
     names = tuple(f.name for f in dataclasses.fields(Measurement))
-    plain = (names == ("measure", "value", "unit", "effective", "ref", "code", "components")
+    plain = (names == ("measure", "value", "unit", "effective", "ref", "code", "components", "comparator", "flag")
              and "__slots__" not in Measurement.__dict__ and not hasattr(Measurement, "__post_init__"))
     if not plain:
         return Measurement
     new = object.__new__
 
     def make(measure: str, value: float, unit: str, effective: datetime, ref: str, code: str,
-             components: tuple[tuple[str, float], ...] = ()) -> Measurement:
+             components: tuple[tuple[str, float], ...] = (), comparator: str | None = None,
+             flag: str | None = None) -> Measurement:
         m = new(Measurement)
         m.__dict__.update(measure=measure, value=value, unit=unit, effective=effective, ref=ref, code=code,
-                          components=components)
+                          components=components, comparator=comparator, flag=flag)
         return m
 
     return make
@@ -203,7 +183,7 @@ def _status_code(cc: Any) -> str | None:
 
 
 def _has_value(res: dict[str, Any]) -> bool:
-    return "valueQuantity" in res or any(k.startswith("value") for k in res)
+    return any(k.startswith("value") for k in res)
 
 
 def _ref(res: dict[str, Any], full_url: str | None) -> str:
@@ -225,6 +205,11 @@ def _cc_display(cc: Any, coding: dict[str, Any] | None, term: Terminology | None
     return coding.get("code", "") if coding else ""
 
 
+def _within(days: int, now: datetime, *dates: datetime | None) -> bool:
+    """True when any of `dates` (onset, recorded ...) falls within `days` before `now`."""
+    return any(d is not None and (now - d).days <= days for d in dates)
+
+
 @dataclass
 class _Builder:
     now: datetime
@@ -235,25 +220,30 @@ class _Builder:
     birth_date: date | None = None
     sex: str | None = None
     cancers: list[CodedFact] = field(default_factory=list)
+    cancer_history: list[CodedFact] = field(default_factory=list)
     metastases: list[CodedFact] = field(default_factory=list)
+    regional: list[CodedFact] = field(default_factory=list)
     bone: list[CodedFact] = field(default_factory=list)
+    brain: list[CodedFact] = field(default_factory=list)
     comorbidities: dict[str, list[CodedFact]] = field(default_factory=dict)
     treatments: list[Treatment] = field(default_factory=list)
     values: dict[str, list[Measurement]] = field(default_factory=dict)
+    unreadable: list[Unreadable] = field(default_factory=list)
     service_requests: list[tuple[str, str, datetime | None, str | None]] = field(default_factory=list)
     tasks: list[tuple[str, str, str, datetime | None]] = field(default_factory=list)  # focus, ref, status, time
     medications: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     measure_by_code: dict[tuple[str, str], str] = field(default_factory=dict)
+    infos: dict[str, MeasureInfo] = field(default_factory=dict)
     units: dict[str, str] = field(default_factory=dict)
-    # Per-snapshot memos (hot path): a lab panel's results share one timestamp, and a record uses a handful of
-    # unit spellings, so each distinct string is parsed / looked up once per snapshot.
+    # Per-snapshot memo (hot path): a lab panel's results share one timestamp, parsed once per snapshot.
     _dt_memo: dict[str, datetime | None] = field(default_factory=dict, repr=False)
-    _conv_memo: dict[tuple[str, str | None], _Conv | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.measure_by_code = self.term.measure_index()
-        self.units = {k: m.unit for k, m in self.term.measures().items()}
+        self.infos = self.term.measures()
+        self.units = {k: m.unit for k, m in self.infos.items()}
+        self.reader = value_reader(self.term)
 
     # ------------------------------------------------------------ entry point
     def add_all(self, items: list[tuple[dict[str, Any], str | None]]) -> None:
@@ -312,48 +302,82 @@ class _Builder:
         code = res.get("code")
         if not isinstance(code, dict):
             raise _Skip("no code")
-        onset_dt = parse_datetime(res.get("onsetDateTime"))
-        if onset_dt is None and isinstance(res.get("onsetPeriod"), dict):
-            onset_dt = parse_datetime(res["onsetPeriod"].get("start"))
+        onset = parse_datetime(res.get("onsetDateTime"))
+        if onset is None and isinstance(res.get("onsetPeriod"), dict):
+            onset = parse_datetime(res["onsetPeriod"].get("start"))
         recorded = parse_datetime(res.get("recordedDate"))
-        when = onset_dt or recorded
-        if when is not None and when > self.now:
+        when = onset or recorded
+        if when is not None and when > self.now and (recorded is None or recorded > self.now):
             return  # recorded after the reference time
-        t = self.term
-
-        def fact(coding: dict[str, Any]) -> CodedFact:
-            return CodedFact(ref, coding.get("system", ""), coding.get("code", ""), _cc_display(code, coding, self.term),
-                             when.date() if when else None)
-
         is_active = clinical is None or clinical in ACTIVE_CLINICAL
+        if self._cancer_condition(res, ref, code, clinical, is_active, when):
+            return
+        t = self.term
+        for cf in CONDITION_FACTS:
+            c = t.match(cf.valueset, code)
+            if c is None:
+                continue
+            if cf.active_only and not is_active:
+                return
+            if cf.within_days is not None and not _within(cf.within_days, self.now, onset, recorded):
+                return
+            self.comorbidities.setdefault(cf.key, []).append(self._fact(ref, code, c, when))
+            return
+
+    def _fact(self, ref: str, code: dict[str, Any], coding: dict[str, Any], when: datetime | None) -> CodedFact:
+        return CodedFact(ref, coding.get("system", ""), coding.get("code", ""), _cc_display(code, coding, self.term),
+                         when.date() if when else None)
+
+    def _cancer_condition(self, res: dict[str, Any], ref: str, code: dict[str, Any], clinical: str | None,
+                          is_active: bool, when: datetime | None) -> bool:
+        """Record a cancer Condition (primary, history, regional nodes, distant/bone/brain metastasis); False if
+        the code is not a cancer. mCODE codes the site of a metastasis in bodySite: a secondary malignant
+        neoplasm with bodySite bone is a bone metastasis."""
+        t = self.term
         if (c := t.match("bone-metastasis", code)) is not None:
+            site = "bone"
+        elif (c := t.match("brain-metastasis", code)) is not None:
+            site = "brain"
+        elif (c := t.match("cancer-regional-nodes", code)) is not None:
+            site = "nodes"
+        elif (c := t.match("cancer-secondary", code)) is not None:
+            site = self._metastasis_site(res)
+        else:
+            site = None
+        if c is not None:
             if is_active:
-                f = fact(c)
-                self.bone.append(f)
-                self.metastases.append(f)
-            return
-        if (c := t.match("cancer-secondary", code)) is not None:
-            if is_active:
-                self.metastases.append(fact(c))
-            return
+                f = self._fact(ref, code, c, when)
+                if site == "nodes":
+                    self.regional.append(f)
+                else:
+                    self.metastases.append(f)
+                    if site == "bone":
+                        self.bone.append(f)
+                    elif site == "brain":
+                        self.brain.append(f)
+            return True
         if (c := t.match("cancer-primary", code)) is not None:
             if clinical is None or clinical in CANCER_CLINICAL:
-                self.cancers.append(fact(c))
-            return
-        if (c := t.match("comorbidity-falls", code)) is not None:
-            if when is None or (self.now - when).days <= FALLS_LOOKBACK_DAYS:
-                self.comorbidities.setdefault("falls", []).append(fact(c))
-            return
-        if (c := t.match("red-flag-symptom", code)) is not None:
-            if is_active and when is not None and (self.now - when).days <= SYMPTOM_NEW_DAYS:
-                self.comorbidities.setdefault("symptom", []).append(fact(c))
-            return
-        if not is_active:
-            return
-        for key, vs in COMORBIDITY_VALUESETS:
-            if (c := t.match(vs, code)) is not None:
-                self.comorbidities.setdefault(key, []).append(fact(c))
-                return
+                self.cancers.append(self._fact(ref, code, c, when))
+            return True
+        if (c := t.match("cancer-history", code)) is not None:
+            if clinical is None or clinical in HISTORY_CLINICAL:
+                self.cancer_history.append(self._fact(ref, code, c, when))
+            return True
+        return False
+
+    def _metastasis_site(self, res: dict[str, Any]) -> str | None:
+        t = self.term
+        for site in res.get("bodySite") or ():
+            if not isinstance(site, dict):
+                continue
+            if t.match("body-site-bone", site) is not None or t.match("body-site-spine", site) is not None:
+                return "bone"
+            if t.match("body-site-brain", site) is not None:
+                return "brain"
+            if t.match("body-site-lymph-node", site) is not None:
+                return "nodes"
+        return None
 
     # ------------------------------------------------------------ Observation
     def _measure_of(self, code: Any) -> tuple[str, str] | None:
@@ -393,41 +417,58 @@ class _Builder:
         if effective is None:
             effective = self._effective(res)
         if effective is None:
+            if _has_value(res) and self.infos[measure].unreadable != "note":
+                self._unreadable(measure, ref, "no date or time (cannot tell whether it is current)", None)
+                return
             raise _Skip("no effective time")
         if effective > self.now:
             return
         units = self.units
+        flag = interpretation_flag(res) if "interpretation" in res else None
         comps = res.get("component")
         if comps:
             # A panel (e.g. blood pressure): each component is its own measure, carrying the others alongside.
-            parts: list[tuple[str, float, str]] = []
+            parts: list[tuple[str, float, str, str | None]] = []
             for comp in comps:
                 if not isinstance(comp, dict) or "dataAbsentReason" in comp:
                     continue
                 cfound = self._measure_of(comp.get("code"))
                 if cfound is None:
                     continue
-                cval = self._value(cfound[0], comp)
-                if cval is not None:
-                    parts.append((cfound[0], cval, cfound[1]))
-            for name, cval, ccode in parts:
-                others = tuple((n, v) for n, v, _ in parts if n != name)
-                self._add(_measurement(name, cval, units[name], effective, ref, ccode, others))
+                cval = self.reader.read(self.infos[cfound[0]], comp)
+                if isinstance(cval, str):
+                    self._unreadable(cfound[0], ref, cval, effective)
+                elif cval is not None:
+                    parts.append((cfound[0], cval[0], cfound[1], cval[1]))
+            for name, cv, ccode, ccomp in parts:
+                others = tuple((n, v) for n, v, _, _ in parts if n != name)
+                self._add(_measurement(name, cv, units[name], effective, ref, ccode, others, ccomp,
+                                       interpretation_flag(comp) if "interpretation" in comp else flag))
             if parts and not _has_value(res):
                 return
         if measure == "blood-pressure" or "dataAbsentReason" in res:
             return
-        value = self._value(measure, res)
+        value = self.reader.read(self.infos[measure], res)
         if value is None:
-            if _has_value(res):
-                self.issues.append(f"{ref} skipped: value or unit not usable for {measure}")
             return
-        m = _measurement(measure, value, units[measure], effective, ref, code_str)
+        if type(value) is str:
+            self._unreadable(measure, ref, value + (f" (the lab flagged it {flag})" if flag else ""), effective)
+            return
+        m = _measurement(measure, value[0], units[measure], effective, ref, code_str, (), value[1], flag)
         values = self.values.get(measure)  # _add, inlined
         if values is None:
             self.values[measure] = [m]
         else:
             values.append(m)
+
+    def _unreadable(self, measure: str, ref: str, problem: str, effective: datetime | None) -> None:
+        """A value that is present but unreadable: a safety-relevant one is kept (shown, needs clearance)."""
+        info = self.infos[measure]
+        if info.unreadable == "note" or (effective is not None and
+                                         (self.now - effective).days > info.max_age_days):
+            self.issues.append(f"{ref} skipped: {info.display.lower()}: {problem}")
+            return
+        self.unreadable.append(Unreadable(measure, info.display, ref, problem, info.unreadable, effective))
 
     def _dt(self, value: Any) -> datetime | None:
         """parse_datetime, memoised for this snapshot."""
@@ -448,72 +489,19 @@ class _Builder:
             eff = dt(p.get("end")) or dt(p.get("start"))
         return eff or dt(res.get("issued"))
 
-    def _value(self, measure: str, holder: dict[str, Any]) -> float | None:
-        canonical = self.units[measure]
-        q = holder.get("valueQuantity")
-        if isinstance(q, dict):
-            v = q.get("value")
-            if not isinstance(v, (int, float)) or isinstance(v, bool):
-                raise _Skip("valueQuantity.value is not a number")
-            unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
-            if isinstance(q.get("comparator"), str):
-                return None  # '<20' is not a value the thresholds can use safely
-            unit = unit if isinstance(unit, str) else None
-            try:
-                conv = self._conv_memo[(measure, unit)]
-            except KeyError:
-                conv = self._conv_memo[(measure, unit)] = unit_converter(measure, canonical, unit)
-            return None if conv is None else conv(float(v))
-        v = holder.get("valueInteger")
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v) if canonical.startswith("{") else None
-        cc = holder.get("valueCodeableConcept")
-        if isinstance(cc, dict):
-            for coding in cc.get("coding") or ():
-                if isinstance(coding, dict):
-                    score = self.term.answer_score(coding.get("system"), coding.get("code"))
-                    if score is not None:
-                        return score
-        return None
-
     def _add(self, m: Measurement) -> None:
         self.values.setdefault(m.measure, []).append(m)
 
     # ------------------------------------------------------------ medications
-    def _med_code(self, res: dict[str, Any]) -> Any:
-        cc = res.get("medicationCodeableConcept")
-        if cc is not None:
-            return cc
-        mref = res.get("medicationReference")
-        if isinstance(mref, dict) and isinstance(mref.get("reference"), str):
-            r = mref["reference"]
-            if r.startswith("#"):
-                for contained in res.get("contained") or ():
-                    if isinstance(contained, dict) and contained.get("id") == r[1:]:
-                        return contained.get("code")
-            med = self.medications.get(r)
-            if med is not None:
-                return med.get("code")
-            if isinstance(mref.get("display"), str):
-                return {"text": mref["display"]}
-        return None
-
-    def _classify_med(self, res: dict[str, Any]) -> tuple[TreatmentKind | None, dict[str, Any] | None, Any]:
-        code = self._med_code(res)
+    def _cancer_reason(self, res: dict[str, Any]) -> bool:
         t = self.term
-        if isinstance(code, dict):
-            for kind, vs in MED_CLASS_ORDER:
-                if (c := t.match(vs, code)) is not None:
-                    return kind, c, code
-        # mCODE cancer-related medication: a cancer reason makes it antineoplastic even if we do not know the drug.
-        for reason in res.get("reasonCode") or ():
-            if t.match("cancer-primary", reason) or t.match("cancer-secondary", reason):
-                return "chemotherapy", None, code
-        return None, None, code
+        return any(t.match("cancer-primary", r) or t.match("cancer-secondary", r) or t.match("cancer-history", r)
+                   or t.match("cancer-regional-nodes", r) for r in res.get("reasonCode") or ())
 
     def _medication(self, res: dict[str, Any], ref: str) -> None:
         kind_ = res["resourceType"]
         status = res.get("status")
+        stale = False
         if kind_ == "MedicationRequest":
             if status not in ("active", "on-hold", "completed", "stopped") or res.get("intent") == "proposal":
                 return
@@ -524,7 +512,12 @@ class _Builder:
                 if isinstance(bounds, dict):
                     start = parse_datetime(bounds.get("start")) or start
                     end = parse_datetime(bounds.get("end"))
+            validity = ((res.get("dispenseRequest") or {}).get("validityPeriod") or {})
+            valid_to = parse_datetime(validity.get("end")) if isinstance(validity, dict) else None
             active = status in ("active", "on-hold") and (end is None or end >= self.now)
+            if (active and end is None and start is not None and (self.now - start).days > STALE_ORDER_DAYS
+                    and (valid_to is None or valid_to < self.now)):
+                active, stale = False, True
         elif kind_ == "MedicationAdministration":
             if status not in ("completed", "in-progress"):
                 return
@@ -542,15 +535,15 @@ class _Builder:
             active = status in ("active", "on-hold") and (end is None or end >= self.now)
         if start is not None and start > self.now:
             return
-        kind, coding, code = self._classify_med(res)
-        if kind is None:
-            if active and isinstance(code, dict) and (c := self.term.match("beta-blocker", code)) is not None:
-                self.comorbidities.setdefault("beta-blocker", []).append(
-                    CodedFact(ref, c.get("system", ""), c.get("code", ""), _cc_display(code, c, self.term),
-                              start.date() if start else None))
+        ccs = drug_concepts(res, self.medications)
+        drug = classify_drug(ccs, self.term, self._cancer_reason(res))
+        if drug.kind is None:
+            if active and drug.other in ("beta-blocker", "anticoagulant"):
+                self.comorbidities.setdefault(drug.other, []).append(
+                    CodedFact(ref, "", "", drug.display, start.date() if start else None))
             return
-        cardiotoxic = isinstance(code, dict) and self.term.match("cardiotoxic-therapy", code) is not None
-        self.treatments.append(Treatment(kind, ref, _cc_display(code, coding, self.term) or kind, start, end, active, cardiotoxic))
+        self.treatments.append(Treatment(drug.kind, ref, drug.display or drug.kind, start, end, active,
+                                         drug.cardiotoxic, stale))
 
     def _period(self, res: dict[str, Any], prefix: str) -> tuple[datetime | None, datetime | None]:
         dt = parse_datetime(res.get(f"{prefix}DateTime"))
@@ -569,22 +562,25 @@ class _Builder:
         code = res.get("code")
         if not isinstance(code, dict):
             raise _Skip("no code")
+        t = self.term
+        start, end = self._period(res, "performed")
+        for key, vs in PROC_FACTS:
+            if (c := t.match(vs, code)) is not None:
+                when = end or start
+                if when is not None and when <= self.now:
+                    self.comorbidities.setdefault(key, []).append(self._fact(ref, code, c, when))
+                return
         kind: TreatmentKind | None = None
         coding = None
         for k, vs in PROC_CLASS_ORDER:
-            if (coding := self.term.match(vs, code)) is not None:
+            if (coding := t.match(vs, code)) is not None:
                 kind = k
                 break
-        if kind is None:
-            cat = res.get("category")
-            if isinstance(cat, dict) and any(
-                isinstance(c, dict) and (c.get("system"), c.get("code")) == SURGICAL_CATEGORY
-                for c in cat.get("coding") or ()
-            ):
-                kind = "surgery"
+        if kind is None and any(isinstance(cat, dict) and t.match("procedure-category-surgical", cat) is not None
+                                for cat in _categories(res)):
+            kind = "surgery"
         if kind is None:
             return
-        start, end = self._period(res, "performed")
         if start is None and end is None:
             raise _Skip("no performed time")
         if (start or end) > self.now:  # type: ignore[operator]
@@ -596,8 +592,17 @@ class _Builder:
             active = True
         else:
             active = kind != "radiotherapy" and last is not None and (self.now - last).days <= ADMINISTRATION_ACTIVE_DAYS
-        cardiotoxic = self.term.match("cardiotoxic-therapy", code) is not None
-        self.treatments.append(Treatment(kind, ref, _cc_display(code, coding, self.term) or kind, start, end, active, cardiotoxic))
+        cardiotoxic = t.match("cardiotoxic-therapy", code) is not None
+        self.treatments.append(Treatment(kind, ref, _cc_display(code, coding, t) or kind, start, end, active, cardiotoxic))
+
+    # ------------------------------------------------------------ Device (central lines)
+    def _device(self, res: dict[str, Any], ref: str) -> None:
+        if res.get("status") not in (None, "active"):
+            return
+        c = self.term.match("central-venous-line-device", res.get("type"))
+        if c is not None:
+            self.comorbidities.setdefault("central-line", []).append(
+                CodedFact(ref, c.get("system", ""), c.get("code", ""), _cc_display(res.get("type"), c, self.term)))
 
     # ------------------------------------------------------------ referrals
     def _service_request(self, res: dict[str, Any], ref: str) -> None:
@@ -633,6 +638,7 @@ class _Builder:
         "MedicationAdministration": _medication,
         "MedicationStatement": _medication,
         "Procedure": _procedure,
+        "Device": _device,
         "ServiceRequest": _service_request,
         "Task": _task,
     }
@@ -642,7 +648,7 @@ class _Builder:
         latest: dict[str, Measurement] = {}
         stale: dict[str, Measurement] = {}
         history: dict[str, tuple[Measurement, ...]] = {}
-        measures = self.term.measures()
+        measures = self.infos
         for measure, values in self.values.items():
             values.sort(key=_BY_TIME)  # (effective, ref)
             history[measure] = tuple(values)
@@ -672,7 +678,23 @@ class _Builder:
             history=history,
             stale=stale,
             referrals=tuple(referrals),
+            cancer_history=tuple(self.cancer_history),
+            regional_nodes=tuple(self.regional),
+            brain_metastases=tuple(self.brain),
+            unreadable=tuple(sorted(self.unreadable, key=lambda u: (u.requires != "defer", u.measure, u.ref))),
         )
+
+
+def _categories(res: dict[str, Any]) -> list[Any]:
+    """Procedure.category is one CodeableConcept in R4 (a list in R5 and in some R4 servers' output)."""
+    cat = res.get("category")
+    return cat if isinstance(cat, list) else [cat]
+
+
+@lru_cache(maxsize=4)
+def value_reader(term: Terminology) -> ValueReader:
+    """One ValueReader per Terminology: its unit memo lives as long as the process."""
+    return ValueReader(term)
 
 
 def iter_resources(data: Any) -> list[tuple[dict[str, Any], str | None]]:

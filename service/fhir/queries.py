@@ -1,7 +1,10 @@
 """The patient-data queries the rules need, defined once for both CDS Hooks prefetch and fallback reads.
 
 Each query is a template with the `{{context.patientId}}` token, kept within the CDS Hooks prefetch subset
-(instance read, type search, token equality with comma-OR, `_count`, `_sort`). The fallback path (no or
+(instance read, type search, token equality with comma-OR, `_count`, `_sort`), plus `_include` of the
+Medication a medication resource references (EHRs that code drugs as Medication resources send nothing else;
+a client that ignores `_include` still answers, and a referenced Medication missing from the answer leaves the
+drug unidentified, which the rules treat on the safe side). The fallback path (no or
 partial prefetch, SMART app reads) uses the same queries as concrete searches and adds a date floor
 (`ge<date>`), which prefetch cannot express because CDS Hooks 2.0 has no date token.
 
@@ -87,14 +90,17 @@ def patient_queries() -> tuple[PatientQuery, ...]:
                      (("patient", p), ("code", obs_codes), ("_sort", "-date"), ("_count", "200")),
                      date_param="date", lookback_days=OBSERVATION_LOOKBACK_DAYS, max_pages=5),
         PatientQuery("medicationRequests", "MedicationRequest",
-                     (("patient", p), ("status", "active,on-hold,completed"), ("_count", "100"))),
+                     (("patient", p), ("status", "active,on-hold,completed"),
+                      ("_include", "MedicationRequest:medication"), ("_count", "100"))),
         PatientQuery("medicationAdministrations", "MedicationAdministration",
-                     (("patient", p), ("_count", "100")),
+                     (("patient", p), ("_include", "MedicationAdministration:medication"), ("_count", "100")),
                      date_param="effective-time", lookback_days=ADMINISTRATION_LOOKBACK_DAYS),
         PatientQuery("medicationStatements", "MedicationStatement",
-                     (("patient", p), ("status", "active,completed,intended"), ("_count", "100"))),
+                     (("patient", p), ("status", "active,completed,intended"),
+                      ("_include", "MedicationStatement:medication"), ("_count", "100"))),
         PatientQuery("procedures", "Procedure", (("patient", p), ("_sort", "-date"), ("_count", "100")),
                      date_param="date", lookback_days=PROCEDURE_LOOKBACK_DAYS),
+        PatientQuery("devices", "Device", (("patient", p), ("_count", "50"))),
         PatientQuery("exerciseReferrals", "ServiceRequest",
                      (("patient", p), ("code", exercise_codes), ("_count", "50"))),
         PatientQuery("referralTasks", "Task",

@@ -102,7 +102,7 @@ def _measurement(m: Any, stale: bool = False) -> dict[str, Any]:
     from service.clinical.units import human_unit
 
     return {"measure": m.measure, "label": _label(m.measure), "value": m.value, "unit": m.unit,
-            "unitLabel": human_unit(m.unit),
+            "unitLabel": human_unit(m.unit), "comparator": m.comparator, "flag": m.flag,
             "date": _iso(m.effective), "source": m.ref, "code": m.code, "stale": stale,
             "components": [{"measure": k, "value": v} for k, v in m.components]}
 
@@ -135,7 +135,10 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
     data_used += [_measurement(m, stale=True) for _, m in sorted(snap.stale.items())]
     comorbidities = [dict(_fact(f), group=k) for k, facts in sorted(snap.comorbidities.items()) for f in facts]
     treatments = [{"kind": t.kind, "display": t.display, "start": _iso(t.start), "end": _iso(t.end),
-                   "active": t.active, "cardiotoxic": t.cardiotoxic, "source": t.ref} for t in snap.treatments]
+                   "active": t.active, "cardiotoxic": t.cardiotoxic, "staleOrder": t.stale_order, "source": t.ref}
+                  for t in snap.treatments]
+    unreadable = [{"measure": u.measure, "what": u.what, "source": u.ref, "problem": u.problem,
+                   "requires": u.requires, "date": _iso(u.effective)} for u in snap.unreadable]
     rx = prescription_to_json(draft.prescription)
     signed = sess.get("signed")
     can_sign = bool(loaded.strategy and sess.get("requester") and (not signed or signed.get("status") == "partial"))
@@ -154,7 +157,11 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
         "data": {
             "measurements": data_used,
             "cancers": [_fact(f) for f in snap.cancers],
+            "cancerHistory": [_fact(f) for f in snap.cancer_history],
+            "regionalNodes": [_fact(f) for f in snap.regional_nodes],
             "metastases": [_fact(f) for f in snap.metastases],
+            "brainMetastases": [_fact(f) for f in snap.brain_metastases],
+            "unreadable": unreadable,
             "boneMetastases": [_fact(f) for f in snap.bone_metastases],
             "comorbidities": comorbidities,
             "treatments": treatments,

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from service.fhir.queries import patient_queries, prefetch_templates
+
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -20,8 +22,8 @@ OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
-KEYS = ("patient", "conditions", "observations", "medicationRequests", "medicationAdministrations",
-        "medicationStatements", "procedures", "exerciseReferrals", "referralTasks")
+KEYS = tuple(prefetch_templates())  # every prefetch key the service declares
+KEY_OF_TYPE = {q.resource_type: q.key for q in patient_queries()}
 
 
 def _ts(days_ago: float) -> str:

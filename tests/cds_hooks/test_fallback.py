@@ -61,10 +61,7 @@ def _fake_app(fake: FakeFhir) -> FastAPI:
                 await asyncio.sleep(0.05)
         if rtype == "Patient":
             return JSONResponse(fake.patient.patient, media_type="application/fhir+json")
-        key = {"Condition": "conditions", "Observation": "observations", "MedicationRequest": "medicationRequests",
-               "Procedure": "procedures", "ServiceRequest": "exerciseReferrals", "Task": "referralTasks",
-               "MedicationAdministration": "medicationAdministrations",
-               "MedicationStatement": "medicationStatements"}.get(rtype)
+        key = patients.KEY_OF_TYPE.get(rtype)
         resources = fake.patient.by_key.get(key, []) if key else []
         return JSONResponse(patients.searchset(resources, fake.base), media_type="application/fhir+json")
 

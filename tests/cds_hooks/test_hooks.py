@@ -70,8 +70,10 @@ def test_discovery_document(service: Service) -> None:
             path, _, query = template.partition("?")
             assert re.fullmatch(r"[A-Z][A-Za-z]+(/\{\{context\.patientId\}\})?", path)
             for name, _, _ in (p.partition("=") for p in query.split("&") if p):
+                # _include: the Medication a medication resource references (issue 11: drugs coded only
+                # as Medication resources must be recognised)
                 assert name in {"patient", "code", "status", "_count", "_sort", "date", "category",
-                                "clinical-status"}, name
+                                "clinical-status", "_include"}, name
         assert "patient/Observation.rs" in s["usageRequirements"]
         assert "patient/Condition.rs" in s["usageRequirements"]
 

@@ -105,7 +105,9 @@ S: dict[str, dict[str, Any]] = {
     "preferences_shape": dict(setting="community", fires={"PREF-SETTING", "PREF-ACTIVITIES", "PREF-DAYS",
                                                           "PREF-EQUIPMENT"}),
     "existing_referral": dict(setting="home-based"),
-    "junk_resources": dict(setting="home-based", absent={"FEVER-38", "HEME-HB-8", "HEME-PLT-20"}),
+    # Junk is skipped, but a platelet count "< 10" and unreadable blood counts are never ignored.
+    "junk_resources": dict(setting="defer", clearance=True, fires={"HEME-PLT-20", "DATA-UNREADABLE-RED-FLAG"},
+                           absent={"FEVER-38", "HEME-HB-8"}),
     "evs_history": dict(fires={"ACT-LOW"}),
 }
 

@@ -8,26 +8,37 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.clinical.snapshot import build_snapshot, build_snapshot_report, normalise_value, parse_datetime
+from service.clinical.snapshot import build_snapshot, build_snapshot_report, parse_datetime, value_reader
+from service.terminology import get_terminology
 from tests.clinical.support import NOW, bundle, run
 
 
-@pytest.mark.parametrize("measure,canonical,value,unit,expected", [
-    ("platelets", "10*3/uL", 150, "10*3/uL", 150), ("platelets", "10*3/uL", 150, "10*9/L", 150),
-    ("platelets", "10*3/uL", 150000, "/uL", 150), ("platelets", "10*3/uL", 150, "K/uL", 150),
-    ("hemoglobin", "g/dL", 12, "g/dL", 12), ("hemoglobin", "g/dL", 120, "g/L", 12),
-    ("hemoglobin", "g/dL", 7.45, "mmol/L", 12.0), ("temperature", "Cel", 98.6, "[degF]", 37.0),
-    ("temperature", "Cel", 37.5, "Cel", 37.5), ("grip-right", "kg", 50, "[lb_av]", 22.68),
-    ("six-minute-walk", "m", 1000, "[ft_i]", 304.8), ("ecog", "{score}", 2, None, 2),
+def _read(measure: str, value: float, unit: str | None) -> object:
+    q: dict[str, object] = {"value": value}
+    if unit is not None:
+        q["unit"] = unit
+    term = get_terminology()
+    return value_reader(term).read(term.measure(measure), {"valueQuantity": q})
+
+
+@pytest.mark.parametrize("measure,value,unit,expected", [
+    ("platelets", 150, "10*3/uL", 150), ("platelets", 150, "10*9/L", 150),
+    ("platelets", 150000, "/uL", 150), ("platelets", 150, "K/uL", 150),
+    ("hemoglobin", 12, "g/dL", 12), ("hemoglobin", 120, "g/L", 12),
+    ("hemoglobin", 7.45, "mmol/L", 12.0), ("temperature", 98.6, "[degF]", 37.0),
+    ("temperature", 37.5, "Cel", 37.5), ("grip-right", 50, "[lb_av]", 22.68),
+    ("six-minute-walk", 1000, "[ft_i]", 304.8), ("ecog", 2, None, 2),
 ])
-def test_unit_normalisation(measure: str, canonical: str, value: float, unit: str | None, expected: float) -> None:
-    assert normalise_value(measure, canonical, value, unit) == pytest.approx(expected, abs=0.01)
+def test_unit_normalisation(measure: str, value: float, unit: str | None, expected: float) -> None:
+    read = _read(measure, value, unit)
+    assert isinstance(read, tuple) and read[0] == pytest.approx(expected, abs=0.01)
 
 
-def test_unknown_or_wrong_unit_is_not_used() -> None:
-    assert normalise_value("platelets", "10*3/uL", 150, "furlongs") is None
-    assert normalise_value("platelets", "10*3/uL", 150, None) is None
-    assert normalise_value("temperature", "Cel", 7.45, "mmol/L") is None  # mmol/L only means something for Hb
+def test_unknown_or_wrong_unit_is_a_problem_not_a_value() -> None:
+    assert isinstance(_read("platelets", 150, "furlongs"), str)
+    assert isinstance(_read("temperature", 7.45, "mmol/L"), str)  # mmol/L only means something for Hb
+    assert isinstance(_read("hemoglobin", 7.5, None), str)  # g/dL or mmol/L: not guessed
+    assert _read("temperature", 38.6, None) == (38.6, None)  # only degrees Celsius makes 38.6 plausible
 
 
 def test_fhir_dates() -> None:
@@ -101,12 +112,21 @@ def test_referrals_and_tasks() -> None:
 
 
 def test_junk_is_skipped_and_noted_never_raised() -> None:
-    s, _, issues = run("junk_resources")
+    s, p, issues = run("junk_resources")
     text = "\n".join(issues)
-    for rid in ("nocode", "badunit", "notime", "other-patient", "comparator"):
+    for rid in ("nocode", "other-patient"):
         assert f"Observation/{rid}" in text
     assert "temperature" not in s.latest  # other patient's fever and a future value are not used
-    assert s.latest["platelets"].value == 250
+    # Present but unreadable safety data is kept, not skipped: a platelet count in "furlongs", a haemoglobin
+    # without a date. Both are blood counts, so the plan is deferred until a clinician has checked them.
+    assert {(u.ref, u.requires) for u in s.unreadable} == {("Observation/badunit", "defer"),
+                                                           ("Observation/notime", "defer")}
+    assert p.setting == "defer" and p.clearance_required
+    assert [m.measure for m in p.missing_data[:2]] == ["hemoglobin", "platelets"]
+    assert "Observation/badunit" in p.missing_data[1].text and "furlongs" in p.missing_data[1].text
+    # "< 10" platelets is a bound read toward danger (it could be 3): the severe-thrombocytopenia rule fires.
+    assert s.latest["platelets"].comparator == "<" and s.latest["platelets"].value == 10
+    assert "HEME-PLT-20" in {r.rule for r in p.red_flags}
 
 
 def test_accepts_several_bundles_and_bare_resources() -> None:

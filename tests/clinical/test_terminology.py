@@ -96,3 +96,9 @@ def test_broken_terminology_is_a_clear_error(tmp_path) -> None:
         load_terminology(tmp_path)
     with pytest.raises(TerminologyError, match="not found"):
         load_terminology(tmp_path / "missing")
+
+
+def test_observation_codes_value_set_lists_every_measure_code() -> None:
+    t = get_terminology()
+    listed = {sc for m in t.measures().values() for sc in m.codes}
+    assert listed == set(t.codes("observation-codes"))

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 LOINC = "http://loinc.org"
-IRRELEVANT_LOINC = ["2345-7", "2160-0", "2951-2", "2823-3", "1742-6", "1920-8", "17861-6", "2075-0"]
+IRRELEVANT_LOINC = ["2345-7", "2160-0", "2951-2", "2823-3", "1742-6", "1920-8", "3094-0", "2075-0"]  # not read
 
 
 def patient(pid: str | None = None) -> dict[str, Any]:

@@ -19,14 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.fhir.queries import patient_queries
 from tests.hostile.conftest import ES, PV, Rig, assert_no_trace
 from tests.smart.conftest import Launched, ehr_launch
 
 BUNDLES = Path(__file__).resolve().parents[1] / "fixtures" / "bundles"
-KEY_OF_TYPE = {"Patient": "patient", "Condition": "conditions", "Observation": "observations",
-               "MedicationRequest": "medicationRequests", "MedicationAdministration": "medicationAdministrations",
-               "MedicationStatement": "medicationStatements", "Procedure": "procedures",
-               "ServiceRequest": "exerciseReferrals", "Task": "referralTasks"}
+KEY_OF_TYPE = {q.resource_type: q.key for q in patient_queries()}
 SEARCH_KEYS = [k for k in KEY_OF_TYPE.values() if k != "patient"]
 FUZZ = settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 

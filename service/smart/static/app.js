@@ -104,6 +104,12 @@
     var problems = (d.failures || []).concat(d.truncated || []);
     fp.hidden = problems.length === 0;
     fp.textContent = problems.length ? "Some data could not be read from the EHR: " + problems.join("; ") : "";
+    var ur = clear($("unreadable-data"));
+    (d.unreadable || []).forEach(function (u) {
+      ur.appendChild(el("li", u.what + " (" + u.source + (u.date ? ", " + day(u.date) : "") + "): " + u.problem +
+        (u.requires === "defer" ? " — exercise deferred until a clinician checks it" : " — clearance required")));
+    });
+    $("unreadable-box").hidden = !(d.unreadable || []).length;
     var tb = clear($("data-used").tBodies[0]);
     if (!d.measurements.length) {
       var tr0 = el("tr"); var td0 = el("td", "No relevant measurements found."); td0.colSpan = 4;
@@ -112,7 +118,8 @@
     d.measurements.forEach(function (m) {
       var tr = el("tr", undefined, m.stale ? "stale" : "");
       tr.appendChild(el("td", m.label + (m.stale ? " (out of date)" : "")));
-      var val = withUnit(num(m.value), m);  // the row's own value first
+      var val = withUnit((m.comparator ? m.comparator + " " : "") + num(m.value), m);  // the row's own value first
+      if (m.flag) val += " (lab flag " + m.flag + ")";
       if (m.components && m.components.length) val += " (panel " + panelText(m) + ")";
       tr.appendChild(el("td", val));
       tr.appendChild(el("td", day(m.date)));
@@ -122,11 +129,15 @@
     var cl = clear($("conditions"));
     function fact(prefix, f) { cl.appendChild(el("li", prefix + f.display + (f.onset ? " (since " + day(f.onset) + ")" : "") + " — " + f.source)); }
     d.cancers.forEach(function (f) { fact("Cancer: ", f); });
+    (d.cancerHistory || []).forEach(function (f) { fact("History of cancer: ", f); });
+    (d.regionalNodes || []).forEach(function (f) { fact("Regional lymph nodes: ", f); });
     d.metastases.forEach(function (f) { fact("Metastasis: ", f); });
     d.boneMetastases.forEach(function (f) { fact("Bone metastasis: ", f); });
+    (d.brainMetastases || []).forEach(function (f) { fact("Brain metastasis: ", f); });
     d.comorbidities.forEach(function (f) { fact("Comorbidity (" + f.group + "): ", f); });
     d.treatments.forEach(function (t) {
       cl.appendChild(el("li", "Treatment: " + t.display + " (" + t.kind + (t.active ? ", active" : "") +
+        (t.staleOrder ? ", old open order: not counted as current" : "") +
         (t.start ? ", from " + day(t.start) : "") + (t.end ? " to " + day(t.end) : "") + ") — " + t.source));
     });
     if (!cl.firstChild) cl.appendChild(el("li", "None found."));
