@@ -1,10 +1,13 @@
-"""FHIR R4 JSON (plain dicts) -> PatientSnapshot: typed, unit-normalised, latest valid value per measure.
+"""FHIR R4 JSON (plain dicts) -> PatientSnapshot: typed, unit-normalised, every valid value per measure.
 
 This runs on every CDS hook call, so it reads dicts directly and checks only the elements it uses (validating
 prefetch Bundles with fhir.resources models was measured at ~50x slower than the web framework). Real EHR data
-is messy: any coding of a CodeableConcept may match (ICD-10-CM or SNOMED CT), refuted / entered-in-error data is
-ignored, units are normalised to one canonical UCUM unit per measure, and a malformed resource is skipped and
-noted - it never aborts the snapshot.
+is messy, and recognition works by value set, never by one code: any coding of a CodeableConcept may match
+(ICD-10-CM, WHO ICD-10, SNOMED CT; LOINC variants by method, specimen and site; RxNorm ingredients, clinical and
+branded drugs, ATC, HCPCS, Medication resources; CPT, ICD-10-PCS, OPCS-4 procedures), refuted /
+entered-in-error data is ignored, and values are read into one canonical UCUM unit per measure (values.py).
+A malformed resource is skipped and noted; a safety-relevant value that is present but unreadable is never
+skipped: it is kept in `PatientSnapshot.unreadable`, and the rules require a clinician to check it.
 """
 
 from __future__ import annotations
