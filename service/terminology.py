@@ -25,6 +25,7 @@ CM_UNIT_SYNONYMS = f"{BASE}/ConceptMap/unit-synonyms"
 
 
 NAME_SYSTEMS = frozenset({RXNORM, ATC})
+MAX_MEMBERSHIP_MEMO = 100_000  # distinct codings remembered (bounded: hostile input cannot grow it forever)
 MIN_NAME = 4  # shorter names ("ara", "5fu") match too much free text
 MAX_NAME_WORDS = 4
 _WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
@@ -108,7 +109,12 @@ class MeasureInfo:
 
     @property
     def canonical_range(self) -> tuple[float, float] | None:
-        return next(((lo, hi) for u, lo, hi in self.plausible if u == self.unit), None)
+        return _canonical_range(self)
+
+
+@lru_cache(maxsize=512)
+def _canonical_range(info: MeasureInfo) -> tuple[float, float] | None:
+    return next(((lo, hi) for u, lo, hi in info.plausible if u == info.unit), None)
 
 
 class Terminology:
@@ -123,6 +129,8 @@ class Terminology:
         self._answer_scores: dict[tuple[str, str], float] = {}
         self._unit_synonyms: dict[str, tuple[str, ...]] = {}
         self._names: dict[str, frozenset[str]] = {}
+        self._members: dict[tuple[str, str], frozenset[str]] = {}
+        self._unique: list[_ValueSet] | None = None
         pending_vs: list[dict[str, Any]] = []
         for res in resources:
             kind = res.get("resourceType")
@@ -246,17 +254,37 @@ class Terminology:
         """The first coding of a CodeableConcept that is in the value set (any coding counts), else None."""
         if not isinstance(codeable_concept, dict):
             return None
-        vs = self._vs(vs_id_or_url)
+        vs_id = self._vs(vs_id_or_url).id
         codings = codeable_concept.get("coding")
         if not isinstance(codings, list):
             return None
+        members = self._members
         for coding in codings:
             if not isinstance(coding, dict):
                 continue
-            system, code = coding.get("system"), coding.get("code")
-            if isinstance(system, str) and isinstance(code, str) and vs.contains(system, normalise_code(system, code)):
+            key = (coding.get("system"), coding.get("code"))
+            found = members.get(key)  # type: ignore[arg-type]
+            if found is None:
+                found = self._memberships(*key)
+            if vs_id in found:
                 return coding
         return None
+
+    def _memberships(self, system: Any, code: Any) -> frozenset[str]:
+        """Every value set holding (system, code), computed once per coding and remembered: a record holds the
+        same few hundred codes on every call, and there are dozens of value sets to ask."""
+        found: frozenset[str] = frozenset()
+        if isinstance(system, str) and isinstance(code, str):
+            norm = normalise_code(system, code)
+            found = frozenset(vs.id for vs in self._unique_valuesets() if vs.contains(system, norm))
+            if len(self._members) < MAX_MEMBERSHIP_MEMO:
+                self._members[(system, code)] = found
+        return found
+
+    def _unique_valuesets(self) -> list[_ValueSet]:
+        if self._unique is None:
+            self._unique = list({id(vs): vs for vs in self._valuesets.values()}.values())
+        return self._unique
 
     def display(self, system: str, code: str) -> str | None:
         return self._displays.get((system, normalise_code(system, code)))

@@ -10,6 +10,7 @@ problem text, never as silence: the snapshot decides what that requires. Pure: n
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -18,6 +19,7 @@ from service.terminology import MeasureInfo, Terminology
 
 COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "≤": "<=", "≥": ">=", "=<": "<=", "=>": ">="}
 _NUMBER = re.compile(r"^\s*(<=|>=|=<|=>|<|>|≤|≥)?\s*([+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+))\s*(.*?)\s*$")
+MAX_FAST = 4096  # (measure, code, unit) combinations remembered; bounded against hostile variety
 MAX_TEXT = 40  # characters of an unreadable value quoted back to the clinician
 # Observation.interpretation codes (v3 ObservationInterpretation) that mean "critical": a signal for review.
 CRITICAL_INTERPRETATIONS = frozenset({"LL", "HH", "AA", "critical", "CRIT"})
@@ -37,12 +39,22 @@ class ValueReader:
     def __init__(self, term: Terminology) -> None:
         self.term = term
         self.units = UnitResolver(term.unit_synonyms())
+        # (measure, code, unit) -> (a, b, low, high) for quantities read before: the hot path (every
+        # Observation of every hook call) is then one dict probe, one multiply-add and one range check.
+        self._fast: dict[tuple[str, Any, Any], tuple[float, float, float, float]] = {}
 
     # ---------------------------------------------------------------- public
     def read(self, info: MeasureInfo, holder: dict[str, Any]) -> Value | str | None:
         """(value, comparator), or a problem text when a value is present but unreadable, or None (no value)."""
         q = holder.get("valueQuantity")
         if q is not None:
+            if type(q) is dict and "comparator" not in q:
+                v = q.get("value")
+                fast = self._fast.get((info.key, q.get("code"), q.get("unit")))
+                if fast is not None and (type(v) is float or type(v) is int):
+                    x = v * fast[0] + fast[1] if fast[0] != 1.0 or fast[1] else float(v)
+                    if fast[2] <= x <= fast[3]:
+                        return round(x, 9), None
             return self._quantity(info, q)
         v = holder.get("valueInteger")
         if v is not None:
@@ -72,6 +84,11 @@ class ValueReader:
             return f"comparator {quote(comparator)} is not one of <, <=, >=, >"
         code, text = q.get("code"), q.get("unit")
         units = [u for u in (code, text) if isinstance(u, str) and u.strip()]
+        if comparator is None and units and not info.unit.startswith("{") and len(self._fast) < MAX_FAST:
+            conv = self._converter(info, units)
+            rng = info.canonical_range or (-math.inf, math.inf)
+            if conv is not None:
+                self._fast[(info.key, code, text)] = (conv[0], conv[1], rng[0], rng[1])
         return self._number(info, float(v), COMPARATORS.get(comparator) if comparator else None, units)
 
     def _string(self, info: MeasureInfo, s: Any) -> Value | str:
@@ -112,7 +129,7 @@ class ValueReader:
         if conv is None:
             return f"unit {quote(' / '.join(dict.fromkeys(units)))!r} is not a unit of {info.display.lower()}"
         a, b = conv
-        return self._plausible(info, value * a + b, comparator, units[0])
+        return self._plausible(info, round(value * a + b, 9), comparator, units[0])
 
     def _converter(self, info: MeasureInfo, units: list[str]) -> Affine | None:
         for unit in units:
