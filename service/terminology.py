@@ -25,6 +25,7 @@ CM_UNIT_SYNONYMS = f"{BASE}/ConceptMap/unit-synonyms"
 
 
 NAME_SYSTEMS = frozenset({RXNORM, ATC})
+ICD10_SYSTEMS = frozenset({ICD10CM, "http://hl7.org/fhir/sid/icd-10"})
 MAX_MEMBERSHIP_MEMO = 100_000  # distinct codings remembered (bounded: hostile input cannot grow it forever)
 MIN_NAME = 4  # shorter names ("ara", "5fu") match too much free text
 MAX_NAME_WORDS = 4
@@ -40,9 +41,9 @@ class TerminologyError(Exception):
 
 
 def normalise_code(system: str, code: str) -> str:
-    """ICD-10-CM codes arrive as 'C50.911', 'c50911' or ' C50.911 ': compare in dotted upper case."""
+    """ICD-10 codes (CM and WHO) arrive as 'C50.911', 'c50911' or ' C50.911 ': compare in dotted upper case."""
     code = code.strip()
-    if system == ICD10CM:
+    if system in ICD10_SYSTEMS:
         code = code.upper()
         if "." not in code and len(code) > 3:
             code = f"{code[:3]}.{code[3:]}"

@@ -102,3 +102,28 @@ def test_observation_codes_value_set_lists_every_measure_code() -> None:
     t = get_terminology()
     listed = {sc for m in t.measures().values() for sc in m.codes}
     assert listed == set(t.codes("observation-codes"))
+
+
+@pytest.mark.parametrize("code,expected", [
+    ("C44.1121", False),  # basal cell carcinoma of skin of right upper eyelid (FY2024 sub-code): not in scope
+    ("C44.1221", False),  # squamous cell carcinoma of skin of right upper eyelid
+    ("C44.1321", True),  # sebaceous cell carcinoma of skin of eyelid: in scope
+    ("D47.2", False),  # monoclonal gammopathy: not cancer
+])
+def test_skin_and_borderline_codes(code: str, expected: bool) -> None:
+    assert get_terminology().in_valueset("cancer-primary", ICD10CM, code) is expected
+
+
+def test_who_icd10_codes_are_normalised_like_icd10cm() -> None:
+    t = get_terminology()
+    who = "http://hl7.org/fhir/sid/icd-10"
+    assert t.in_valueset("cancer-primary", who, "C50.9") and t.in_valueset("cancer-primary", who, "c509")
+    assert t.in_valueset("bone-metastasis", who, "C795")
+
+
+def test_family_history_is_not_personal_history() -> None:
+    # SNOMED 429740004 is "Family history of malignant neoplasm of breast": a relative's cancer, not the patient's
+    t = get_terminology()
+    assert not any(t.in_valueset(vs, SNOMED, "429740004") for vs in
+                   ("cancer-history", "cancer-primary", "cancer-secondary", "cancer-regional-nodes"))
+    assert t.in_valueset("cancer-history", SNOMED, "429087003")  # history of malignant neoplasm of breast
