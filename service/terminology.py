@@ -132,6 +132,7 @@ class Terminology:
         self._names: dict[str, frozenset[str]] = {}
         self._members: dict[tuple[str, str], frozenset[str]] = {}
         self._unique: list[_ValueSet] | None = None
+        self._aliases: dict[str, str] = {}  # another identifier of a code system -> its FHIR URI
         pending_vs: list[dict[str, Any]] = []
         for res in resources:
             kind = res.get("resourceType")
@@ -141,10 +142,36 @@ class Terminology:
                 pending_vs.append(res)
             elif kind == "ConceptMap":
                 self._load_concept_map(res)
+            elif kind == "NamingSystem":
+                self._load_naming_system(res)
         for res in pending_vs:
             self._load_value_set(res)
+        # Observation codes sent under another identifier of their code system (urn:oid:2.16.840.1.113883.6.1
+        # for LOINC) are found in the same dict probe as the preferred URI.
+        for alias, uri in self._aliases.items():
+            for (system, code), key in list(self._measure_by_code.items()):
+                if system == uri:
+                    self._measure_by_code[(alias, code)] = key
+            for (system, code), score in list(self._answer_scores.items()):
+                if system == uri:
+                    self._answer_scores[(alias, code)] = score
 
     # ---------------------------------------------------------------- loading
+    def _load_naming_system(self, res: dict[str, Any]) -> None:
+        ids = res.get("uniqueId", [])
+        preferred = next((u["value"] for u in ids if u.get("type") == "uri" and u.get("preferred")), None)
+        if preferred is None:
+            raise TerminologyError(f"NamingSystem {res.get('id')!r} has no preferred uri")
+        for u in ids:
+            value = u["value"]
+            alias = f"urn:oid:{value}" if u.get("type") == "oid" else value
+            if alias != preferred:
+                self._aliases[alias] = preferred
+
+    def canonical_system(self, system: str) -> str:
+        """The FHIR URI of a code system however it was named (URI variant or urn:oid:)."""
+        return self._aliases.get(system, system)
+
     def _load_code_system(self, res: dict[str, Any]) -> None:
         url = res["url"]
         concepts: dict[str, dict[str, Any]] = {}
@@ -249,7 +276,8 @@ class Terminology:
     def in_valueset(self, vs_id_or_url: str, system: str | None, code: str | None) -> bool:
         if not system or not code or not isinstance(code, str):
             return False
-        return self._vs(vs_id_or_url).contains(system, normalise_code(system, code))
+        uri = self.canonical_system(system)
+        return self._vs(vs_id_or_url).contains(uri, normalise_code(uri, code))
 
     def match(self, vs_id_or_url: str, codeable_concept: dict[str, Any] | None) -> dict[str, Any] | None:
         """The first coding of a CodeableConcept that is in the value set (any coding counts), else None."""
@@ -276,8 +304,9 @@ class Terminology:
         same few hundred codes on every call, and there are dozens of value sets to ask."""
         found: frozenset[str] = frozenset()
         if isinstance(system, str) and isinstance(code, str):
-            norm = normalise_code(system, code)
-            found = frozenset(vs.id for vs in self._unique_valuesets() if vs.contains(system, norm))
+            uri = self.canonical_system(system.strip())
+            norm = normalise_code(uri, code)
+            found = frozenset(vs.id for vs in self._unique_valuesets() if vs.contains(uri, norm))
             if len(self._members) < MAX_MEMBERSHIP_MEMO:
                 self._members[(system, code)] = found
         return found
@@ -371,12 +400,15 @@ class Terminology:
         names = self.names(vs_id)
         if not names or not text:
             return None
-        words = _words(text)
-        for n in range(min(MAX_NAME_WORDS, len(words)), 0, -1):
-            for i in range(len(words) - n + 1):
-                phrase = " ".join(words[i:i + n])
-                if phrase in names:
-                    return phrase
+        whole = _words(text)
+        # Biologics carry a suffix ("trastuzumab-dkst", "tremelimumab-actl"): also try the words split at hyphens.
+        split = [part for w in whole for part in w.split("-")]
+        for words in (whole, split):
+            for n in range(min(MAX_NAME_WORDS, len(words)), 0, -1):
+                for i in range(len(words) - n + 1):
+                    phrase = " ".join(words[i:i + n])
+                    if phrase in names:
+                        return phrase
         return None
 
     def unit_synonyms(self) -> dict[str, tuple[str, ...]]:

@@ -29,8 +29,11 @@ def test_required_value_sets_exist_by_id_and_url() -> None:
 def test_files_are_fhir_json_with_canonical_urls() -> None:
     for path in TERMINOLOGY_DIR.glob("*.json"):
         res = json.loads(path.read_text())
-        assert path.name == f"{res['resourceType']}-{res['id']}.json"
-        assert res["url"].startswith("https://fhir.onco-exercise.org/") and res["status"] == "active"
+        assert path.name == f"{res['resourceType']}-{res['id']}.json" and res["status"] == "active"
+        if res["resourceType"] == "NamingSystem":  # R4 NamingSystem has no url: it names someone else's system
+            assert any(u.get("preferred") for u in res["uniqueId"])
+        else:
+            assert res["url"].startswith("https://fhir.onco-exercise.org/")
 
 
 @pytest.mark.parametrize("code,expected", [
@@ -127,3 +130,19 @@ def test_family_history_is_not_personal_history() -> None:
     assert not any(t.in_valueset(vs, SNOMED, "429740004") for vs in
                    ("cancer-history", "cancer-primary", "cancer-secondary", "cancer-regional-nodes"))
     assert t.in_valueset("cancer-history", SNOMED, "429087003")  # history of malignant neoplasm of breast
+
+
+@pytest.mark.parametrize("system,code,vs", [
+    ("urn:oid:2.16.840.1.113883.6.90", "C50.911", "cancer-primary"),  # ICD-10-CM by OID (CDA-converted data)
+    ("urn:oid:2.16.840.1.113883.6.96", "94222008", "bone-metastasis"),  # SNOMED CT by OID
+    ("https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets", "J9000", "treatment-chemotherapy"),
+    ("urn:oid:2.16.840.1.113883.6.285", "J9000", "cardiotoxic-therapy"),
+])
+def test_code_systems_named_by_oid_or_uri_variant(system: str, code: str, vs: str) -> None:
+    t = get_terminology()
+    assert t.match(vs, {"coding": [{"system": system, "code": code}]}) is not None
+    assert t.in_valueset(vs, system, code)
+
+
+def test_observation_codes_by_oid() -> None:
+    assert get_terminology().measure_for("urn:oid:2.16.840.1.113883.6.1", "777-3") == "platelets"
