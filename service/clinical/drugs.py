@@ -35,7 +35,7 @@ class Drug:
     """A medication resource reduced to what the rules need."""
 
     concepts: tuple[dict[str, Any], ...]  # the CodeableConcepts that describe it (drug code, ingredients)
-    kind: TreatmentKind | None  # anticancer class, or None
+    kinds: tuple[TreatmentKind, ...]  # anticancer classes (a pack or combination may hold two), or ()
     other: str | None  # "beta-blocker", "anticoagulant", "supportive" ... when not anticancer
     display: str
     cardiotoxic: bool = False
@@ -96,30 +96,39 @@ def concepts(res: dict[str, Any], medications: dict[str, dict[str, Any]]) -> tup
 
 
 def classify(ccs: tuple[dict[str, Any], ...], term: Terminology, cancer_reason: bool) -> Drug:
-    """Classify a drug described by `ccs`; `cancer_reason` says whether it was given for a cancer."""
+    """Classify a drug described by `ccs`; `cancer_reason` says whether it was given for a cancer.
+
+    Every anticancer class a coding belongs to is kept (a letrozole + ribociclib pack is endocrine *and*
+    targeted therapy); the display is the first matching coding's."""
     cardiotoxic = any(term.match(CARDIOTOXIC, cc) is not None for cc in ccs)
+    kinds: list[TreatmentKind] = []
+    display = ""
     for kind, vs in CLASS_ORDER:
         for cc in ccs:
             coding = term.match(vs, cc)
             if coding is not None:
-                return Drug(ccs, kind, None, _display(cc, coding, term), cardiotoxic)
+                kinds.append(kind)
+                display = display or _display(cc, coding, term)
+                break
+    if kinds:
+        return Drug(ccs, tuple(kinds), None, display, cardiotoxic)
     for other, vs in ((SUPPORTIVE, SUPPORTIVE), *((k, v) for k, v in OTHER_CLASSES)):
         for cc in ccs:
             coding = term.match(vs, cc)
             if coding is not None:
-                return Drug(ccs, None, other, _display(cc, coding, term))
+                return Drug(ccs, (), other, _display(cc, coding, term))
     # No coding we know: look for an ingredient name in the text (RxNorm names are "ingredient strength form").
     for cc in ccs:
         for text in _texts(cc):
-            for kind, vs in CLASS_ORDER:
-                if term.name_in_text(vs, text):
-                    return Drug(ccs, kind, None, text, cardiotoxic or bool(term.name_in_text(CARDIOTOXIC, text)),
-                                by_name=True)
+            named = tuple(kind for kind, vs in CLASS_ORDER if term.name_in_text(vs, text))
+            if named:
+                return Drug(ccs, named, None, text, cardiotoxic or bool(term.name_in_text(CARDIOTOXIC, text)),
+                            by_name=True)
             for other, vs in ((SUPPORTIVE, SUPPORTIVE), *((k, v) for k, v in OTHER_CLASSES)):
                 if term.name_in_text(vs, text):
-                    return Drug(ccs, None, other, text, by_name=True)
+                    return Drug(ccs, (), other, text, by_name=True)
     display = next((d for cc in ccs if (d := _display(cc, None, term))), "")
     if cancer_reason:
         # mCODE cancer-related medication we cannot identify: count it as anticancer treatment (safe side).
-        return Drug(ccs, "chemotherapy", None, display or "unidentified anticancer medication")
-    return Drug(ccs, None, None, display)
+        return Drug(ccs, ("chemotherapy",), None, display or "unidentified anticancer medication")
+    return Drug(ccs, (), None, display)

@@ -75,6 +75,8 @@ class Reading:
 
     def describe(self) -> str:
         text = fmt(self.m)
+        if self.m.derived_from:
+            text += f" (calculated from {', '.join(self.m.derived_from)})"
         if self.m.flag:
             text += f" (flagged {self.m.flag} by the lab)"
         if not self.others:
@@ -86,7 +88,7 @@ class Reading:
 
     @property
     def refs(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys((self.m.ref, *(o.ref for o in self.others))))
+        return tuple(dict.fromkeys((self.m.ref, *self.m.derived_from, *(o.ref for o in self.others))))
 
 
 @dataclass(frozen=True)

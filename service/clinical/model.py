@@ -52,6 +52,7 @@ class Measurement:
     components: tuple[tuple[str, float], ...] = ()
     comparator: str | None = None  # "<", "<=", ">=", ">": the value is a bound, read toward the dangerous side
     flag: str | None = None  # the lab's critical interpretation (LL, HH, AA ...), a signal for review
+    derived_from: tuple[str, ...] = ()  # a value calculated from other results (ANC from WBC x neutrophil %)
 
 
 @dataclass(frozen=True)

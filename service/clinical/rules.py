@@ -248,7 +248,9 @@ def _critical_flag(f: Facts) -> Hit | None:
 
 
 def _stale_order(f: Facts) -> Hit | None:
-    ts = [t for t in f.s.treatments if t.stale_order]
+    # An old open order is only worth a word when nothing of its kind has been given recently.
+    given = {t.kind for t in f.s.treatments if t.active}
+    ts = [t for t in f.s.treatments if t.stale_order and t.kind not in given]
     if not ts:
         return None
     return Hit("; ".join(f"{t.display} ordered {t.start.date().isoformat() if t.start else 'long ago'}"
@@ -263,6 +265,16 @@ def _wbc_only(f: Facts, below: float, floor: float | None) -> Hit | None:
         return None
     h = f.below("wbc", below, floor)
     return Hit(f"{h.finding}; no neutrophil count (differential) in 14 days", h.refs) if h else None
+
+
+def _febrile_neutropenia(f: Facts) -> Hit | None:
+    """Febrile neutropenia as one concept (SNOMED 409089005) or as ICD-10-CM codes it: D70.x with R50.81."""
+    if (h := f.comorbidity("febrile-neutropenia")) is not None:
+        return h
+    fever, neutropenia = f.comorbidity("fever"), f.comorbidity("neutropenia")
+    if fever and neutropenia:
+        return Hit(f"{neutropenia.finding} with {fever.finding}", neutropenia.refs + fever.refs)
+    return None
 
 
 def _neutropenia_dx(f: Facts) -> Hit | None:
@@ -429,9 +441,10 @@ RULES: tuple[Rule, ...] = (
          lambda f: f.comorbidity("fever"),
          Effect(min_setting="defer", clearance=True, red_flag=True, precaution="fever",
                 until_cleared="Rest until the fever has gone and any infection is treated.")),
-    Rule("FEBRILE-NEUTROPENIA", "Febrile neutropenia", "active febrile neutropenia Condition in the last 30 days",
+    Rule("FEBRILE-NEUTROPENIA", "Febrile neutropenia", "active febrile neutropenia Condition in the last 30 days "
+         "(or neutropenia with a recent fever Condition)",
          "defer; clearance required; neutropenic precautions", MALTSER_2017,
-         lambda f: f.comorbidity("febrile-neutropenia"),
+         _febrile_neutropenia,
          Effect(min_setting="defer", clearance=True, red_flag=True, precaution="neutropenia", no_public=True,
                 until_cleared="Rest and follow the care team's advice for the infection; avoid crowds.")),
     Rule("HEME-WBC-05", "Very low white cells, no differential",

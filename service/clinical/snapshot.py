@@ -132,6 +132,9 @@ PROC_FACTS: tuple[tuple[str, str], ...] = (("hsct", "hsct"), ("central-line", "c
 TASK_FULFILL = ("http://hl7.org/fhir/CodeSystem/task-code", "fulfill")
 # A chemotherapy/immunotherapy dose within this window means "on treatment" (a typical 2-4 week cycle).
 ADMINISTRATION_ACTIVE_DAYS = 28
+# Radiotherapy is given in daily fractions: a fraction (or the end of a course) within this window means "during
+# radiotherapy" (a gap of two weeks means the course is over; skin reactions peak in the fortnight after it).
+RADIOTHERAPY_RECENT_DAYS = 14
 # An "active" anticancer order authored longer ago than this, with no end date, no validity period covering
 # now and no administration since, is not current treatment (orders are renewed well within six months).
 STALE_ORDER_DAYS = 180
@@ -148,7 +151,8 @@ def _measurement_factory() -> Callable[..., Measurement]:
     __post_init__ or other fields, the real constructor is used.
     """
     names = tuple(f.name for f in dataclasses.fields(Measurement))
-    plain = (names == ("measure", "value", "unit", "effective", "ref", "code", "components", "comparator", "flag")
+    plain = (names == ("measure", "value", "unit", "effective", "ref", "code", "components", "comparator", "flag",
+                       "derived_from")
              and "__slots__" not in Measurement.__dict__ and not hasattr(Measurement, "__post_init__"))
     if not plain:
         return Measurement
@@ -156,10 +160,10 @@ def _measurement_factory() -> Callable[..., Measurement]:
 
     def make(measure: str, value: float, unit: str, effective: datetime, ref: str, code: str,
              components: tuple[tuple[str, float], ...] = (), comparator: str | None = None,
-             flag: str | None = None) -> Measurement:
+             flag: str | None = None, derived_from: tuple[str, ...] = ()) -> Measurement:
         m = new(Measurement)
         m.__dict__.update(measure=measure, value=value, unit=unit, effective=effective, ref=ref, code=code,
-                          components=components, comparator=comparator, flag=flag)
+                          components=components, comparator=comparator, flag=flag, derived_from=derived_from)
         return m
 
     return make
@@ -540,13 +544,14 @@ class _Builder:
             return
         ccs = drug_concepts(res, self.medications)
         drug = classify_drug(ccs, self.term, self._cancer_reason(res))
-        if drug.kind is None:
+        if not drug.kinds:
             if active and drug.other in ("beta-blocker", "anticoagulant"):
                 self.comorbidities.setdefault(drug.other, []).append(
                     CodedFact(ref, "", "", drug.display, start.date() if start else None))
             return
-        self.treatments.append(Treatment(drug.kind, ref, drug.display or drug.kind, start, end, active,
-                                         drug.cardiotoxic, stale))
+        for kind in drug.kinds:
+            self.treatments.append(Treatment(kind, ref, drug.display or kind, start, end, active, drug.cardiotoxic,
+                                             stale))
 
     def _period(self, res: dict[str, Any], prefix: str) -> tuple[datetime | None, datetime | None]:
         dt = parse_datetime(res.get(f"{prefix}DateTime"))
@@ -593,8 +598,9 @@ class _Builder:
             active = status == "in-progress"
         elif status == "in-progress" or (end is None and "performedPeriod" in res):
             active = True
-        else:
-            active = kind != "radiotherapy" and last is not None and (self.now - last).days <= ADMINISTRATION_ACTIVE_DAYS
+        else:  # a completed dose or fraction: on treatment while the last one is recent
+            recent = RADIOTHERAPY_RECENT_DAYS if kind == "radiotherapy" else ADMINISTRATION_ACTIVE_DAYS
+            active = last is not None and (self.now - last).days <= recent
         cardiotoxic = t.match("cardiotoxic-therapy", code) is not None
         self.treatments.append(Treatment(kind, ref, _cc_display(code, coding, t) or kind, start, end, active, cardiotoxic))
 
@@ -648,6 +654,8 @@ class _Builder:
 
     # ------------------------------------------------------------ result
     def result(self) -> PatientSnapshot:
+        for m in derived_anc(self.values):
+            self._add(m)
         latest: dict[str, Measurement] = {}
         stale: dict[str, Measurement] = {}
         history: dict[str, tuple[Measurement, ...]] = {}
@@ -686,6 +694,38 @@ class _Builder:
             brain_metastases=tuple(self.brain),
             unreadable=tuple(sorted(self.unreadable, key=lambda u: (u.requires != "defer", u.measure, u.ref))),
         )
+
+
+def derived_anc(values: dict[str, list[Measurement]]) -> list[Measurement]:
+    """Absolute neutrophil counts for draws where the lab reported the neutrophils only in parts.
+
+    Segmented + band counts are summed (segmented alone is a slight underestimate: the safe side for a
+    low-danger measure); otherwise white cells x neutrophil percentage (total, or segmented + band). Only
+    results taken at the same time are combined, never a bound ("< 0.1"): a guess is not a count.
+    """
+    def at(key: str) -> dict[datetime, Measurement]:
+        return {m.effective: m for m in values.get(key, ()) if m.comparator is None}
+
+    direct = {m.effective for m in values.get("anc", ())}
+    segs, bands, wbc = at("neutrophils-segmented"), at("neutrophils-band"), at("wbc")
+    pct, segs_pct, bands_pct = at("neutrophils-percent"), at("neutrophils-segmented-percent"), at("neutrophils-band-percent")
+    out: list[Measurement] = []
+    for when in sorted(set(segs) | set(pct) | set(segs_pct)):
+        if when in direct:
+            continue
+        parts: list[Measurement]
+        if when in segs:
+            parts = [segs[when]] + ([bands[when]] if when in bands else [])
+            value = sum(p.value for p in parts)
+        elif when in wbc and (when in pct or when in segs_pct):
+            share = [pct[when]] if when in pct else [segs_pct[when]] + ([bands_pct[when]] if when in bands_pct else [])
+            parts = [wbc[when], *share]
+            value = wbc[when].value * sum(p.value for p in share) / 100.0
+        else:
+            continue
+        refs = tuple(dict.fromkeys(p.ref for p in parts))
+        out.append(_measurement("anc", round(value, 3), "10*3/uL", when, refs[0], "calculated", (), None, None, refs))
+    return out
 
 
 def _categories(res: dict[str, Any]) -> list[Any]:

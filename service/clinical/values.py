@@ -19,6 +19,8 @@ from service.terminology import MeasureInfo, Terminology
 
 COMPARATORS = {"<": "<", "<=": "<=", ">": ">", ">=": ">=", "≤": "<=", "≥": ">=", "=<": "<=", "=>": ">="}
 _NUMBER = re.compile(r"^\s*(<=|>=|=<|=>|<|>|≤|≥)?\s*([+-]?(?:\d+(?:[.,]\d*)?|[.,]\d+))\s*(.*?)\s*$")
+_UNSIGNED = r"(\d+(?:[.,]\d*)?|[.,]\d+)"
+_RANGE = re.compile(rf"^\s*{_UNSIGNED}\s*(?:-|–|to)\s*{_UNSIGNED}\s*(.*?)\s*$", re.IGNORECASE)
 MAX_FAST = 4096  # (measure, code, unit) combinations remembered; bounded against hostile variety
 MAX_TEXT = 40  # characters of an unreadable value quoted back to the clinician
 # Observation.interpretation codes (v3 ObservationInterpretation) that mean "critical": a signal for review.
@@ -67,7 +69,10 @@ class ValueReader:
         cc = holder.get("valueCodeableConcept")
         if cc is not None:
             return self._coded(info, cc)
-        for key in ("valueRange", "valueRatio", "valueSampledData", "valueBoolean", "valuePeriod"):
+        r = holder.get("valueRange")
+        if r is not None:
+            return self._range(info, r)
+        for key in ("valueRatio", "valueSampledData", "valueBoolean", "valuePeriod"):
             if key in holder:
                 return f"{key} is not a single number"
         return None
@@ -94,6 +99,11 @@ class ValueReader:
     def _string(self, info: MeasureInfo, s: Any) -> Value | str:
         if not isinstance(s, str):
             return "valueString is not a string"
+        rm = _RANGE.match(s)
+        if rm is not None:  # "30-35%": the end on the dangerous side counts
+            low, high, unit = rm.groups()
+            return self._worst_end(info, [self._number(info, float(x.replace(",", ".")), None, [unit] if unit else None)
+                                          for x in (low, high)])
         m = _NUMBER.match(s)
         if m is None:
             return f"value {quote(s)!r} is not a number"
@@ -103,6 +113,24 @@ class ValueReader:
         except ValueError:
             return f"value {quote(s)!r} is not a number"
         return self._number(info, value, COMPARATORS[comparator] if comparator else None, [unit] if unit else None)
+
+    def _range(self, info: MeasureInfo, r: Any) -> Value | str:
+        """valueRange: read both ends; the one on the dangerous side counts (a missing end is unknown)."""
+        if not isinstance(r, dict) or not isinstance(r.get("low"), dict) or not isinstance(r.get("high"), dict):
+            return "valueRange without both a low and a high end"
+        return self._worst_end(info, [self._quantity(info, r["low"]), self._quantity(info, r["high"])])
+
+    @staticmethod
+    def _worst_end(info: MeasureInfo, ends: list[Value | str]) -> Value | str:
+        problems = [e for e in ends if isinstance(e, str)]
+        if problems:
+            return problems[0]
+        values = [e[0] for e in ends if not isinstance(e, str)]
+        if info.danger == "high":
+            return max(values), None
+        if info.danger == "low":
+            return min(values), None
+        return sum(values) / len(values), None
 
     def _coded(self, info: MeasureInfo, cc: Any) -> Value | str:
         if not isinstance(cc, dict):

@@ -103,7 +103,7 @@ def unreadable_observation(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     measure = draw(st.sampled_from(SAFETY_MEASURES))
     info = TERM.measure(measure)
     system, code = draw(st.sampled_from(info.codes))
-    shape = draw(st.sampled_from(["unit", "string", "implausible", "range"]))
+    shape = draw(st.sampled_from(["unit", "string", "implausible", "ratio", "open-range"]))
     if shape == "unit":
         v: dict[str, Any] = {"valueQuantity": {"value": draw(st.floats(0.1, 500)), "unit": draw(GARBAGE_UNITS)}}
         assume(READER.units.affine(measure, info.unit, v["valueQuantity"]["unit"], info.molar_mass,
@@ -113,8 +113,10 @@ def unreadable_observation(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
     elif shape == "implausible":
         lo, hi = info.canonical_range or (0.0, 1e6)
         v = {"valueQuantity": {"value": hi * 1000 + 1, "code": info.unit, "system": "http://unitsofmeasure.org"}}
-    else:
-        v = {"valueRange": {"low": {"value": 1}, "high": {"value": 2}}}
+    elif shape == "ratio":
+        v = {"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 2}}}
+    else:  # a range with one end only: its dangerous end is unknown
+        v = {"valueRange": {"high": {"value": 2, "code": info.unit, "system": "http://unitsofmeasure.org"}}}
     return measure, {"code": {"coding": [{"system": system, "code": code}]}, **v}
 
 

@@ -97,7 +97,8 @@ def test_comparators_and_numeric_strings(holder: dict[str, Any], expected: tuple
     ("platelets", {"valueString": "clumped"}, "not a number"),
     ("platelets", q(14, "10*3/uL", comparator="~"), "comparator"),
     ("platelets", {"valueQuantity": {"unit": "10*3/uL"}}, "no number"),
-    ("platelets", {"valueRange": {"low": {"value": 10}, "high": {"value": 20}}}, "single number"),
+    ("platelets", {"valueRange": {"low": {"value": 10, "unit": "10*3/uL"}}}, "both"),
+    ("platelets", {"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 2}}}, "single number"),
     ("temperature", q(386, "Cel"), "implausible"),
     ("temperature", q(386), "implausible"),
     ("hemoglobin", q(7.5), "more than one unit"),  # g/dL and mmol/L are both plausible: not guessed
@@ -120,6 +121,17 @@ def test_present_but_unreadable_values_come_back_as_problems(measure: str, holde
 def test_a_missing_unit_is_inferred_only_when_one_unit_fits(measure: str, value: float, expected: float) -> None:
     got = read(measure, q(value))
     assert isinstance(got, tuple) and got[0] == pytest.approx(expected, abs=0.05)
+
+
+@pytest.mark.parametrize("measure,holder,expected", [
+    ("lvef", {"valueString": "30-35%"}, 30),  # low ejection fraction is the danger: the low end counts
+    ("lvef", {"valueRange": {"low": {"value": 30, "unit": "%"}, "high": {"value": 35, "unit": "%"}}}, 30),
+    ("temperature", {"valueString": "37.5 to 38.4 °C"}, 38.4),  # fever is the danger: the high end counts
+    ("platelets", {"valueString": "18-22 K/uL"}, 18),
+])
+def test_ranges_read_at_their_dangerous_end(measure: str, holder: dict[str, Any], expected: float) -> None:
+    value, _ = read(measure, holder)
+    assert value == pytest.approx(expected)
 
 
 def test_critical_interpretation_flag() -> None:
