@@ -127,7 +127,7 @@ class Terminology:
         self._displays: dict[tuple[str, str], str] = {}
         self._measures: dict[str, MeasureInfo] = {}
         self._measure_by_code: dict[tuple[str, str], str] = {}
-        self._answer_scores: dict[tuple[str, str], float] = {}
+        self._answer_scores: dict[tuple[str | None, str, str], float] = {}  # (measure, system, code) -> score
         self._unit_synonyms: dict[str, tuple[str, ...]] = {}
         self._names: dict[str, frozenset[str]] = {}
         self._members: dict[tuple[str, str], frozenset[str]] = {}
@@ -152,9 +152,9 @@ class Terminology:
             for (system, code), key in list(self._measure_by_code.items()):
                 if system == uri:
                     self._measure_by_code[(alias, code)] = key
-            for (system, code), score in list(self._answer_scores.items()):
+            for (measure, system, code), score in list(self._answer_scores.items()):
                 if system == uri:
-                    self._answer_scores[(alias, code)] = score
+                    self._answer_scores[(measure, alias, code)] = score
 
     # ---------------------------------------------------------------- loading
     def _load_naming_system(self, res: dict[str, Any]) -> None:
@@ -224,7 +224,9 @@ class Terminology:
         for group in res.get("group", []):
             for el in group.get("element", []):
                 for t in el.get("target", []):
-                    self._answer_scores[(group["source"], el["code"])] = float(t["code"])
+                    measure = next((d.get("value") for d in t.get("dependsOn", []) if d.get("property") == CS_OBSERVATION_MEASURE),
+                                   None)
+                    self._answer_scores[(measure, group["source"], el["code"])] = float(t["code"])
 
     def _parse_include(self, inc: dict[str, Any]) -> tuple[_Include, bool]:
         system = inc["system"]
@@ -368,11 +370,13 @@ class Terminology:
         out = [sc for m in self._measures.values() for sc in m.codes]
         return sorted(out, key=lambda sc: (sc[0] != LOINC, sc[0], sc[1]))
 
-    def answer_score(self, system: str | None, code: str | None) -> float | None:
-        """Numeric score of a LOINC answer code (e.g. LA9623-5 -> ECOG 1)."""
+    def answer_score(self, system: str | None, code: str | None, measure: str | None = None) -> float | None:
+        """Numeric score of an answer code for a measure (LA9623-5 -> ECOG 1; LA15173-0 -> pregnant 1)."""
         if not system or not code:
             return None
-        return self._answer_scores.get((system, code))
+        scores = self._answer_scores
+        found = scores.get((measure, system, code))
+        return found if found is not None else scores.get((None, system, code))
 
     def names(self, vs_id: str) -> frozenset[str]:
         """Lower-case drug/ingredient names of a value set: the displays of its RxNorm ingredient and brand

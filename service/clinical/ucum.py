@@ -48,6 +48,8 @@ def _ucum_affine(src: str, dst: str, molar_mass: float | None, valence: int | No
         qs, qd = ureg.from_ucum(src), ureg.from_ucum(dst)
     except Exception:  # noqa: BLE001 - any parse failure means "not a UCUM unit we can use"
         return None
+    if not (hasattr(qs, "units") and hasattr(qd, "units")):
+        return None  # an annotation alone ("{score}") is a label, not a unit
     scale = 1.0
     if "eq" in src.lower():
         if not valence:

@@ -137,7 +137,7 @@ class ValueReader:
             return "valueCodeableConcept is not an object"
         for coding in cc.get("coding") or ():
             if isinstance(coding, dict):
-                score = self.term.answer_score(coding.get("system"), coding.get("code"))
+                score = self.term.answer_score(coding.get("system"), coding.get("code"), info.key)
                 if score is not None:
                     return score, None
         label = cc.get("text") or next((c.get("display") or c.get("code") for c in cc.get("coding") or ()

@@ -90,7 +90,8 @@ def test_observation_table() -> None:
     assert (LOINC, "82290-8") in t.observation_codes()
     assert t.observation_codes("hemoglobin")[0] == (LOINC, "718-7")
     assert t.in_valueset("observation-codes", LOINC, "89247-1")
-    assert t.answer_score(LOINC, "LA9625-0") == 3.0
+    assert t.answer_score(LOINC, "LA9625-0", "ecog") == 3.0
+    assert t.answer_score(LOINC, "LA15173-0", "pregnancy-status") == 1.0
 
 
 def test_broken_terminology_is_a_clear_error(tmp_path) -> None:
