@@ -8,8 +8,8 @@ drug unidentified, which the rules treat on the safe side). The fallback path (n
 partial prefetch, SMART app reads) uses the same queries as concrete searches and adds a date floor
 (`ge<date>`), which prefetch cannot express because CDS Hooks 2.0 has no date token.
 
-Observation searches are filtered server-side to the LOINC codes the rules read
-(`get_terminology().observation_codes()`), newest first: a patient with thousands of irrelevant
+Observation searches are filtered server-side to the codes the rules read (`get_terminology().observation_codes()`,
+sent without their system to keep the URL short), newest first: a patient with thousands of irrelevant
 Observations costs the same few requests as one with none.
 """
 
@@ -80,7 +80,10 @@ def _tokens(codes: list[tuple[str, str]]) -> str:
 def patient_queries() -> tuple[PatientQuery, ...]:
     """All patient-data queries, in a stable order (the prefetch keys are part of our discovery document)."""
     term = _terminology()
-    obs_codes = _tokens(list(dict.fromkeys(term.observation_codes())))
+    # Codes without their system: ~200 LOINC variants as system|code would make a 5 KB URL (servers often stop at
+    # 4-8 KB); the code alone is a prefilter (it also matches LOINC sent under its OID), and the snapshot checks the
+    # system of every coding it reads.
+    obs_codes = ",".join(dict.fromkeys(code for _, code in term.observation_codes()))
     exercise_codes = _tokens(list(dict.fromkeys(term.codes("exercise-servicerequest-code"))))
     p = PATIENT_TOKEN
     queries = [
