@@ -31,6 +31,8 @@ from typing import Any, Iterable
 from service.canonical import (ATC, BASE, CS_PRECAUTION, CS_SETTING, ICD10CM, ID_PRESCRIPTION, LOINC,
                                PA_TEMPORARY_CODES, RXNORM, SNOMED, UCUM, pa_sd_url, sd_url)
 
+from service.sandbox.cohort_realworld import REALWORLD
+
 log = logging.getLogger("onco.sandbox.cohort")
 
 SEED = 20250115
@@ -90,6 +92,8 @@ CANCERS: dict[str, tuple[str, str, str, str, str]] = {
                   "head-and-neck"),
     "testis": ("363449006", "Malignant tumor of testis", "C62.92",
                "Malignant neoplasm of left testis, unspecified whether descended or undescended", "testicular"),
+    "bone-sarcoma": ("307576001", "Osteosarcoma of bone", "C40.20",
+                     "Malignant neoplasm of long bones of unspecified lower limb", "sarcoma"),
 }
 
 # secondary / comorbid conditions: key -> (SNOMED, display, ICD-10-CM, ICD display, tag)
@@ -208,7 +212,7 @@ class Scenario:
     age: int
     summary: str
     cancer: str | None = None
-    coding: str = "both"  # icd | snomed | both (for the cancer and comorbidity Conditions)
+    coding: str = "both"  # icd | snomed | both | custom (the real-world function writes the cancer Condition)
     remission: bool = False
     diagnosed_days: int = 150
     drugs: tuple[str, ...] = ()
@@ -236,6 +240,7 @@ class Scenario:
     inpatient: bool = False
     referral: str | None = None  # pre-existing referral Task status: requested | accepted | in-progress
     extra_tags: tuple[str, ...] = ()
+    realworld: str | None = None  # a function in cohort_realworld.REALWORLD adding real-world-coded resources
 
 
 S = Scenario
@@ -389,6 +394,52 @@ SCENARIOS: tuple[Scenario, ...] = (
       cancer="testis", remission=True, diagnosed_days=900, surgery=("orchiectomy", 880),
       ecog=0, six_minute_walk=660, grip=52, tug=5.2, sit_to_stand=24, evs=(6, 60), weight=77, height_cm=185,
       extra_tags=("survivorship",)),
+    # --- coded the way real EHRs code them (cohort_realworld.py): the rules must read these too
+    S("onc-31", "Nkechi", "Eze", "female", 48,
+      "Breast cancer on AC chemotherapy ordered as RxNorm clinical drugs; tympanic temperature 101.5 °F this morning",
+      cancer="breast-left", coding="icd", ecog=1, six_minute_walk=470, grip=24, tug=8.0, evs=(2, 30), weight=70,
+      realworld="ac_clinical_drugs_tympanic_fever", extra_tags=("real-world-coding", "rxnorm-clinical-drug")),
+    S("onc-32", "Hamza", "Qureshi", "male", 61,
+      "Sigmoid cancer coded in WHO ICD-10; partial colectomy 10 days ago coded in CPT only",
+      cancer="colon", coding="custom", ecog=1, evs=(2, 20), weight=81, height_cm=177,
+      realworld="colectomy_cpt_who_icd10", extra_tags=("real-world-coding", "who-icd10", "cpt", "after-surgery")),
+    S("onc-33", "Wei", "Zhang", "female", 38,
+      "AML, 60 days after allogeneic stem-cell transplant; tunnelled central line; platelets 14 by manual count",
+      cancer="aml", coding="snomed", diagnosed_days=200, ecog=2, evs=(1, 15), weight=58, height_cm=164,
+      realworld="hsct_line_manual_platelets", extra_tags=("real-world-coding", "stem-cell-transplant")),
+    S("onc-34", "Patrick", "Doyle", "male", 70,
+      "Prostate cancer survivor coded as a personal history (Z85.46); mitral valve prolapse, bundle-branch block; "
+      "active", cancer="prostate", coding="custom", remission=True, diagnosed_days=1500, ecog=0, six_minute_walk=540,
+      grip=38, tug=7.0, evs=(5, 35), weight=79, height_cm=176, realworld="survivor_history_incidental_heart",
+      extra_tags=("real-world-coding", "survivorship", "history-of-cancer")),
+    S("onc-35", "Leila", "Haddad", "female", 57,
+      "Lung cancer; pulmonary embolism 3 weeks ago on apixaban (RxNorm clinical drug); SpO2 93%",
+      cancer="nsclc", coding="snomed", diagnosed_days=120, ecog=1, six_minute_walk=390, grip=22, evs=(2, 20),
+      weight=66, realworld="pulmonary_embolism_on_apixaban", extra_tags=("real-world-coding", "vte")),
+    S("onc-36", "Mateo", "Silva", "male", 45,
+      "Melanoma with a brain metastasis (mCODE bodySite), epilepsy; pembrolizumab given as an RxNorm clinical drug",
+      cancer="melanoma", coding="icd", diagnosed_days=400, ecog=1, six_minute_walk=520, grip=41, evs=(3, 30),
+      weight=83, height_cm=181, realworld="brain_metastasis_mcode_seizure",
+      extra_tags=("real-world-coding", "brain-metastases", "mcode-bodysite")),
+    S("onc-37", "Ella", "Novak", "female", 16,
+      "Adolescent with osteosarcoma (WHO ICD-10) on methotrexate (ATC only); implanted port",
+      cancer="bone-sarcoma", coding="custom", diagnosed_days=120, ecog=1, evs=(3, 40), weight=52, height_cm=163,
+      realworld="adolescent_osteosarcoma_port", extra_tags=("real-world-coding", "paediatric", "central-line")),
+    S("onc-38", "Ruth", "Adler", "female", 66,
+      "Rectal cancer with an ileostomy; today's haemoglobin reported as 'see comment'; ondansetron for nausea",
+      cancer="rectum", coding="both", diagnosed_days=220, ecog=1, six_minute_walk=430, grip=19, evs=(2, 25),
+      weight=61, realworld="ileostomy_unreadable_haemoglobin",
+      extra_tags=("real-world-coding", "ostomy", "unreadable-result")),
+    S("onc-39", "Grace", "Kim", "female", 52,
+      "Breast cancer with axillary node involvement (regional, C77.3); a capecitabine order still 'active' after "
+      "2 years", cancer="breast-right", coding="icd", remission=True, diagnosed_days=900, ecog=0,
+      six_minute_walk=560, grip=27, tug=6.6, evs=(4, 35), weight=64, realworld="regional_nodes_stale_order",
+      extra_tags=("real-world-coding", "regional-nodes", "stale-order")),
+    S("onc-40", "Oskar", "Lind", "male", 69,
+      "Myeloma on lenalidomide (RxNorm clinical drug); calcium 12.8 mg/dL with low albumin; pathological vertebral "
+      "fracture", cancer="myeloma", coding="icd", diagnosed_days=300, ecog=2, six_minute_walk=330, grip=29,
+      evs=(1, 20), weight=77, realworld="myeloma_calcium_fracture",
+      extra_tags=("real-world-coding", "hypercalcaemia", "pathological-fracture")),
     S("non-01", "Michael", "Evans", "male", 63,
       "No cancer: hypertension and knee osteoarthritis (non-oncology control)",
       conditions=("hypertension", "knee-oa"), six_minute_walk=470, evs=(2, 30), weight=95, height_cm=177),
@@ -577,7 +628,7 @@ class _PatientBuilder:
 
     def conditions(self) -> None:
         s = self.s
-        if s.cancer:
+        if s.cancer and s.coding != "custom":
             cid = self._id("cancer")
             entry = CANCERS[s.cancer]
             status = "remission" if s.remission else "active"
@@ -907,10 +958,24 @@ class _PatientBuilder:
             task["executionPeriod"] = {"start": _dt(days - 3, hour=10)}
         self.add(task)
 
+    # -- for the real-world coding variants (cohort_realworld.py) -----------------------------------------------
+
+    def new_id(self, kind: str) -> str:
+        return self._id(kind)
+
+    @staticmethod
+    def when(days_ago: float, hour: int = 9, minute: int = 0) -> str:
+        return _dt(days_ago, hour, minute)
+
+    def real_world(self) -> None:
+        if self.s.realworld:
+            REALWORLD[self.s.realworld](self)
+
     def build(self) -> list[dict[str, Any]]:
         self.patient()
         self.encounter()
         self.conditions()
+        self.real_world()
         self.treatments()
         self.labs()
         self.vitals()

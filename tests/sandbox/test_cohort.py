@@ -78,6 +78,8 @@ def test_tags_are_backed_by_the_data() -> None:
     for p in cohort.load_index():
         b = data[f"{p['id']}.json"]
         tags = set(p["tags"])
+        if "real-world-coding" in tags:
+            continue  # their newest results arrive in codings this simple re-reading does not know: see below
         plt, hb, anc, temp = (latest(b, c) for c in ("777-3", "718-7", "751-8", "8310-5"))
         assert ("low-platelets" in tags) == (quantity(plt) < 100), p["id"]
         assert ("anaemia" in tags) == (quantity(hb) < 11), p["id"]
@@ -118,12 +120,14 @@ def test_codings_and_units_are_mixed() -> None:
             if r["resourceType"] == "Condition":
                 systems_per_condition.append(frozenset(c["system"] for c in r["code"]["coding"]))
             if r["resourceType"] == "Observation" and "valueQuantity" in r:
-                units.add(r["valueQuantity"]["code"])
+                units.add(r["valueQuantity"].get("code") or r["valueQuantity"].get("unit"))
     icd, sct = "http://hl7.org/fhir/sid/icd-10-cm", "http://snomed.info/sct"
     assert frozenset({icd}) in systems_per_condition
     assert frozenset({sct}) in systems_per_condition
     assert frozenset({icd, sct}) in systems_per_condition
-    assert {"g/L", "[degF]", "[lb_av]", "g/dL", "Cel", "kg"} <= units
+    assert {"g/L", "[degF]", "[lb_av]", "g/dL", "Cel", "kg", "gm/dL"} <= units  # gm/dL: unit text, no UCUM code
+    who = "http://hl7.org/fhir/sid/icd-10"
+    assert frozenset({who}) in systems_per_condition  # WHO ICD-10 only (European data)
 
 
 def test_resources_are_valid_r4_and_references_resolve() -> None:
@@ -329,3 +333,34 @@ def test_immunotherapy_infusions_are_not_coded_as_chemotherapy() -> None:
     # A chemotherapy regimen with an antibody (onc-03: paclitaxel + trastuzumab) stays chemotherapy.
     procs = [r for r in resources(files()["onc-03.json"]) if r["resourceType"] == "Procedure"]
     assert any(p["code"]["coding"][0]["code"] == "367336001" for p in procs)
+
+
+# What the rules must make of the patients coded the real-world ways (service/sandbox/cohort_realworld.py).
+REAL_WORLD = {
+    "onc-31": ("defer", {"FEVER-38", "TX-CHEMO", "CARD-TOXIC"}),  # tympanic °F fever; AC as RxNorm clinical drugs
+    "onc-32": ("home-based", {"TX-SURGERY-6W", "HEME-HB-11"}),  # colectomy in CPT; WHO ICD-10; Hb in "gm/dL"
+    "onc-33": ("defer", {"HEME-PLT-20", "HSCT", "CENTRAL-LINE"}),  # "14 x10^9/L" as text; CPT HSCT; Device
+    "onc-34": ("home-based", set()),  # Z85.46 survivor; mitral valve prolapse and RBBB are incidental
+    "onc-35": ("home-based", {"VTE-ANTICOAGULATED", "ANTICOAGULANT"}),  # PE on apixaban SCD
+    "onc-36": ("supervised", {"BRAIN-METS", "SEIZURE", "METASTATIC", "TX-IMMUNO"}),  # mCODE bodySite brain
+    "onc-37": ("community", {"PAEDIATRIC", "CENTRAL-LINE", "TX-CHEMO"}),  # age 16; ATC methotrexate; port
+    "onc-38": ("defer", {"DATA-UNREADABLE-RED-FLAG", "OSTOMY"}),  # Hb "see comment"; ondansetron is not chemo
+    "onc-39": ("home-based", {"TX-STALE-ORDER"}),  # C77.3 regional nodes; 2-year-old capecitabine order
+    "onc-40": ("supervised", {"HYPERCALCAEMIA", "FRACTURE-PATHOLOGICAL", "TX-CHEMO"}),  # corrected Ca 3.35
+}
+NEVER = {"onc-34": {"CARD-DISEASE", "ELIG-CANCER"}, "onc-38": {"TX-CHEMO"}, "onc-39": {"METASTATIC", "TX-CHEMO"}}
+
+
+@pytest.mark.parametrize("pid", sorted(REAL_WORLD))
+def test_real_world_coded_patients_get_the_right_plan(pid: str) -> None:
+    from service.clinical.prescribe import prescribe
+    from service.clinical.snapshot import build_snapshot
+
+    setting, fires = REAL_WORLD[pid]
+    p = prescribe(build_snapshot(files()[f"{pid}.json"], cohort.ANCHOR), cohort.ANCHOR)
+    fired = {r.rule for r in p.rationale}
+    assert p.eligible and p.setting == setting, (pid, p.setting, sorted(fired))
+    assert fires <= fired, (pid, fires - fired)
+    assert not (NEVER.get(pid, set()) & fired), (pid, NEVER[pid] & fired)
+    if pid == "onc-38":
+        assert [m.source for m in p.missing_data if m.source] == ["Observation/onc-38-obs-1"]
