@@ -235,7 +235,7 @@ def _unreadable(requires: str) -> Callable[[Facts], Hit | None]:
         items = [u for u in f.s.unreadable if u.requires == requires]
         if not items:
             return None
-        return Hit("; ".join(f"{u.what} in {u.ref}: {u.problem}" for u in items), tuple(u.ref for u in items))
+        return Hit("; ".join(f"{u.what} result unreadable ({u.problem})" for u in items), tuple(u.ref for u in items))
     return predicate
 
 

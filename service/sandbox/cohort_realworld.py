@@ -44,7 +44,8 @@ def condition(b: "Builder", code: dict[str, Any], days_ago: int, *, cancer: bool
               body_site: dict[str, Any] | None = None, status: str = "active") -> dict[str, Any]:
     res: dict[str, Any] = {
         "resourceType": "Condition", "id": b.new_id("cancer" if cancer else "condition"),
-        "clinicalStatus": _cc(COND_CLINICAL, status), "verificationStatus": _cc(COND_VER, "confirmed"),
+        "clinicalStatus": _cc(COND_CLINICAL, status, status.capitalize()),
+        "verificationStatus": _cc(COND_VER, "confirmed", "Confirmed"),
         "category": [_cc(COND_CAT, "problem-list-item", "Problem List Item")],
         "code": code, "subject": b.patient_ref,
         "onsetDateTime": b.when(days_ago, hour=10), "recordedDate": b.when(max(days_ago - 1, 0), hour=14),

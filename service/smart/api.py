@@ -133,6 +133,9 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
     stale_keys = set(snap.stale)
     data_used = [_measurement(m) for _, m in sorted(snap.latest.items()) if m.measure not in stale_keys]
     data_used += [_measurement(m, stale=True) for _, m in sorted(snap.stale.items())]
+    for row in data_used:  # a newer result of the same measure that could not be read is said beside the value
+        row["newerUnreadable"] = any(u.measure == row["measure"] and u.effective is not None
+                                     and _iso(u.effective) > row["date"] for u in snap.unreadable)
     comorbidities = [dict(_fact(f), group=k) for k, facts in sorted(snap.comorbidities.items()) for f in facts]
     treatments = [{"kind": t.kind, "display": t.display, "start": _iso(t.start), "end": _iso(t.end),
                    "active": t.active, "cardiotoxic": t.cardiotoxic, "staleOrder": t.stale_order, "source": t.ref}

@@ -117,7 +117,8 @@
     }
     d.measurements.forEach(function (m) {
       var tr = el("tr", undefined, m.stale ? "stale" : "");
-      tr.appendChild(el("td", m.label + (m.stale ? " (out of date)" : "")));
+      tr.appendChild(el("td", m.label + (m.stale ? " (out of date)" : "") +
+        (m.newerUnreadable ? " (a newer result could not be read: see above)" : "")));
       var val = withUnit((m.comparator ? m.comparator + " " : "") + num(m.value), m);  // the row's own value first
       if (m.flag) val += " (lab flag " + m.flag + ")";
       if (m.components && m.components.length) val += " (panel " + panelText(m) + ")";
