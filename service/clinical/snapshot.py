@@ -706,6 +706,8 @@ def derived_anc(values: dict[str, list[Measurement]]) -> list[Measurement]:
     def at(key: str) -> dict[datetime, Measurement]:
         return {m.effective: m for m in values.get(key, ()) if m.comparator is None}
 
+    if not any(k in values for k in ("neutrophils-segmented", "neutrophils-percent", "neutrophils-segmented-percent")):
+        return []  # the common case: the lab sent the count itself
     direct = {m.effective for m in values.get("anc", ())}
     segs, bands, wbc = at("neutrophils-segmented"), at("neutrophils-band"), at("wbc")
     pct, segs_pct, bands_pct = at("neutrophils-percent"), at("neutrophils-segmented-percent"), at("neutrophils-band-percent")
