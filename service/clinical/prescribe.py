@@ -281,7 +281,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
                 supporting.append(ref)
 
     # Present-but-unreadable results come first: each is named with its resource so a clinician can find it.
-    missing = [MissingData(u.measure, f"{u.what} result present but unreadable ({u.ref}): {u.problem}.",
+    missing = [MissingData(u.measure, f"{u.what} result present but unreadable ({u.ref}): {u.problem}",
                            UNREADABLE_ADVICE[u.requires], u.ref) for u in snapshot.unreadable] + missing
     prefs = preferences or Preferences()
     setting = _triage(plan, prefs, rationale)
