@@ -5,7 +5,8 @@ BASE = "https://fhir.onco-exercise.org"
 CS_PRECAUTION = f"{BASE}/CodeSystem/precaution"
 CS_SETTING = f"{BASE}/CodeSystem/setting"
 CS_LOCAL_OBSERVATION = f"{BASE}/CodeSystem/local-observation"
-CS_OVERRIDE_REASON = f"{BASE}/CodeSystem/override-reason"
+CS_OVERRIDE_REASON = f"{BASE}/CodeSystem/override-reason"  # dismissing a CDS card
+CS_CLINICAL_OVERRIDE_REASON = f"{BASE}/CodeSystem/clinical-override-reason"  # signing beyond a safety limit
 
 ID_PRESCRIPTION = f"{BASE}/identifier/prescription"
 RULESET = f"{BASE}/ruleset"  # names a rule-set version (Provenance policy/entity)

@@ -9,7 +9,6 @@ Preferences then shape the plan within those limits; when one is set aside, the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterable
 
@@ -27,18 +26,16 @@ from service.clinical.model import (
     Setting,
     Target,
 )
+from service.clinical.limits import Limits
 from service.clinical.rules import (
     EVS_TARGET,
     LEVELS,
     RULES_BY_ID,
     RULESET_VERSION,
-    Effect,
     Facts,
     Hit,
     Level,
-    Rule,
     fire,
-    setting_index,
 )
 from service.clinical.snapshot import as_utc
 from service.terminology import get_terminology
@@ -62,6 +59,16 @@ ACTIVITIES: dict[str, tuple[str, frozenset[str]]] = {
     "jogging": ("aerobic", frozenset({"high-impact", "running"})),
     "running": ("aerobic", frozenset({"high-impact", "running"})),
     "team sports": ("aerobic", frozenset({"high-impact", "contact", "public-facility"})),
+    "football": ("aerobic", frozenset({"high-impact", "contact"})),
+    "rugby": ("aerobic", frozenset({"high-impact", "contact"})),
+    "basketball": ("aerobic", frozenset({"high-impact", "contact"})),
+    "martial arts": ("aerobic", frozenset({"high-impact", "contact"})),
+    "boxing": ("aerobic", frozenset({"high-impact", "contact"})),
+    "tennis": ("aerobic", frozenset({"high-impact"})),
+    "climbing": ("resistance", frozenset({"seizure-risk", "heavy-lifting", "balance-demanding"})),
+    "hiking": ("aerobic", frozenset({"balance-demanding"})),
+    "golf": ("aerobic", frozenset()),
+    "rowing machine": ("aerobic", frozenset({"spinal-loading"})),
     "gym classes": ("aerobic", frozenset({"public-facility"})),
     "resistance bands": ("resistance", frozenset()),
     "bodyweight exercises": ("resistance", frozenset()),
@@ -80,7 +87,8 @@ ALIASES = {"walk": "walking", "bike": "cycling", "biking": "cycling", "bicycle":
            "exercise bike": "stationary cycling", "stationary bike": "stationary cycling", "swim": "swimming",
            "tai-chi": "tai chi", "taichi": "tai chi", "weights": "free weights", "bands": "resistance bands",
            "stretching": "gentle stretching", "dance": "dancing", "jog": "jogging", "run": "running",
-           "gym": "weight machines"}
+           "gym": "weight machines", "soccer": "football", "karate": "martial arts", "judo": "martial arts",
+           "rock climbing": "climbing", "bouldering": "climbing", "rowing": "rowing machine"}
 EQUIPMENT_ACTIVITY = {"resistance bands": "resistance bands", "bands": "resistance bands",
                       "dumbbells": "dumbbells", "weights": "dumbbells", "free weights": "dumbbells",
                       "stationary bike": "stationary cycling", "exercise bike": "stationary cycling",
@@ -141,59 +149,11 @@ STOP_RULES_BY_PRECAUTION = {
 }
 
 
-@dataclass
-class _Plan:
-    """Mutable accumulator while combining effects; frozen into a Prescription at the end."""
-
-    floor: Setting = "home-based"
-    floor_rules: list[str] = field(default_factory=list)
-    clearance: bool = False
-    max_intensity: Level = "vigorous"
-    resistance: str = "moderate"
-    add_balance: bool = False
-    avoid: dict[str, str] = field(default_factory=dict)  # tag -> rule id
-    volume: float = 1.0
-    no_public: str | None = None
-    rpe_only: bool = False
-    resistance_emphasis: bool = False
-    slow: bool = False
-    notes: list[str] = field(default_factory=list)
-    until_cleared: list[str] = field(default_factory=list)
-
-
 def _round5(x: float) -> int:
     return max(5, int(5 * round(x / 5)))
 
 
-def _combine(plan: _Plan, rule: Rule, e: Effect) -> None:
-    if e.min_setting is not None and setting_index(e.min_setting) >= setting_index(plan.floor):
-        if setting_index(e.min_setting) > setting_index(plan.floor):
-            plan.floor_rules = []
-        plan.floor = e.min_setting
-        plan.floor_rules.append(rule.id)
-    plan.clearance = plan.clearance or e.clearance
-    if e.max_intensity is not None and LEVELS.index(e.max_intensity) < LEVELS.index(plan.max_intensity):
-        plan.max_intensity = e.max_intensity
-    order = ("none", "light", "moderate")
-    if e.resistance is not None and order.index(e.resistance) < order.index(plan.resistance):
-        plan.resistance = e.resistance
-    plan.add_balance = plan.add_balance or e.add_balance
-    for tag in sorted(e.avoid):
-        plan.avoid.setdefault(tag, rule.id)
-    if e.volume is not None:
-        plan.volume = min(plan.volume, e.volume)
-    if e.no_public and plan.no_public is None:
-        plan.no_public = rule.id
-    plan.rpe_only = plan.rpe_only or e.rpe_only
-    plan.resistance_emphasis = plan.resistance_emphasis or e.resistance_emphasis
-    plan.slow = plan.slow or e.slow_progression
-    if e.note and e.note not in plan.notes:
-        plan.notes.append(e.note)
-    if e.until_cleared and e.until_cleared not in plan.until_cleared:
-        plan.until_cleared.append(e.until_cleared)
-
-
-def _intensity(level: Level, plan: _Plan, snapshot: PatientSnapshot, hrr: bool) -> Intensity:
+def _intensity(level: Level, plan: Limits, snapshot: PatientSnapshot, hrr: bool) -> Intensity:
     low, high = RPE_BANDS[level]
     if hrr and not plan.rpe_only:
         hl, hh = HRR_BANDS[level]
@@ -214,15 +174,9 @@ def _hr_targets(level: Level, snapshot: PatientSnapshot) -> str | None:
     return f"Target heart rate {lo}-{hi} beats/min ({lo_pct}-{hi_pct}% of heart-rate reserve; RPE takes precedence)."
 
 
-def _allowed(activity: str, plan: _Plan) -> str | None:
+def _allowed(activity: str, plan: Limits) -> str | None:
     """None when allowed, else the rule id that rules it out."""
-    tags = ACTIVITIES[activity][1]
-    for tag in sorted(tags):
-        if tag in plan.avoid:
-            return plan.avoid[tag]
-        if tag == "public-facility" and plan.no_public:
-            return plan.no_public
-    return None
+    return plan.blocker(ACTIVITIES[activity][1])
 
 
 def normalise_activity(name: str) -> str | None:
@@ -258,7 +212,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         return _not_eligible(snapshot, now, ineligible, preferences)
 
     term = get_terminology()
-    plan = _Plan()
+    plan = Limits()
     rationale: list[Reason] = []
     red_flags: list[Reason] = []
     precautions: dict[str, Precaution] = {}
@@ -266,7 +220,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
     supporting: list[str] = []
     for rule, hit in fired:
         e = rule.effect
-        _combine(plan, rule, e)
+        plan.add(rule)
         reason = Reason(rule.id, hit.finding, rule.effect_text, rule.citation, hit.refs)
         rationale.append(reason)
         if e.red_flag:
@@ -329,7 +283,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
     )
 
 
-def _avoid_notes(plan: _Plan) -> list[str]:
+def _avoid_notes(plan: Limits) -> list[str]:
     """One plain-language line per kind of activity a precaution rules out, naming why (for the handout)."""
     blocked = dict(plan.avoid)
     if plan.no_public:
@@ -368,12 +322,11 @@ def targets_for(components: tuple[Component, ...], aerobic_goal: int,
     return tuple(out)
 
 
-def _triage(plan: _Plan, prefs: Preferences, rationale: list[Reason]) -> Setting:
-    setting: Setting = plan.floor
+def _triage(plan: Limits, prefs: Preferences, rationale: list[Reason]) -> Setting:
+    setting: Setting = plan.safe_setting()
     why = ", ".join(plan.floor_rules) if plan.floor_rules else "no rule requires more"
-    if setting == "community" and plan.no_public:
+    if setting != plan.floor:
         # A professional is needed but public facilities are not safe: a clinical (supervised) setting.
-        setting = "supervised"
         why += f"; community programme not safe ({plan.no_public}): clinically supervised instead"
     rationale.append(_reason("SETTING-TRIAGE", f"safety floor: {plan.floor} ({why})", f"setting {setting}"))
     wanted = prefs.preferred_setting
@@ -401,7 +354,7 @@ def _triage(plan: _Plan, prefs: Preferences, rationale: list[Reason]) -> Setting
     return wanted
 
 
-def _from_current_activity(plan: _Plan, snapshot: PatientSnapshot, now: datetime, frequency: int, minutes: int,
+def _from_current_activity(plan: Limits, snapshot: PatientSnapshot, now: datetime, frequency: int, minutes: int,
                            rationale: list[Reason]) -> tuple[int, int]:
     """An active patient keeps (and builds on) what they already do instead of restarting as a beginner.
 
@@ -426,7 +379,7 @@ def _from_current_activity(plan: _Plan, snapshot: PatientSnapshot, now: datetime
     return new_frequency, new_minutes
 
 
-def _components(plan: _Plan, snapshot: PatientSnapshot, now: datetime, prefs: Preferences,
+def _components(plan: Limits, snapshot: PatientSnapshot, now: datetime, prefs: Preferences,
                 rationale: list[Reason]) -> tuple[Component, ...]:
     aerobic_level: Level = "moderate" if LEVELS.index(plan.max_intensity) >= 1 else "light"
     hrr_ok = (snapshot.latest.get("resting-hr") is not None and snapshot.age is not None and not plan.rpe_only

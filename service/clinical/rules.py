@@ -575,7 +575,7 @@ RULES: tuple[Rule, ...] = (
     Rule("TX-COMPLETED", "After treatment", "every recorded anticancer treatment has ended",
          "survivorship: work up to the full guideline dose", f"{CAMPBELL_2019}; {PAG_2018}", _after_treatment,
          Effect(note="After treatment: work up to 150-300 minutes a week plus strength training twice a week.")),
-    Rule("TX-STALE-ORDER", "Old open order", f"an 'active' anticancer order authored more than 180 days ago, no "
+    Rule("TX-STALE-ORDER", "Old open order", "an 'active' anticancer order authored more than 180 days ago, no "
          "end date and nothing given since", "not counted as current treatment; confirm the treatment status",
          PRACTICE, _stale_order,
          Effect(note="An old anticancer order is still open in the record: confirm whether treatment is current.")),

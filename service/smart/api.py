@@ -89,13 +89,12 @@ def _label(measure: str) -> str:
 
 
 def _override_reasons() -> list[dict[str, str]]:
-    try:
-        from service.terminology import get_terminology
+    """The clinical reasons a clinician may give to sign beyond a safety limit (not the card-dismissal reasons)."""
+    from service.terminology import get_terminology
 
-        t = get_terminology()
-        return [{"system": s, "code": c, "display": t.display(s, c) or c} for s, c in t.codes("override-reason")]
-    except Exception:  # noqa: BLE001 - the form still works with a free-text comment
-        return []
+    t = get_terminology()
+    return [{"system": s, "code": c, "display": t.display(s, c) or c, "definition": t.definition(s, c) or ""}
+            for s, c in t.codes("clinical-override-reason")]
 
 
 def _measurement(m: Any, stale: bool = False) -> dict[str, Any]:
@@ -256,7 +255,8 @@ def _problems_outcome(problems: list[Any], status: int = 422) -> Response:
     issues = [{"severity": "error", "code": "invariant", "diagnostics": p.message,
                **({"expression": [p.path]} if getattr(p, "path", None) else {})} for p in problems]
     return outcome(status, "The edits were not accepted.", issues=issues,
-                   extra={"problems": [{"path": getattr(p, "path", None), "message": p.message} for p in problems]})
+                   extra={"problems": [{"path": getattr(p, "path", None), "message": p.message,
+                                        "override": bool(getattr(p, "override", False))} for p in problems]})
 
 
 @router.post("/smart/api/prescription")

@@ -1,15 +1,25 @@
-"""The clinician's edits: accepted within the safety limits, refused beyond them unless a reason is given."""
+"""The clinician's edits: accepted within the safety limits, refused beyond them unless a clinical reason is
+given; checked against the same limits the plan was built in."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import re
+
+import pytest
+
 from service.clinical.edits import apply_edits
-from service.clinical.serialize import prescription_from_json, prescription_to_json
-from tests.clinical.support import run
+from service.clinical.rules import RULES
+from service.clinical.serialize import component_to_json, prescription_from_json, prescription_to_json
+from tests.clinical.support import run, scenario_names
 
 RULES_EXERCISED_BY_EDIT_TESTS = {"CLINICIAN-OVERRIDE", "CLINICIAN-EDIT"}
 EDIT_TIME = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
+
+
+def reason(text: str = "", code: str = "specialist-cleared") -> dict[str, str]:
+    return {"code": code, "text": text}
 
 
 def test_plain_edit_within_limits_is_applied() -> None:
@@ -31,7 +41,7 @@ def test_plain_edit_within_limits_is_applied() -> None:
 def test_bounds_are_hard_even_with_a_reason() -> None:
     _, p, _ = run("baseline_breast")
     edits = {"components": [{"type": "aerobic", "frequencyPerWeek": 8, "minutesPerSession": 3, "intensity": "light"}],
-             "overrideReasons": {"components[0].frequencyPerWeek": "why not"}}
+             "overrideReasons": {"components[0].frequencyPerWeek": reason("why not")}}
     result = apply_edits(p, edits, EDIT_TIME)
     assert {x.path for x in result.problems} == {"components[0].frequencyPerWeek", "components[0].minutesPerSession"}
     assert result.prescription is p
@@ -42,13 +52,15 @@ def test_intensity_above_precaution_needs_reason() -> None:
     edits = {"components": [{"type": "aerobic", "intensity": "moderate"}]}
     result = apply_edits(p, edits, EDIT_TIME)
     assert [x.path for x in result.problems] == ["components[0].intensity"]
-    assert "HEME-PLT-30" in result.problems[0].message
+    assert result.problems[0].override
+    assert "Thrombocytopenia 20-30" in result.problems[0].message  # the rule's name, not its id
 
-    edits["overrideReasons"] = {"components[0].intensity": "platelets rising, haematologist agrees"}
+    edits["overrideReasons"] = {"components[0].intensity": reason("platelets rising, haematologist agrees")}
     result = apply_edits(p, edits, EDIT_TIME)
     assert result.problems == []
     override = [r for r in result.prescription.rationale if r.rule == "CLINICIAN-OVERRIDE"]
     assert len(override) == 1 and "haematologist agrees" in override[0].effect
+    assert "Cleared by the treating specialist" in override[0].effect
     assert result.prescription.components[0].intensity.label == "moderate"
 
 
@@ -64,18 +76,20 @@ def test_less_restrictive_setting_needs_reason() -> None:
     _, p, _ = run("bone_metastases")
     result = apply_edits(p, {"setting": "home-based"}, EDIT_TIME)
     assert [x.path for x in result.problems] == ["setting"]
-    result = apply_edits(p, {"setting": "home-based", "overrideReasons": {"setting": "seen by physio, stable"}},
-                         EDIT_TIME)
+    result = apply_edits(p, {"setting": "home-based", "overrideReasons": {
+        "setting": reason("seen by physio, stable", "supervised-by-professional")}}, EDIT_TIME)
     assert result.problems == [] and result.prescription.setting == "home-based"
-    assert any(r.rule == "CLINICIAN-OVERRIDE" and r.finding.startswith("setting:") for r in result.prescription.rationale)
+    assert any(r.rule == "CLINICIAN-OVERRIDE" and r.finding.startswith("home-based setting instead of")
+               for r in result.prescription.rationale)
 
 
 def test_clearing_a_deferred_plan_needs_reason_and_components() -> None:
     _, p, _ = run("fever_celsius")
     assert p.setting == "defer"
-    result = apply_edits(p, {"setting": "home-based", "overrideReasons": {"setting": "afebrile today"}}, EDIT_TIME)
+    afebrile = reason("afebrile today", "result-superseded")
+    result = apply_edits(p, {"setting": "home-based", "overrideReasons": {"setting": afebrile}}, EDIT_TIME)
     assert [x.path for x in result.problems] == ["components"]
-    edits = {"setting": "home-based", "overrideReasons": {"setting": "afebrile today"},
+    edits = {"setting": "home-based", "overrideReasons": {"setting": afebrile},
              "components": [{"type": "aerobic", "frequencyPerWeek": 3, "minutesPerSession": 15, "intensity": "light",
                              "activities": ["walking"]}]}
     result = apply_edits(p, edits, EDIT_TIME)
@@ -87,7 +101,8 @@ def test_removing_a_precaution_needs_reason() -> None:
     result = apply_edits(p, {"removePrecautions": ["fall-risk"]}, EDIT_TIME)
     assert [x.path for x in result.problems] == ["precautions.fall-risk"]
     result = apply_edits(p, {"removePrecautions": ["fall-risk"],
-                             "overrideReasons": {"precautions.fall-risk": "fall was a one-off trip"}}, EDIT_TIME)
+                             "overrideReasons": {"precautions.fall-risk": reason("one-off trip", "other")}},
+                         EDIT_TIME)
     assert result.problems == []
     assert "fall-risk" not in {x.code for x in result.prescription.precautions}
     result = apply_edits(p, {"removePrecautions": ["cardiac"]}, EDIT_TIME)
@@ -112,7 +127,8 @@ def test_malformed_edits_are_problems_not_exceptions() -> None:
                         ({"components": [{"type": "yoga"}]}, "components[0].type"),
                         ({"components": [{"type": "aerobic", "intensity": "extreme"}]}, "components[0].intensity"),
                         ({"setting": "gym"}, "setting"), ({"notes": 5}, "notes"),
-                        ({"overrideReasons": {"setting": ""}}, "overrideReasons.setting")):
+                        ({"overrideReasons": {"setting": ""}}, "overrideReasons.setting"),
+                        ({"overrideReasons": {"setting": "free text"}}, "overrideReasons.setting")):
         result = apply_edits(p, edits, EDIT_TIME)  # type: ignore[arg-type]
         assert path in [x.path for x in result.problems], edits
         assert result.prescription is p
@@ -126,7 +142,7 @@ def test_not_eligible_cannot_be_edited() -> None:
 def test_edited_prescription_round_trips() -> None:
     _, p, _ = run("platelets_25000_per_ul")
     edits = {"components": [{"type": "aerobic", "intensity": "moderate"}],
-             "overrideReasons": {"components[0].intensity": "ok"}}
+             "overrideReasons": {"components[0].intensity": reason("ok")}}
     q = apply_edits(p, edits, EDIT_TIME).prescription
     assert prescription_from_json(prescription_to_json(q)) == q
 
@@ -153,7 +169,7 @@ def test_every_accepted_edit_is_recorded_and_progression_follows_it() -> None:
 def test_overridden_edit_is_recorded_as_a_change_too() -> None:
     _, p, _ = run("platelets_25000_per_ul")
     edits = {"components": [{"type": "aerobic", "intensity": "moderate"}],
-             "overrideReasons": {"components[0].intensity": "haematologist agrees"}}
+             "overrideReasons": {"components[0].intensity": reason("haematologist agrees")}}
     q = apply_edits(p, edits, EDIT_TIME).prescription
     assert {r.rule for r in q.rationale} >= {"CLINICIAN-EDIT", "CLINICIAN-OVERRIDE"}
     assert any("light -> " in r.finding and "moderate" in r.finding for r in q.rationale if r.rule == "CLINICIAN-EDIT")
@@ -176,3 +192,78 @@ def test_an_edit_that_changes_nothing_records_nothing() -> None:
     q = apply_edits(p, {"components": [{"type": c.type} for c in p.components]}, EDIT_TIME).prescription
     assert not any(r.rule == "CLINICIAN-EDIT" for r in q.rationale)
     assert q.progression == p.progression
+
+
+def test_override_reasons_are_clinical_codes_not_card_dismissals() -> None:
+    _, p, _ = run("platelets_25000_per_ul")
+    edits = {"components": [{"type": "aerobic", "intensity": "moderate"}]}
+    for bad in ({"code": "patient-declined"}, {"code": "discuss-next-visit", "text": "x"},  # card-dismissal reasons
+                {"code": "other"}, {"code": "other", "text": "   "}, {"text": "no code"}):
+        result = apply_edits(p, {**edits, "overrideReasons": {"components[0].intensity": bad}}, EDIT_TIME)
+        assert "overrideReasons.components[0].intensity" in [x.path for x in result.problems], bad
+    ok = apply_edits(p, {**edits, "overrideReasons": {"components[0].intensity": reason("counts rising", "other")}},
+                     EDIT_TIME)
+    assert ok.problems == []
+
+
+@pytest.mark.parametrize("name,edits", [
+    ("platelets_25000_per_ul", {"components": [{"type": "aerobic", "intensity": "moderate"}]}),
+    ("bone_metastases", {"setting": "home-based"}),
+    ("anc_1_0", {"components": [{"type": "aerobic", "activities": ["swimming"]}]}),
+    ("falls_history", {"removePrecautions": ["fall-risk"]}),
+    ("liver_metastases_snomed", {"components": [{"type": "aerobic", "frequencyPerWeek": 5, "minutesPerSession": 45}]}),
+])
+def test_refusals_speak_clinical_language(name: str, edits: dict) -> None:
+    _, p, _ = run(name)
+    problems = apply_edits(p, edits, EDIT_TIME).problems
+    assert problems and all(x.override for x in problems)
+    for x in problems:
+        assert not re.search(r"\b[A-Z]{2,}(-[A-Z0-9]+)+\b", x.message), x.message  # no rule ids
+        assert "components[" not in x.message and "overrideReasons" not in x.message, x.message  # no JSON paths
+        assert x.message[0].isupper() and x.message.endswith("."), x.message
+
+
+def test_volume_beyond_what_the_rules_allow_to_start_with_needs_a_reason() -> None:
+    # Metastatic disease: a gentle start (x0.34 of the beginner volume): 45 min x 5 is far beyond it.
+    _, p, _ = run("liver_metastases_snomed")
+    big = {"components": [{"type": "aerobic", "frequencyPerWeek": 5, "minutesPerSession": 45}]}
+    result = apply_edits(p, big, EDIT_TIME)
+    assert [x.path for x in result.problems] == ["components[0].minutesPerSession"]
+    assert "Metastatic disease" in result.problems[0].message
+    small = {"components": [{"type": "aerobic", "frequencyPerWeek": 3, "minutesPerSession": 15}]}
+    assert apply_edits(p, small, EDIT_TIME).problems == []  # 45 min/week: within 150 x 0.34
+    _, q, _ = run("baseline_breast")  # no rule lowers the volume: any dose within the hard bounds
+    assert apply_edits(q, big, EDIT_TIME).problems == []
+
+
+def test_a_setting_above_the_floor_needs_no_reason_even_if_the_plan_said_more() -> None:
+    # The patient preferred a supervised programme (the plan says supervised); the floor is home-based.
+    _, p, _ = run("preferences_shape")
+    assert p.setting == "community"
+    assert apply_edits(p, {"setting": "home-based"}, EDIT_TIME).problems == []
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_the_generated_plan_passes_its_own_edit_checks(name: str) -> None:
+    """One definition of the limits: a plan the rules generate is never refused by the edit check."""
+    _, p, _ = run(name)
+    if not p.eligible or p.setting == "defer":
+        return
+    edits = {"setting": p.setting, "components": [component_to_json(c) for c in p.components]}
+    assert apply_edits(p, edits, EDIT_TIME).problems == []
+
+
+def test_every_limit_a_rule_sets_is_checked_on_edits() -> None:
+    """Each kind of limit in a rule's Effect has an edit check: caps, volume, resistance, activities, setting."""
+    from service.clinical.edits import _Editor  # noqa: PLC0415 - the checks' names are the contract here
+
+    kinds = set()
+    for rule in RULES:
+        e = rule.effect
+        kinds |= {k for k, v in (("max_intensity", e.max_intensity), ("resistance", e.resistance),
+                                 ("avoid", e.avoid), ("volume", e.volume), ("min_setting", e.min_setting),
+                                 ("no_public", e.no_public)) if v}
+    checks = {"max_intensity": "check_caps", "resistance": "check_caps", "avoid": "check_activities",
+              "volume": "check_volume", "min_setting": "apply", "no_public": "check_activities"}
+    assert kinds <= set(checks)
+    assert all(hasattr(_Editor, checks[k]) for k in kinds)

@@ -120,3 +120,16 @@ def test_realworld_cases_alone_fire_most_rules() -> None:
                 "TX-IMMUNO", "TX-ENDOCRINE", "TX-SURGERY-6W", "CARD-TOXIC", "BONE-METS", "METASTATIC"}
     declared = set().union(*(set(c["expect"]["fires"]) for c in MANIFEST.values()))
     assert required - declared == set()
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_the_generated_plan_passes_its_own_edit_checks(name: str) -> None:
+    """One definition of the limits (issue 12): the plan the rules build is never refused by the edit check."""
+    from service.clinical.edits import apply_edits
+    from service.clinical.serialize import component_to_json
+
+    p = prescription(name)
+    if not p.eligible or p.setting == "defer":
+        return
+    edits = {"setting": p.setting, "components": [component_to_json(c) for c in p.components]}
+    assert apply_edits(p, edits, NOW).problems == []

@@ -223,7 +223,15 @@ def test_preferences_days_and_equipment_shape_the_plan() -> None:
     assert aerobic.activities[:2] == ("swimming", "cycling")
     assert "stationary cycling" in aerobic.activities
     assert "dumbbells" in next(c for c in p.components if c.type == "resistance").activities
-    assert any("rock climbing" in r.finding and r.rule == "PREF-ACTIVITIES" for r in p.rationale)
+    assert "climbing" in next(c for c in p.components if c.type == "resistance").activities  # "rock climbing"
+
+
+def test_unrecognised_activities_are_named_not_used() -> None:
+    from service.clinical.model import Preferences
+
+    _, p, _ = run("baseline_breast", Preferences(activities=("underwater hockey", "walking")))
+    assert any("not recognised: underwater hockey" in r.finding and r.rule == "PREF-ACTIVITIES" for r in p.rationale)
+    assert not any("underwater" in a for c in p.components for a in c.activities)
 
 
 def test_missing_data_recommendations() -> None:

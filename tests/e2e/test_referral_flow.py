@@ -251,7 +251,8 @@ def test_sign_with_unsaved_edits_saves_them_first_or_refuses(page: Page, sandbox
     minutes.fill("500")
     page.locator("#sign-button").click()
     expect(page.locator("#problems")).to_be_visible()
-    expect(page.locator("#problems")).to_contain_text("minutesPerSession")
+    expect(page.locator("#problems")).to_contain_text("minutes per session must be a whole number from 5 to 120")
+    expect(page.locator("#problems")).not_to_contain_text("minutesPerSession")  # clinical words, not JSON paths
     expect(status).to_contain_text("Not signed")
     expect(page.locator("#sign-result")).to_be_hidden()
     expect(minutes).to_be_enabled()

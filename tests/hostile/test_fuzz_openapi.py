@@ -38,7 +38,8 @@ _EDITS = {"type": "object", "properties": {
     "components": {"type": "array", "items": _COMPONENT, "maxItems": 4},
     "setting": {"type": "string"}, "notes": {"type": "string", "maxLength": 200},
     "removePrecautions": {"type": "array", "items": _STR, "maxItems": 3},
-    "overrideReasons": {"type": "object", "additionalProperties": _STR}}}
+    "overrideReasons": {"type": "object", "additionalProperties": {"type": "object", "properties": {
+        "code": {"type": "string", "enum": ["specialist-cleared", "other", "patient-declined"]}, "text": _STR}}}}}
 _SMART_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
     "preferences": _PREFERENCES, "edits": _EDITS, "draftVersion": {"type": "integer"}}}}}}
 

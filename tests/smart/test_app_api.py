@@ -50,7 +50,9 @@ def test_view_explains_data_decision_and_strategy(sandbox: Sandbox):
                 "rationale", "stopRules"} <= set(rx)
         assert all(r["rule"] and r["source"] for r in rx["rationale"])
         assert v["writeBack"]["why"] and v["draftVersion"] == 0 and v["signed"] is None
-        assert v["overrideReasons"]
+        # the clinical override reasons (not the card-dismissal ones)
+        assert {r["code"] for r in v["overrideReasons"]} >= {"specialist-cleared", "other"}
+        assert all(r["system"].endswith("/CodeSystem/clinical-override-reason") for r in v["overrideReasons"])
 
 
 def test_edits_need_csrf(sandbox: Sandbox):
@@ -74,10 +76,12 @@ def test_unsafe_edit_needs_an_override_reason(sandbox: Sandbox):
         body = r.json()
         assert body["resourceType"] == "OperationOutcome"
         assert body["problems"][0]["path"] == f"precautions.{code}"
+        assert body["problems"][0]["override"] is True  # the app offers the clinical reasons here
         assert body["issue"][0]["expression"] == [f"precautions.{code}"]
         assert api(b, got.sid).json()["draftVersion"] == 0  # nothing applied
         r = _post(b, got.sid, csrf=got.csrf, json={
-            "edits": {"removePrecautions": [code], "overrideReasons": {f"precautions.{code}": "discussed with patient"}},
+            "edits": {"removePrecautions": [code], "overrideReasons": {f"precautions.{code}": {
+                "code": "informed-choice", "text": "discussed with patient"}}},
             "preferences": {"preferredSetting": "home-based", "activities": ["walking"], "daysAvailable": ["mon"],
                             "equipment": ["resistance bands"]},
             "draftVersion": 0})

@@ -149,6 +149,13 @@
     if (!md.firstChild) md.appendChild(el("li", "Nothing missing."));
   }
 
+  function reasonText(r) {
+    if (!r || typeof r !== "object") return String(r || "");
+    var label = ((view && view.overrideReasons) || []).filter(function (x) { return x.code === r.code; })
+      .map(function (x) { return x.display; })[0] || r.code;
+    return label + (r.text ? ": " + r.text : "");
+  }
+
   function field(id, label, input) {
     var wrap = el("div", undefined, "field");
     var l = el("label", label); l.htmlFor = id;
@@ -233,7 +240,7 @@
     });
     var ov = edits.overrideReasons || {};
     var ol = clear($("override-list"));
-    Object.keys(ov).forEach(function (k) { ol.appendChild(el("li", k + ": " + ov[k])); });
+    Object.keys(ov).forEach(function (k) { ol.appendChild(el("li", reasonText(ov[k]))); });
     $("overrides").hidden = !ol.firstChild;
     var locked = !!v.signed;
     lockForm(locked);
@@ -340,8 +347,7 @@
     var reasons = Object.assign({}, prev.overrideReasons || {});
     Array.prototype.forEach.call(document.querySelectorAll("#problems input[data-path]"), function (i) {
       var code = $(i.id + "-code");
-      var text = [code && code.value ? code.options[code.selectedIndex].text : "", i.value.trim()].filter(Boolean).join(": ");
-      if (text) reasons[i.dataset.path] = text;
+      if (code && code.value) reasons[i.dataset.path] = { code: code.value, text: i.value.trim() };
     });
     if (Object.keys(reasons).length) edits.overrideReasons = reasons;
     return edits;
@@ -368,15 +374,15 @@
     if (!items.length) ul.appendChild(el("li", errorText(body, "Unknown error.")));
     items.forEach(function (p, n) {
       var li = el("li");
-      li.appendChild(el("span", (p.path ? p.path + ": " : "") + p.message));
-      if (p.path && /override reason/.test(p.message)) {
+      li.appendChild(el("span", p.message));
+      if (p.path && p.override) {
         var id = "override-" + n;
-        var reasons = [["", "Choose a reason…"]].concat((view.overrideReasons || []).map(function (r) { return [r.code, r.display]; }));
+        var reasons = [["", "Choose a clinical reason…"]].concat((view.overrideReasons || []).map(function (r) { return [r.code, r.display]; }));
         var sel = selectInput(reasons, "");
-        li.appendChild(field(id + "-code", "Override reason for " + p.path, sel));
+        li.appendChild(field(id + "-code", "Clinical reason for overriding this limit", sel));
         var input = textInput("");
         input.dataset.path = p.path;
-        li.appendChild(field(id, "Explain (required when no reason is chosen)", input));
+        li.appendChild(field(id, "Details (required for “Other clinical reason”)", input));
       }
       ul.appendChild(li);
     });
