@@ -193,6 +193,10 @@ def parse_hook_request(body: bytes, expected_hook: str) -> HookRequest:
     if auth is not None and auth.patient is not None and auth.patient != context["patientId"]:
         raise RequestInvalid("'fhirAuthorization.patient' does not match 'context.patientId'",
                              "fhirAuthorization.patient")
+    patient = (prefetch or {}).get("patient")
+    if isinstance(patient, dict) and patient.get("resourceType") == "Patient" and patient.get("id") != context["patientId"]:
+        # Data about someone else must never become this patient's plan.
+        raise RequestInvalid("'prefetch.patient' is not the Patient named in 'context.patientId'", "prefetch.patient")
     return HookRequest(hook, instance, context, prefetch, server, auth)  # type: ignore[arg-type]
 
 

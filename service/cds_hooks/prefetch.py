@@ -14,6 +14,7 @@ import asyncio
 import logging
 import weakref
 from dataclasses import dataclass, field
+from functools import lru_cache
 from datetime import datetime
 from typing import Any
 
@@ -49,19 +50,93 @@ def _failed_key(line: str) -> str:
     return line.split(" ", 1)[0]
 
 
+def _unusable(key: str, value: dict[str, Any]) -> str | None:
+    """Why a prefetched value cannot be taken at face value (None: usable). Clients may answer a prefetch query
+    with an OperationOutcome, a Bundle carrying an error, the wrong resource type, or one page of a longer
+    search (CDS Hooks 2.0: services should check prefetch for errors; clients may page it)."""
+    kind = value.get("resourceType")
+    expected = _expected_types(key)
+    if kind == "OperationOutcome":
+        return "the EHR answered this prefetch query with an error"
+    if key == "patient":
+        return None if kind == "Patient" else f"expected a Patient, got {kind}"
+    if kind != "Bundle":
+        return f"expected a search Bundle, got {kind}"
+    matches = 0
+    for entry in value.get("entry") or ():
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        rtype = res.get("resourceType") if isinstance(res, dict) else None
+        if rtype == "OperationOutcome":
+            if any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in res.get("issue") or ()):
+                return "the EHR's search Bundle carries an error"
+            continue
+        if rtype in expected:
+            matches += 1
+        elif rtype not in INCLUDED_TYPES:
+            return f"the search Bundle holds {rtype} resources, not {' or '.join(sorted(expected))}"
+    if any(isinstance(lk, dict) and lk.get("relation") == "next" for lk in value.get("link") or ()):
+        return "only the first page of the search was prefetched"
+    total = value.get("total")
+    if isinstance(total, int) and not isinstance(total, bool) and total > matches:
+        return f"the search found {total} resources but the Bundle holds {matches}"
+    return None
+
+
+@lru_cache(maxsize=64)
+def _expected_types(key: str) -> frozenset[str]:
+    """The resource type a prefetch key's query returns (cached: every hook call screens every key)."""
+    return frozenset({_resource_type(key)})
+
+
+# Resources a search may include alongside its matches (`_include` of the Medication a medication resource
+# references); anything else in a search Bundle means the client answered another query.
+INCLUDED_TYPES = frozenset({"Medication"})
+
+
+def screen(req: HookRequest) -> tuple[list[Any], dict[str, str]]:
+    """(usable prefetch values, {key: why it must be read again}) for the keys our templates declare; a key the
+    client did not send is not screened here (it is simply missing)."""
+    templates = prefetch_templates()
+    items: list[Any] = []
+    unusable: dict[str, str] = {}
+    for key, value in (req.prefetch or {}).items():
+        if key not in templates or value is None:
+            continue
+        why = _unusable(key, value)
+        if why is None:
+            items.append(value)
+        else:
+            unusable[key] = why
+    return items, unusable
+
+
 def prefetch_complete(req: HookRequest) -> bool:
-    """True when every prefetch key was sent (possibly null): no fallback read is needed."""
+    """True when every prefetch key was sent (possibly null) and usable: no fallback read is needed."""
     prefetch = req.prefetch or {}
-    return all(k in prefetch for k in prefetch_templates())
+    return all(k in prefetch for k in prefetch_templates()) and not screen(req)[1]
 
 
 async def gather(req: HookRequest, settings: Settings, now: datetime) -> HookData:
     templates = prefetch_templates()
     prefetch = req.prefetch or {}
-    items = [v for k, v in prefetch.items() if k in templates and v is not None]
-    missing_keys = [k for k in templates if k not in prefetch]
+    items, unusable = screen(req)
+    for key, why in unusable.items():
+        log.info("hook %s: prefetch %s not used: %s", req.hook_instance, key, why)
+    missing_keys = [k for k in templates if k not in prefetch or k in unusable]
     if not missing_keys:
         return HookData(items)
+    if unusable and not (req.fhir_server and settings.fhir_allowed(req.fhir_server)):
+        # Sent but unusable, and nowhere to read it again: answer with what we have, named as incomplete.
+        absent = [k for k in missing_keys if k not in unusable]
+        if absent:
+            raise DataUnavailable(f"prefetch is missing {', '.join(absent)} and the data cannot be read elsewhere")
+        required = required_keys()
+        if set(unusable) & required:
+            raise DataUnavailable("the prefetched " + ", ".join(sorted(set(unusable) & required))
+                                  + " could not be used and the data cannot be read elsewhere")
+        failed_types = {_resource_type(k) for k in unusable}
+        return HookData(items, complete=not (failed_types & SAFETY_TYPES),
+                        missing=[f"{k}: {why}" for k, why in unusable.items()])
     if not req.fhir_server:
         raise DataUnavailable(f"prefetch is missing {', '.join(missing_keys)} and no fhirServer was given")
     if not settings.fhir_allowed(req.fhir_server):

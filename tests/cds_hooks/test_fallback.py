@@ -249,3 +249,74 @@ def test_replayed_hook_call_is_refused_before_any_fhir_read(svc: Ehr, fake: Fake
     replay = svc.post(ES, body, token=token)
     assert replay.status_code == 401
     assert len(fake.seen) == seen  # the replay cost the FHIR server nothing
+
+
+# -- prefetch the service does not take at face value (issue 12) --------------------------------------------
+
+ERROR_OUTCOME = {"resourceType": "OperationOutcome", "issue": [
+    {"severity": "error", "code": "exception", "diagnostics": "query timed out"}]}
+
+
+def _screened(fake: FakeFhir, tag: str, spoil: Any) -> tuple[dict[str, Any], str]:
+    fake.mode.clear()
+    fake.seen.clear()
+    fake.patient = patients.bone_metastases(f"{tag}-{uuid.uuid4().hex[:6]}")
+    prefetch = fake.patient.prefetch()
+    spoil(prefetch)
+    return prefetch, fake.patient.pid
+
+
+@pytest.mark.parametrize("tag,spoil", [
+    ("outcome", lambda p: p.update(observations=ERROR_OUTCOME)),
+    ("bundle-error", lambda p: p["observations"].setdefault("entry", []).append(
+        {"resource": ERROR_OUTCOME, "search": {"mode": "outcome"}})),
+    ("wrong-type", lambda p: p.update(observations=p["conditions"])),
+    ("paged", lambda p: p["observations"].setdefault("link", []).append(
+        {"relation": "next", "url": "http://ehr.example/fhir/Observation?page=2"})),
+    ("short-total", lambda p: p["observations"].update(total=len(p["observations"].get("entry", [])) + 40)),
+])
+def test_unusable_prefetch_is_read_again_from_the_fhir_server(svc: Ehr, fake: FakeFhir, tag: str, spoil: Any) -> None:
+    prefetch, pid = _screened(fake, tag, spoil)
+    resp = _call(svc, pid, fake.base, prefetch)
+    assert resp.status_code == 200, resp.text
+    assert [p.split("?")[0] for p, _ in fake.seen] == ["Observation"]  # only that key, from the allowlisted server
+    [card] = resp.json()["cards"]
+    assert card["indicator"] == "info" and "supervised" in card["summary"]  # the labs were read: a full card
+
+
+@pytest.mark.parametrize("tag,spoil", [
+    ("outcome", lambda p: p.update(observations=ERROR_OUTCOME)),
+    ("paged", lambda p: p["observations"].setdefault("link", []).append(
+        {"relation": "next", "url": "http://ehr.example/fhir/Observation?page=2"})),
+])
+def test_unusable_prefetch_without_a_server_gives_the_incomplete_card(svc: Ehr, fake: FakeFhir, tag: str,
+                                                                      spoil: Any) -> None:
+    prefetch, pid = _screened(fake, tag, spoil)
+    resp = svc.post(ES, hook_body(ENCOUNTER_START_ID, prefetch, pid))
+    assert resp.status_code == 200, resp.text
+    [card] = resp.json()["cards"]
+    assert "data incomplete" in card["summary"] and "observations" in card["detail"]
+    assert "suggestions" not in card  # no one-click referral when the labs could not be read
+    assert fake.seen == []
+
+
+def test_an_informational_outcome_in_a_search_bundle_is_fine(svc: Ehr, fake: FakeFhir) -> None:
+    prefetch, pid = _screened(fake, "info", lambda p: p["observations"].setdefault("entry", []).append(
+        {"resource": {"resourceType": "OperationOutcome", "issue": [
+            {"severity": "information", "code": "informational", "diagnostics": "sorted by date"}]},
+         "search": {"mode": "outcome"}}))
+    resp = _call(svc, pid, fake.base, prefetch)
+    assert resp.status_code == 200 and fake.seen == []
+
+
+def test_an_unusable_patient_without_a_server_is_412(svc: Ehr, fake: FakeFhir) -> None:
+    prefetch, pid = _screened(fake, "no-patient", lambda p: p.update(patient=ERROR_OUTCOME))
+    resp = svc.post(ES, hook_body(ENCOUNTER_START_ID, prefetch, pid))
+    assert resp.status_code == 412 and resp.json()["resourceType"] == "OperationOutcome"
+
+
+def test_a_prefetched_patient_who_is_not_the_context_patient_is_400(svc: Ehr, fake: FakeFhir) -> None:
+    prefetch, _ = _screened(fake, "other", lambda p: None)
+    resp = svc.post(ES, hook_body(ENCOUNTER_START_ID, prefetch, "someone-else"))
+    assert resp.status_code == 400
+    assert resp.json()["issue"][0]["expression"] == ["prefetch.patient"]

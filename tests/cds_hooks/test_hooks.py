@@ -135,9 +135,10 @@ def test_patient_view_context(service: Service) -> None:
 def test_no_prefetch_and_no_fhir_server_is_412(service: Service) -> None:
     msg = _outcome(call(service, ES, hook_body(ENCOUNTER_START_ID, None, "p1")), 412)
     assert "fhirServer" in msg
-    partial = patients.bone_metastases(_pid("partial")).prefetch()
+    b = patients.bone_metastases(_pid("partial"))
+    partial = b.prefetch()
     del partial["observations"]
-    _outcome(call(service, ES, hook_body(ENCOUNTER_START_ID, partial, "p1")), 412)
+    _outcome(call(service, ES, hook_body(ENCOUNTER_START_ID, partial, b.pid)), 412)
 
 
 def test_null_prefetch_keys_mean_no_data(service: Service) -> None:
@@ -273,7 +274,8 @@ def test_concurrent_repeats_of_one_hook_show_one_card(service: Service) -> None:
 def test_unicode_and_no_empty_values_everywhere(service: Service) -> None:
     for builder in (patients.bone_metastases, patients.neutropenic_fever, patients.survivorship,
                     patients.existing_referral, patients.non_oncology):
-        resp = call(service, ES, hook_body(ENCOUNTER_START_ID, builder(_pid("clean")).prefetch(), "x1"))
+        b = builder(_pid("clean"))
+        resp = call(service, ES, hook_body(ENCOUNTER_START_ID, b.prefetch(), b.pid))
         assert resp.status_code == 200
         assert find_empty(resp.json()) == []
 
