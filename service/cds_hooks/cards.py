@@ -28,6 +28,8 @@ from service.clinical.model import Measurement, PatientSnapshot, Prescription, R
 from service.fhir.resources import build_draft_referral
 from service.terminology import get_terminology
 
+from .mdtext import md
+
 SUMMARY_MAX = 139  # the spec: "under 140 characters"
 EVS_MEASURE = "evs-minutes-per-week"
 GUIDELINE_MINUTES = 150
@@ -182,6 +184,11 @@ def evs_trend(snapshot: PatientSnapshot) -> tuple[Measurement | None, str | None
 # -- the cards ----------------------------------------------------------------------------------------------
 
 
+def md_line(markup: str, text: str) -> str:
+    """Our markdown `markup` followed by `text` made inert."""
+    return markup + md(text)
+
+
 def _component_line(c: Any) -> str:
     i = c.intensity
     scale = ""
@@ -191,8 +198,8 @@ def _component_line(c: Any) -> str:
         scale = f" ({i.scale})"
     sets = f", {_plural(c.sets, 'set')}" if c.sets else ""
     reps = f" of {c.repetitions}" if c.repetitions and c.sets else ""
-    return (f"- **{c.type.capitalize()}**: {c.frequency_per_week}×/week, {c.minutes_per_session} min, "
-            f"{i.label}{scale}{sets}{reps}")
+    return md_line(f"- **{c.type.capitalize()}**: ", f"{c.frequency_per_week}×/week, {c.minutes_per_session} min, "
+                   f"{i.label}{scale}{sets}{reps}")
 
 
 def _card(ctx: CardContext, kind: str, indicator: str, summary: str, lines: list[str], link_label: str,
@@ -214,20 +221,20 @@ def _referral_card(p: Prescription, s: PatientSnapshot, ctx: CardContext, not_re
         summary = f"Exercise referral suggested: {setting}, {_plural(n, 'precaution')}"
         if p.clearance_required:
             summary += ", clearance first"
-    lines = [f"**Setting:** {setting}" + (" — medical clearance required before starting" if p.clearance_required
-                                          else "")]
+    lines = [f"**Setting:** {md(setting)}" + (" — medical clearance required before starting" if p.clearance_required
+                                              else "")]
     if p.components:
         lines += ["", "**Starting plan**"] + [_component_line(c) for c in p.components]
     if p.precautions:
-        lines += ["", "**Precautions**"] + [f"- {pc.text}" for pc in p.precautions[:6]]
+        lines += ["", "**Precautions**"] + [f"- {md(pc.text)}" for pc in p.precautions[:6]]
     reasons = [r for r in p.rationale if r.finding][:4]
     if reasons:
-        lines += ["", "**Why**"] + [f"- {r.finding}: {r.effect}" for r in reasons]
+        lines += ["", "**Why**"] + [f"- {md(r.finding)}: {md(r.effect)}" for r in reasons]
     if p.missing_data:
-        lines += ["", "**Missing data**"] + [f"- {m.text} — {m.recommendation}" for m in p.missing_data[:5]]
+        lines += ["", "**Missing data**"] + [f"- {md(m.text)} — {md(m.recommendation)}" for m in p.missing_data[:5]]
     if not_read:
-        lines += ["", "**Not read from the EHR**"] + [f"- {m}" for m in not_read[:8]]
-    lines += ["", f"_Review, edit and sign in onco-exercise. Rules {p.ruleset_version}._"]
+        lines += ["", "**Not read from the EHR**"] + [f"- {md(m)}" for m in not_read[:8]]
+    lines += ["", f"_Review, edit and sign in onco-exercise. Rules {md(p.ruleset_version)}._"]
 
     card = _card(ctx, "referral", "info", summary, lines, "Review and sign the exercise prescription",
                  {"setting": p.setting, "rulesetVersion": p.ruleset_version})
@@ -258,10 +265,11 @@ def _warning_card(p: Prescription, ctx: CardContext) -> CardPlan:
     if len(p.red_flags) > 1:
         summary += f" (+{len(p.red_flags) - 1} more)"
     lines = ["Exercise is not safe today:", ""]
-    lines += [f"- **{r.finding}**: {r.effect} _({r.source})_" for r in p.red_flags]
+    lines += [f"- **{md(r.finding)}**: {md(r.effect)} _({md(r.source)})_" for r in p.red_flags]
     unreadable = [m for m in p.missing_data if m.source]
     if unreadable:
-        lines += ["", "**Results present but unreadable**"] + [f"- {m.text} {m.recommendation}" for m in unreadable[:5]]
+        lines += ["", "**Results present but unreadable**"] + [f"- {md(m.text)} {md(m.recommendation)}"
+                                                              for m in unreadable[:5]]
     lines += ["", "No exercise referral is suggested while this lasts; reassess at the next visit."]
     card = _card(ctx, "warning", "warning", summary, lines, "Review in onco-exercise",
                  source={**_source(), "label": "onco-exercise safety rules"})
@@ -282,9 +290,9 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
     lines = ["An exercise referral is in place. A brief word about how exercise is going helps people keep going.",
              ""]
     authored = f", sent {ref.authored.date().isoformat()}" if ref.authored else ""
-    lines.append(f"- **Referral**: {ref.status}{authored}")
+    lines.append(f"- **Referral**: {md(ref.status)}{authored}")
     if ref.task_status:
-        lines.append(f"- **Exercise service**: Task {ref.task_status}")
+        lines.append(f"- **Exercise service**: Task {md(ref.task_status)}")
     if evs is not None:
         gap = "meets" if evs.value >= GUIDELINE_MINUTES else "below"
         lines.append(f"- **Exercise vital sign**: {_num(evs.value)} min/week on {evs.effective.date().isoformat()}"
@@ -303,7 +311,7 @@ def _incomplete_card(ctx: CardContext, missing: list[str], budget: float) -> Car
     lines = [f"Some patient data could not be read from the EHR (within {budget:g} s, or the server refused it), "
              "so no one-click referral is offered: a missing lab could hide a reason not to exercise today.", "",
              "**Not read**"]
-    lines += [f"- {m}" for m in missing[:8]]
+    lines += [f"- {md(m)}" for m in missing[:8]]
     card = _card(ctx, "incomplete", "info", summary, lines, "Review in onco-exercise")
     return CardPlan("incomplete", prune(card), _fp("incomplete", sorted(missing)))
 

@@ -18,7 +18,6 @@ import html
 import inspect
 import json
 import logging
-import re
 import secrets
 from datetime import date, datetime, timezone
 from html.parser import HTMLParser
@@ -27,7 +26,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import httpx
-import markdown as md
+from markdown_it import MarkdownIt
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
@@ -127,30 +126,16 @@ def sanitise_html(text: str) -> Markup:
     return Markup(parser.result())
 
 
-_LIST_ITEM = re.compile(r"^\s{0,3}([-*+]|\d{1,9}[.)])\s")
-
-
-def _gfm_lists(text: str) -> str:
-    """GitHub-flavoured markdown lets a list interrupt a paragraph; Python-Markdown needs a blank line first."""
-    out: list[str] = []
-    fenced = False
-    for line in text.splitlines():
-        if line.lstrip().startswith(("```", "~~~")):
-            fenced = not fenced
-        if (not fenced and _LIST_ITEM.match(line) and out and out[-1].strip()
-                and not _LIST_ITEM.match(out[-1]) and not out[-1].startswith((" ", "\t"))):
-            out.append("")
-        out.append(line)
-    return "\n".join(out)
+# CDS Hooks card details are GitHub-flavoured markdown: rendered as GFM (CommonMark + tables, strikethrough,
+# autolinks, raw HTML) the way a permissive EHR does, then sanitised: only harmless markup survives.
+_GFM = MarkdownIt("gfm-like", {"linkify": True, "html": True}).enable("linkify")
 
 
 def render_markdown(text: str | None) -> Markup:
-    """GitHub-flavoured-ish markdown -> sanitised HTML (raw HTML in the source never survives as markup)."""
+    """Card markdown -> sanitised HTML."""
     if not text:
         return Markup("")
-    rendered = md.markdown(_gfm_lists(text), extensions=["tables", "fenced_code", "sane_lists"],
-                           output_format="html")
-    return sanitise_html(rendered)
+    return sanitise_html(_GFM.render(text))
 
 
 templates.env.filters["markdown"] = render_markdown
