@@ -104,7 +104,7 @@ def _decide(req: HookRequest, data: HookData, service_id: str, request: Request,
     settings = request.app.state.settings
     snapshot = build_snapshot(data.items, now)
     prescription = None
-    if snapshot.cancers:
+    if snapshot.has_cancer:
         from service.clinical.prescribe import prescribe
 
         prescription = prescribe(snapshot, now)

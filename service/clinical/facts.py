@@ -207,8 +207,7 @@ class Facts:
         return None
 
     def eligible(self) -> bool:
-        s = self.s
-        return bool(s.cancers or s.metastases or s.cancer_history or s.regional_nodes)
+        return self.s.has_cancer
 
     def fresh(self, measures: tuple[str, ...]) -> bool:
         return any(m in self.s.latest for m in measures)

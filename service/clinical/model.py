@@ -120,6 +120,11 @@ class PatientSnapshot:
     unreadable: tuple[Unreadable, ...] = ()
 
     @property
+    def has_cancer(self) -> bool:
+        """A cancer of any kind on record: primary, metastatic, regional nodes or a history of cancer."""
+        return bool(self.cancers or self.metastases or self.regional_nodes or self.cancer_history)
+
+    @property
     def age(self) -> int | None:
         if self.birth_date is None:
             return None

@@ -302,3 +302,16 @@ def test_card_history_failure_does_not_cost_the_card(service: Service, monkeypat
     monkeypatch.setattr(followup, "claim", broken)
     monkeypatch.setattr(followup, "remember", broken)
     assert len(cards_for(service, patients.bone_metastases(_pid("nostore")))) == 1
+
+
+@pytest.mark.parametrize("code,display", [
+    ("Z85.3", "Personal history of malignant neoplasm of breast"),  # a survivor coded as history
+    ("C77.3", "Secondary and unspecified malignant neoplasm of axilla and upper limb lymph nodes"),  # nodes only
+])
+def test_a_survivor_or_nodes_only_patient_gets_a_card(service: Service, code: str, display: str) -> None:
+    # Issue 11: eligibility is any cancer on record, not only a primary cancer Condition.
+    p = patients.PatientBuilder(_pid("hist"))
+    p.condition(patients.ICD10, code, display, onset_days=1500)
+    p.labs(platelets=250, hb=13.5, anc=4.0, temp=36.6, days_ago=10)
+    cards = call(service, ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]
+    assert len(cards) == 1 and cards[0]["summary"].startswith("Exercise referral suggested: home-based")
