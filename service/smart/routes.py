@@ -31,7 +31,11 @@ log = logging.getLogger("service.smart")
 router = APIRouter(lifespan=lifespan)
 router.include_router(api.router)
 
-MAX_PARAM = 2048
+MAX_ISS = 2048  # a URL
+# `launch` and `code` are opaque and some servers make them self-contained JWTs (the reference launcher's
+# codes are ~2,200 characters, more with an inline JWKS): a bound real ones never reach, below what the
+# HTTP layer accepts for a whole request line (h11: 16 KiB), so that a longer value gets a readable page.
+MAX_OPAQUE = 10_000
 APP_CONTEXT_KEYS = ("cardUuid", "serviceId", "kind", "hookInstance", "encounterId")
 
 
@@ -67,7 +71,7 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
             iss = settings.fhir_servers[0]
         else:
             return render("choose.html", servers=settings.fhir_servers)
-    if len(iss) > MAX_PARAM or (launch is not None and (len(launch) > MAX_PARAM or not launch.strip())):
+    if len(iss) > MAX_ISS or (launch is not None and (len(launch) > MAX_OPAQUE or not launch.strip())):
         return error_page(400, "Launch refused", "The launch parameters are malformed.", relaunch=True)
     if not settings.fhir_allowed(iss):
         log.warning("smart launch refused: iss not on the allowlist")
@@ -133,8 +137,11 @@ async def callback(request: Request, state: str | None = None, code: str | None 
         text = (error_description or error)[:300]
         return error_page(403 if error == "access_denied" else 400, "The EHR did not authorize the app", text,
                           relaunch=True)
-    if not code or len(code) > MAX_PARAM:
+    if not code:
         return error_page(400, "Sign-in refused", "The EHR's answer carries no authorization code.", relaunch=True)
+    if len(code) > MAX_OPAQUE:
+        return error_page(400, "Sign-in refused", f"The EHR's authorization code is longer than this app accepts "
+                          f"({len(code):,} characters; the limit is {MAX_OPAQUE:,}).", relaunch=True)
 
     disc = Discovery(**rec["discovery"])
     cfg = rt.client_config()
