@@ -74,12 +74,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield Sandbox(url, app)
 
 
-def ehr_launch_page(page: Any, sandbox: Sandbox, patient: str) -> None:
-    """An EHR launch straight from the sandbox authorization server (no card needed), ready in the app."""
+def ehr_launch_page(page: Any, sandbox: Sandbox, patient: str, **context: Any) -> None:
+    """An EHR launch straight from the sandbox authorization server (no card needed), ready in the app;
+    `context` adds launch context (e.g. needPatientBanner=False)."""
     from playwright.sync_api import expect
 
     r = httpx.post(f"{sandbox.url}/sandbox/auth/launch", json={"patient": patient,
-                                                               "practitioner": "sandbox-clinician"}, timeout=30)
+                                                               "practitioner": "sandbox-clinician", **context},
+                   timeout=30)
     assert r.status_code == 201, r.text
     page.goto(f"{sandbox.url}/smart/launch?" + urlencode({"iss": r.json()["iss"], "launch": r.json()["launch"]}))
     page.wait_for_url(re.compile(r"/smart/app\?s="))
