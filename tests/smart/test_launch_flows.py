@@ -330,3 +330,16 @@ def test_patient_banner_follows_the_ehr(sandbox: Sandbox):
     with sandbox.browser() as b:
         got = ehr_launch(b, patient="onc-16", needPatientBanner=False)
         assert api(b, got.sid).json()["needPatientBanner"] is False
+
+
+def test_over_https_the_cookie_works_in_a_cross_site_iframe(tmp_path_factory: pytest.TempPathFactory):
+    """Secure deployments: SameSite=None (sent inside an EHR's iframe) and Partitioned (kept when the browser
+    blocks other third-party cookies); never readable by scripts."""
+    for sb in _sandbox(tmp_path_factory.mktemp("smart-secure-cookie"), cookie_secure=True):
+        with sb.browser() as b:
+            launch, iss = new_launch(b)
+            r = b.get("/smart/launch", params={"iss": iss, "launch": launch})
+            assert r.status_code == 302
+            attrs = [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+            assert attrs[0].startswith(f"{COOKIE}=")
+            assert {"secure", "samesite=none", "partitioned", "httponly", "path=/smart"} <= set(attrs)

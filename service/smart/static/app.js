@@ -445,6 +445,9 @@
   });
 
   function load() {
+    // Framed by the EHR: the session cookie is partitioned under the EHR's site, so a new top-level tab would
+    // not have it. Open the handout in this frame instead (it links back here).
+    if (window.self !== window.top) $("handout-link").target = "_self";
     var embedded = $("initial-data");
     if (embedded) {
       try { render(JSON.parse(embedded.textContent)); status("Ready.", "ok"); return; } catch (e) { /* fall through */ }
