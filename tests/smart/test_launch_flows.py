@@ -81,6 +81,8 @@ def test_authorize_request_has_pkce_s256_state_aud_launch_and_scopes(sandbox: Sa
         scopes = q["scope"].split()
         assert {"launch", "openid", "fhirUser"} <= set(scopes)
         assert "patient/Observation.rs" in scopes and "patient/CarePlan.crs" in scopes
+        assert "patient/DocumentReference.crs" not in scopes  # the full strategy writes no document
+        assert "online_access" in scopes and "offline_access" not in scopes  # the sandbox offers online_access
         q2 = _authorize_query(b, iss)
         assert "launch" not in q2 and "launch/patient" in q2["scope"].split()
         assert q2["state"] != q["state"] and q2["code_challenge"] != q["code_challenge"]
@@ -228,7 +230,10 @@ def test_narrowed_scopes_degrade_the_write_back_with_an_explanation(sandbox: San
         assert r.status_code == 200, r.text
         written = {w["resourceType"] for w in r.json()["written"]}
         assert r.json()["strategy"] == "service-request-only"
-        assert "ServiceRequest" in written and "DocumentReference" in written and "CarePlan" not in written
+        # Scopes follow the planned (full) strategy, so no DocumentReference create was asked for: the
+        # ServiceRequests go, the document beside them is skipped with a note.
+        assert written == {"ServiceRequest"}
+        assert any("DocumentReference not written" in n for n in r.json()["notes"])
 
 
 def test_no_write_scope_at_all_means_view_only(sandbox: Sandbox):
