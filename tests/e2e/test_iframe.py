@@ -19,7 +19,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.conftest import running_sandbox
-from tests.e2e.conftest import CHROMIUM_ARGS, Sandbox, need_chromium
+from tests.e2e.conftest import Sandbox
+from tests.support.browser import BLOCK_THIRD_PARTY_COOKIES, chromium_page, need_chromium
 from tests.support.live import free_port
 
 pytestmark = pytest.mark.browser
@@ -69,21 +70,8 @@ def secure_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox
 @pytest.fixture
 def blocking_page(tmp_path: Path) -> Iterator[Page]:
     """Chromium that blocks unpartitioned third-party cookies, as browsers increasingly do."""
-    from playwright.sync_api import sync_playwright
-
-    from tests.e2e.conftest import WAIT_MS
-
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path="/usr/bin/chromium", headless=True,
-            args=[*CHROMIUM_ARGS, "--test-third-party-cookie-phaseout"],
-            viewport={"width": 1280, "height": 1000}, locale="en-GB", timezone_id="UTC")
-        context.set_default_timeout(WAIT_MS)
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
+    with chromium_page(tmp_path / "profile", extra_args=(BLOCK_THIRD_PARTY_COOKIES,), height=1000) as p:
+        yield p
 
 
 def test_launch_review_handout_and_sign_inside_a_cross_site_iframe(blocking_page: Page, secure_sandbox: Sandbox,
