@@ -411,7 +411,8 @@
             status(ok ? "Signed and sent." : errorText(r.body, "Sending failed."), ok ? "ok" : "error");
             if (r.status >= 400 && !(r.body.written || []).length) {
               lockForm(false);
-              $("sign-button").disabled = !view.writeBack.canSign;
+              // 401: the EHR session is over; signing again cannot work until the app is launched again
+              $("sign-button").disabled = r.status === 401 || !view.writeBack.canSign;
             }
           };
           if (!(r.body.written || []).length) { done(); return; }
