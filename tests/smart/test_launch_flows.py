@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from service.smart.launch import STATE_NS
-from service.smart.sessions import COOKIE, DATA_NS, SESSION_NS, TOKEN_NS
-from tests.smart.conftest import Sandbox, _sandbox, api, ehr_launch, new_launch, standalone_launch
+from service.smart.sessions import COOKIE, SESSION_NS, TOKEN_NS
+from tests.smart.conftest import (Sandbox, _sandbox, api, callback_url, ehr_launch, forget_loaded, new_launch,
+                                  standalone_launch, stored_tokens)
 
 
 def _authorize_query(client: httpx.Client, iss: str, launch: str | None = None) -> dict[str, str]:
@@ -132,18 +133,9 @@ def test_ehr_launch_without_iss_is_refused(sandbox: Sandbox):
         assert r.status_code == 400 and "location" not in r.headers
 
 
-def _callback_url(b: httpx.Client, sandbox: Sandbox) -> str:
-    """Run the launch up to the EHR's redirect back to us, without following it."""
-    launch, iss = new_launch(b)
-    r = b.get("/smart/launch", params={"iss": iss, "launch": launch})
-    r = b.get(r.headers["location"])
-    assert r.status_code in (302, 303) and r.headers["location"].startswith(f"{sandbox.url}/smart/callback")
-    return r.headers["location"]
-
-
 def test_state_is_single_use(sandbox: Sandbox):
     with sandbox.browser() as b:
-        cb = _callback_url(b, sandbox)
+        cb = callback_url(b, sandbox)
         assert b.get(cb).status_code == 303
         again = b.get(cb)
         assert again.status_code == 400 and "already used" in again.text
@@ -151,7 +143,7 @@ def test_state_is_single_use(sandbox: Sandbox):
 
 def test_unknown_state_is_refused(sandbox: Sandbox):
     with sandbox.browser() as b:
-        cb = _callback_url(b, sandbox)
+        cb = callback_url(b, sandbox)
         forged = re.sub(r"state=[^&]+", f"state={secrets.token_urlsafe(32)}", cb)
         r = b.get(forged)
         assert r.status_code == 400 and "Sign-in refused" in r.text
@@ -160,7 +152,7 @@ def test_unknown_state_is_refused(sandbox: Sandbox):
 
 def test_state_from_another_browser_is_refused(sandbox: Sandbox):
     with sandbox.browser() as victim, sandbox.browser() as attacker:
-        cb = _callback_url(attacker, sandbox)
+        cb = callback_url(attacker, sandbox)
         victim.get("/smart/launch", params={"iss": sandbox.iss})  # the victim has a cookie of their own
         r = victim.get(cb)
         assert r.status_code == 400 and "another browser" in r.text
@@ -172,7 +164,7 @@ def test_expired_state_is_refused(sandbox: Sandbox, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(routes, "STATE_TTL", 1)
     with sandbox.browser() as b:
-        cb = _callback_url(b, sandbox)
+        cb = callback_url(b, sandbox)
         time.sleep(1.2)
         r = b.get(cb)
         assert r.status_code == 400 and "expired" in r.text
@@ -180,7 +172,7 @@ def test_expired_state_is_refused(sandbox: Sandbox, monkeypatch: pytest.MonkeyPa
 
 async def test_wrong_pkce_verifier_is_refused_by_the_ehr(sandbox: Sandbox):
     with sandbox.browser() as b:
-        cb = _callback_url(b, sandbox)
+        cb = callback_url(b, sandbox)
         state = parse_qs(urlsplit(cb).query)["state"][0]
         store = sandbox.store()
         try:
@@ -250,35 +242,13 @@ def test_no_write_scope_at_all_means_view_only(sandbox: Sandbox):
 # -- token refresh ------------------------------------------------------------------------------------------
 
 
-async def _forget_loaded(sandbox: Sandbox, sid: str, **token_changes: object) -> dict:
-    """Drop the cached patient so the next API call reads the EHR again, and alter the stored tokens."""
-    sandbox.app.state.smart.cache.pop(sid, None)
-    store = sandbox.store()
-    try:
-        await store.delete(DATA_NS, sid)
-        rec = await store.get(TOKEN_NS, sid)
-        rec.update(token_changes)
-        await store.put(TOKEN_NS, sid, rec, ttl=600)
-        return rec
-    finally:
-        await store.close()
-
-
-async def _tokens(sandbox: Sandbox, sid: str) -> dict:
-    store = sandbox.store()
-    try:
-        return await store.get(TOKEN_NS, sid)
-    finally:
-        await store.close()
-
-
 async def test_token_near_expiry_is_refreshed_before_use(sandbox: Sandbox):
     with sandbox.browser() as b:
         got = ehr_launch(b, patient="onc-06")
         assert api(b, got.sid).status_code == 200
-        before = await _forget_loaded(sandbox, got.sid, expires_at=time.time() + 5)
+        before = await forget_loaded(sandbox, got.sid, expires_at=time.time() + 5)
         assert api(b, got.sid).status_code == 200
-        after = await _tokens(sandbox, got.sid)
+        after = await stored_tokens(sandbox, got.sid)
     assert after["refreshed"] == 1 and after["access_token"] != before["access_token"]
     assert after["refresh_token"]
 
@@ -287,11 +257,11 @@ async def test_rejected_token_is_refreshed_once_and_the_call_retried(sandbox: Sa
     with sandbox.browser() as b:
         got = ehr_launch(b, patient="onc-07")
         assert api(b, got.sid).status_code == 200
-        await _forget_loaded(sandbox, got.sid, access_token="revoked-" + secrets.token_urlsafe(8),
+        await forget_loaded(sandbox, got.sid, access_token="revoked-" + secrets.token_urlsafe(8),
                              expires_at=time.time() + 3600)
         r = api(b, got.sid)
         assert r.status_code == 200 and r.json()["patient"]["id"] == "onc-07"
-        after = await _tokens(sandbox, got.sid)
+        after = await stored_tokens(sandbox, got.sid)
     assert after["refreshed"] == 1 and not after["access_token"].startswith("revoked-")
 
 
@@ -299,7 +269,7 @@ async def test_failed_refresh_asks_to_relaunch(sandbox: Sandbox):
     with sandbox.browser() as b:
         got = ehr_launch(b, patient="onc-08")
         assert api(b, got.sid).status_code == 200
-        await _forget_loaded(sandbox, got.sid, access_token="revoked", refresh_token="bogus", expires_at=time.time() - 1)
+        await forget_loaded(sandbox, got.sid, access_token="revoked", refresh_token="bogus", expires_at=time.time() - 1)
         r = api(b, got.sid)
         assert r.status_code == 401
         body = r.json()

@@ -7,17 +7,9 @@ import re
 import secrets
 from urllib.parse import parse_qs, urlsplit
 
-from tests.smart.conftest import Sandbox, new_launch
+from tests.smart.conftest import Sandbox, callback_url
 
 LAUNCHER_CODE_LENGTH = 2197  # a code the reference launcher issued with an inline JWKS (issue 14)
-
-
-def _callback(b, sandbox: Sandbox) -> str:
-    launch, iss = new_launch(b)
-    r = b.get("/smart/launch", params={"iss": iss, "launch": launch})
-    r = b.get(r.headers["location"])
-    assert r.status_code in (302, 303)
-    return r.headers["location"]
 
 
 def _with_code(cb: str, code: str) -> str:
@@ -26,7 +18,7 @@ def _with_code(cb: str, code: str) -> str:
 
 def test_a_launcher_length_code_reaches_the_token_endpoint(sandbox: Sandbox):
     with sandbox.browser() as b:
-        cb = _callback(b, sandbox)
+        cb = callback_url(b, sandbox)
         long_code = secrets.token_urlsafe(LAUNCHER_CODE_LENGTH)[:LAUNCHER_CODE_LENGTH]
         r = b.get(_with_code(cb, long_code))
         # The sandbox does not know this code: the refusal comes from its token endpoint, not from our bound.
@@ -36,7 +28,7 @@ def test_a_launcher_length_code_reaches_the_token_endpoint(sandbox: Sandbox):
 
 def test_a_code_beyond_any_real_one_gets_a_readable_refusal(sandbox: Sandbox):
     with sandbox.browser() as b:
-        cb = _callback(b, sandbox)
+        cb = callback_url(b, sandbox)
         r = b.get(_with_code(cb, "a" * 10_001))
         assert r.status_code == 400 and "longer than this app accepts" in r.text and "10,001" in r.text
 

@@ -7,8 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from service.smart.sessions import TOKEN_NS
-from tests.smart.conftest import Sandbox, _sandbox, api, ehr_launch
+from tests.smart.conftest import Sandbox, _sandbox, api, ehr_launch, forget_loaded, stored_tokens
 
 
 @pytest.fixture(scope="module")
@@ -17,20 +16,12 @@ def short_tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     yield from _sandbox(tmp_path_factory.mktemp("smart-60s"), sandbox_access_token_seconds=60)
 
 
-async def _tokens(sandbox: Sandbox, sid: str) -> dict:
-    store = sandbox.store()
-    try:
-        return await store.get(TOKEN_NS, sid)
-    finally:
-        await store.close()
-
-
 async def test_a_page_load_with_sixty_second_tokens_does_not_refresh(short_tokens: Sandbox):
     with short_tokens.browser() as b:
         got = ehr_launch(b, patient="onc-01")
         view = api(b, got.sid)
         assert view.status_code == 200 and view.json()["data"]["measurements"]
-        rec = await _tokens(short_tokens, got.sid)
+        rec = await stored_tokens(short_tokens, got.sid)
     assert rec["refreshed"] == 0 and rec["refresh_attempts"] == 0
     assert rec["lifetime"] == 60 and rec["expires_at"] > time.time()
 
@@ -40,16 +31,7 @@ async def test_a_load_with_a_token_due_for_refresh_refreshes_once(short_tokens: 
     with short_tokens.browser() as b:
         got = ehr_launch(b, patient="onc-02")
         assert api(b, got.sid).status_code == 200
-        short_tokens.app.state.smart.cache.pop(got.sid, None)
-        store = short_tokens.store()
-        try:
-            from service.smart.sessions import DATA_NS
-
-            await store.delete(DATA_NS, got.sid)
-            rec = await store.get(TOKEN_NS, got.sid)
-            await store.put(TOKEN_NS, got.sid, {**rec, "expires_at": time.time() + 5}, ttl=600)
-        finally:
-            await store.close()
+        await forget_loaded(short_tokens, got.sid, expires_at=time.time() + 5)
         assert api(b, got.sid).status_code == 200
-        rec = await _tokens(short_tokens, got.sid)
+        rec = await stored_tokens(short_tokens, got.sid)
     assert rec["refreshed"] == 1 and rec["refresh_attempts"] == 1 and rec["expires_at"] > time.time() + 50

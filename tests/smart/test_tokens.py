@@ -247,12 +247,18 @@ def test_refresh_margin_is_a_fifth_of_the_lifetime_up_to_a_minute():
     assert refresh_margin({"lifetime": None}) == 60
 
 
-@respx.mock
-async def test_refused_refresh_keeps_the_still_valid_token_and_is_not_retried(store):
+async def _due_keeper(store, *, fail: str | None = None) -> tuple[TokenKeeper, list[str]]:
+    """A 60 s token 8 s before expiry (a refresh is due, the token still valid) and the token endpoint's calls."""
     calls: list[str] = []
-    respx.post(TOKEN_URL).mock(side_effect=_token_endpoint(calls, fail="invalid_grant"))
+    respx.post(TOKEN_URL).mock(side_effect=_token_endpoint(calls, fail=fail))
     keeper = await _keeper(store, expires_in=60)
     await _set(store, expires_at=time.time() + 8)
+    return keeper, calls
+
+
+@respx.mock
+async def test_refused_refresh_keeps_the_still_valid_token_and_is_not_retried(store):
+    keeper, calls = await _due_keeper(store, fail="invalid_grant")
     assert [await keeper.access_token() for _ in range(5)] == ["OLD"] * 5
     assert calls == ["refresh_token"]
     rec = await store.get(TOKEN_NS, "s1")
@@ -277,10 +283,7 @@ async def test_without_a_refresh_token_the_token_serves_until_it_expires(store):
 
 @respx.mock
 async def test_unreachable_endpoint_while_valid_backs_off_then_tries_again(store):
-    calls: list[str] = []
-    respx.post(TOKEN_URL).mock(side_effect=_token_endpoint(calls, fail="down"))
-    keeper = await _keeper(store, expires_in=60)
-    await _set(store, expires_at=time.time() + 8)
+    keeper, calls = await _due_keeper(store, fail="down")
     assert [await keeper.access_token() for _ in range(4)] == ["OLD"] * 4
     assert len(calls) == 1  # one attempt, then the back-off
     rec = await store.get(TOKEN_NS, "s1")
