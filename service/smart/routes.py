@@ -32,9 +32,10 @@ router = APIRouter(lifespan=lifespan)
 router.include_router(api.router)
 
 MAX_ISS = 2048  # a URL
-# `launch` and `code` are opaque and some servers make them self-contained JWTs (the reference launcher's
-# codes are ~2,200 characters, more with an inline JWKS): a bound real ones never reach, below what the
-# HTTP layer accepts for a whole request line (h11: 16 KiB), so that a longer value gets a readable page.
+# `launch` and `code` are opaque and some servers make them self-contained JWTs (the reference launcher's codes
+# run from about 1,000 to over 2,000 characters, the longer with the client's JWKS inline): a bound real ones
+# never reach, below what the HTTP layer accepts for a whole request line (h11: 16 KiB), so that a longer value
+# gets a readable page.
 MAX_OPAQUE = 10_000
 APP_CONTEXT_KEYS = ("cardUuid", "serviceId", "kind", "hookInstance", "encounterId")
 
@@ -85,19 +86,19 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
     except LaunchError as exc:
         return error_page(exc.status, "Cannot reach the EHR's sign-in service", exc.message, relaunch=True)
     writes = planned_writes(capability, settings.writeback_strategy, bool(settings.care_coordination_fhir_url))
-    response = RedirectResponse("", status_code=302)
+    response = RedirectResponse("/", status_code=302)  # the location is set once the state is stored
     binding = ensure_browser_cookie(request, response, settings)
     tier = CONFIGURED if settings.smart_scopes.strip() else "full"
-    response.headers["location"], _ = await _authorize(request, {
+    response.headers["location"] = await _authorize(request, {
         "browser": binding, "iss": iss, "launch": launch, "writes": writes, "discovery": disc.to_json(),
         "mode": "ehr" if launch else "standalone"}, tier)
     log.info("smart launch (%s) redirecting to the authorization endpoint", "ehr" if launch else "standalone")
     return no_store(response)
 
 
-async def _authorize(request: Request, launch_rec: dict[str, Any], tier: str) -> tuple[str, list[str]]:
+async def _authorize(request: Request, launch_rec: dict[str, Any], tier: str) -> str:
     """Store a new single-use state (with its PKCE verifier and this launch's facts) and return the authorize
-    URL asking for the scopes of `tier`, with those scopes."""
+    URL asking for the scopes of `tier`."""
     settings = request.app.state.settings
     disc = Discovery(**launch_rec["discovery"])
     scopes = build_scopes(disc, launch_rec["writes"], ehr_launch=launch_rec["launch"] is not None, tier=tier,
@@ -108,7 +109,7 @@ async def _authorize(request: Request, launch_rec: dict[str, Any], tier: str) ->
                         launch=launch_rec["launch"])
     await request.app.state.store.put(STATE_NS, state, {
         **launch_rec, "verifier": verifier, "scopes": scopes, "tier": tier, "created": time.time()}, ttl=STATE_TTL)
-    return url, scopes
+    return url
 
 
 async def _ask_again_with_fewer_scopes(request: Request, rec: dict[str, Any], reason: str) -> Response:
@@ -128,7 +129,7 @@ async def _ask_again_with_fewer_scopes(request: Request, rec: dict[str, Any], re
     fallback = {"tier": smaller, "first": previous.get("first") or tier, "reason": reason,
                 "dropped": sorted(set(previous.get("dropped") or []) | (set(rec["scopes"]) - set(fewer)))}
     launch_rec = {k: rec[k] for k in ("browser", "iss", "launch", "writes", "discovery", "mode")}
-    url, _ = await _authorize(request, {**launch_rec, "fallback": fallback}, smaller)
+    url = await _authorize(request, {**launch_rec, "fallback": fallback}, smaller)
     log.info("smart callback: the EHR refused the %s scopes; asking for the %s set", tier, smaller)
     return no_store(RedirectResponse(url, status_code=302))
 
