@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     smart_client_auth: Literal["public", "private_key_jwt"] = "public"
     smart_private_jwks_file: Path | None = None  # JWKS (private) for private_key_jwt; generated if absent
     smart_alg: Literal["RS384", "ES384"] = "ES384"
+    smart_scopes: str = ""  # "" -> derived from the write-back strategy (service.smart.scopes)
 
     writeback_strategy: Strategy = "auto"
     care_coordination_fhir_url: str | None = None

@@ -182,6 +182,7 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
             "target": sess.get("iss"),
             "grantedScopes": (sess.get("scope_granted") or "").split(),
             "missingScopes": sess.get("missing_scopes") or [],
+            "scopeFallback": sess.get("scope_fallback"),
             "canSign": can_sign,
         },
         "notes": loaded.notes,
@@ -398,6 +399,25 @@ def _written_item(w: dict[str, Any], default_server: str) -> dict[str, Any]:
             "url": w.get("url"), "server": w.get("server") or default_server, "status": w.get("status")}
 
 
+def _within_grants(entries: list[dict[str, Any]], granted_scope: str | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """Drop the optional resources (Provenance, the document beside the ServiceRequests) the token may not
+    create, with a note: scopes are asked per strategy, so a fallback strategy may lack them. Nothing refers to
+    them, so no reference dangles."""
+    from service.fhir.writeback import OPTIONAL_TYPES
+    from service.smart.scopes import Grants
+
+    grants = Grants.parse(granted_scope)
+    kept, notes = [], []
+    for e in entries:
+        rtype = e["resource"]["resourceType"]
+        if rtype in OPTIONAL_TYPES and not grants.can_create(rtype):
+            notes.append(f"{rtype} not written: the EHR did not grant permission to create it "
+                         f"(scope patient/{rtype}.c).")
+            continue
+        kept.append(e)
+    return kept, notes
+
+
 async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dict[str, Any], loaded: Loaded,
                          key: str) -> tuple[dict[str, Any], int]:
     from service.audit import record_writeback
@@ -432,6 +452,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
     else:
         document = lambda refs: build_document_reference(p, snap, signing, refs)  # noqa: E731
 
+    entries, ungranted = _within_grants(entries, sess.get("scope_granted"))
     request_id = getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
     answer: dict[str, Any] = {"key": key, "strategy": strategy, "target": sess["iss"],
                               "signedAt": now.isoformat(), "requester": sess["requester"],
@@ -445,7 +466,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
                                       care_coordination=cc, capability=loaded.capability)
         answer["written"] = [_written_item(w, sess["iss"]) for w in result.written]
         answer["failed"] = list(result.failed)
-        answer["notes"] = list(result.notes)
+        answer["notes"] = ungranted + list(result.notes)
         answer["status"] = "partial" if result.failed else "sent"
     except WritebackError as exc:
         status = exc.status if 400 <= exc.status < 600 else 502

@@ -2,7 +2,8 @@
 
 The page embeds the session's CSRF token (random, server-side, per session); the JS sends it back in the
 `X-CSRF-Token` header. A cross-site page can neither read the token nor set that header without a CORS
-preflight, and the session cookie is SameSite=Lax. When the browser sends `Origin`, it must be ours too.
+preflight (the session cookie itself is SameSite=None over https, for EHRs that embed the app in an iframe).
+When the browser sends `Origin`, it must be ours too.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from service.smart._authlib import AsyncOAuth2Client
 
-from service.smart.scopes import ALL_WRITE_TYPES, STRATEGY_WRITES, requested_scopes
+from service.smart.scopes import CONFIGURED, STRATEGY_WRITES, requested_scopes
 
 STATE_NS = "smart-state"
 STATE_TTL = 600
@@ -48,9 +48,10 @@ class Discovery:
         return "permission-v1" in caps and "permission-v2" not in caps
 
     @property
-    def offline(self) -> bool:
-        caps = set(self.capabilities)
-        return "permission-offline" in caps or "permission-online" not in caps
+    def refresh_scope(self) -> str:
+        """`online_access` when offered (renewal while the user stays signed in: all an in-EHR session needs,
+        and what Oracle Health grants provider apps), else `offline_access`."""
+        return "online_access" if "permission-online" in self.capabilities else "offline_access"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,21 +122,26 @@ async def discover(http: httpx.AsyncClient, iss: str, capability: dict[str, Any]
     return disc
 
 
-def creatable_types(capability: dict[str, Any] | None, override: str = "auto") -> list[str]:
-    """Types the app may need to create: those the server can create (all when unknown), within the
-    configured strategy when one is forced."""
-    wanted = ALL_WRITE_TYPES if override in ("auto", "") else STRATEGY_WRITES.get(override, ALL_WRITE_TYPES)
-    if capability is None:
-        return list(wanted)
-    can: set[str] = set()
-    for rest in capability.get("rest") or []:
-        if rest.get("mode", "server") != "server":
-            continue
-        for res in rest.get("resource") or []:
-            codes = {i.get("code") for i in res.get("interaction") or []}
-            if "create" in codes:
-                can.add(res.get("type"))
-    return [t for t in wanted if t in can]
+def planned_writes(capability: dict[str, Any] | None, override: str = "auto",
+                   care_coordination: bool = False) -> list[str]:
+    """Types to ask create rights on: those written by the strategy this server's CapabilityStatement allows
+    (`service.fhir.writeback.choose_strategy`, or the configured one), that the server can create. None at all
+    when nothing can be written. Unknown capabilities: the full set."""
+    from service.fhir.capability import parse_capability
+    from service.fhir.writeback import WritebackError, choose_strategy
+
+    cap = None
+    if capability is not None:
+        try:
+            cap = parse_capability(capability)
+        except ValueError:
+            cap = None
+    try:
+        strategy = choose_strategy(cap, override, None, care_coordination_available=care_coordination)
+    except WritebackError:
+        return []
+    wanted = STRATEGY_WRITES.get(strategy, ())
+    return [t for t in wanted if cap is None or cap.can_create(t)]
 
 
 def new_pkce_verifier() -> str:
@@ -160,7 +166,11 @@ def authorize_url(disc: Discovery, *, client_id: str, redirect_uri: str, scopes:
     return url
 
 
-def build_scopes(disc: Discovery, capability: dict[str, Any] | None, *, ehr_launch: bool,
-                 override: str = "auto") -> list[str]:
-    return requested_scopes(ehr_launch=ehr_launch, v1=disc.v1_only, offline=disc.offline,
-                            write_types=creatable_types(capability, override))
+def build_scopes(disc: Discovery, writes: list[str], *, ehr_launch: bool, tier: str = "full",
+                 configured: str = "") -> list[str]:
+    """The scopes of one request tier (`service.smart.scopes`) with create rights on `writes`
+    (`planned_writes`); `configured` (ONCO_EXERCISE_SMART_SCOPES) is the list of the `configured` tier."""
+    if tier == CONFIGURED:
+        return configured.replace(",", " ").split()
+    return requested_scopes(ehr_launch=ehr_launch, v1=disc.v1_only, refresh=disc.refresh_scope, tier=tier,
+                            write_types=writes)

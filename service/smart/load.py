@@ -17,7 +17,7 @@ from typing import Any
 
 from service.config import Settings
 from service.smart.runtime import SmartRuntime
-from service.smart.scopes import Grants
+from service.smart.scopes import Grants, fallback_notes
 from service.smart.sessions import DATA_NS, TOKEN_NS
 from service.smart.tokens import RefreshFailed, TokenKeeper
 
@@ -169,7 +169,7 @@ def _build(rt: SmartRuntime, sess: dict[str, Any], data: dict[str, Any], capabil
     snapshot = build_snapshot({"resourceType": "Bundle", "type": "collection",
                                "entry": [{"resource": r} for r in resources]}, now)
     strategy, why = decide_strategy(capability, rt.settings, sess.get("scope_granted"))
-    notes: list[str] = []
+    notes = fallback_notes(sess.get("scope_fallback"))
     if not sess.get("requester"):
         notes.append("The EHR did not say which clinician is signed in (no fhirUser): the referral cannot be "
                      "signed from this session.")

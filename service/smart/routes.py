@@ -17,11 +17,11 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from service.smart import api
 from service.smart.idtoken import IdTokenError, requester_ref, validate_id_token
 from service.smart.launch import (STATE_NS, STATE_TTL, Discovery, LaunchError, authorize_url, build_scopes,
-                                  discover, fetch_capability, new_pkce_verifier, new_state)
+                                  discover, fetch_capability, new_pkce_verifier, new_state, planned_writes)
 from service.smart.load import start_loading
 from service.smart.pages import error_page, json_for_script, no_store, render, static_file
 from service.smart.runtime import lifespan, of
-from service.smart.scopes import missing
+from service.smart.scopes import CONFIGURED, missing, next_tier
 from service.smart.sessions import (SESSION_NS, TOKEN_NS, SessionNotFound, browser_binding,
                                     ensure_browser_cookie, load_session, new_csrf_token, new_session_id)
 from service.smart.tokens import TokenError, exchange_code, token_record
@@ -31,7 +31,12 @@ log = logging.getLogger("service.smart")
 router = APIRouter(lifespan=lifespan)
 router.include_router(api.router)
 
-MAX_PARAM = 2048
+MAX_ISS = 2048  # a URL
+# `launch` and `code` are opaque and some servers make them self-contained JWTs (the reference launcher's codes
+# run from about 1,000 to over 2,000 characters, the longer with the client's JWKS inline): a bound real ones
+# never reach, below what the HTTP layer accepts for a whole request line (h11: 16 KiB), so that a longer value
+# gets a readable page.
+MAX_OPAQUE = 10_000
 APP_CONTEXT_KEYS = ("cardUuid", "serviceId", "kind", "hookInstance", "encounterId")
 
 
@@ -67,7 +72,7 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
             iss = settings.fhir_servers[0]
         else:
             return render("choose.html", servers=settings.fhir_servers)
-    if len(iss) > MAX_PARAM or (launch is not None and (len(launch) > MAX_PARAM or not launch.strip())):
+    if len(iss) > MAX_ISS or (launch is not None and (len(launch) > MAX_OPAQUE or not launch.strip())):
         return error_page(400, "Launch refused", "The launch parameters are malformed.", relaunch=True)
     if not settings.fhir_allowed(iss):
         log.warning("smart launch refused: iss not on the allowlist")
@@ -80,18 +85,53 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
         capability, disc = await asyncio.gather(fetch_capability(rt.http, iss), discover(rt.http, iss))
     except LaunchError as exc:
         return error_page(exc.status, "Cannot reach the EHR's sign-in service", exc.message, relaunch=True)
-    scopes = build_scopes(disc, capability, ehr_launch=launch is not None, override=settings.writeback_strategy)
-    state, verifier = new_state(), new_pkce_verifier()
-    url = authorize_url(disc, client_id=settings.smart_client_id, redirect_uri=redirect_uri(request),
-                        scopes=scopes, state=state, verifier=verifier, aud=iss, launch=launch)
-    response = RedirectResponse(url, status_code=302)
+    writes = planned_writes(capability, settings.writeback_strategy, bool(settings.care_coordination_fhir_url))
+    response = RedirectResponse("/", status_code=302)  # the location is set once the state is stored
     binding = ensure_browser_cookie(request, response, settings)
-    await request.app.state.store.put(STATE_NS, state, {
-        "browser": binding, "iss": iss, "launch": launch, "verifier": verifier, "scopes": scopes,
-        "discovery": disc.to_json(), "created": time.time(), "mode": "ehr" if launch else "standalone",
-    }, ttl=STATE_TTL)
+    tier = CONFIGURED if settings.smart_scopes.strip() else "full"
+    response.headers["location"] = await _authorize(request, {
+        "browser": binding, "iss": iss, "launch": launch, "writes": writes, "discovery": disc.to_json(),
+        "mode": "ehr" if launch else "standalone"}, tier)
     log.info("smart launch (%s) redirecting to the authorization endpoint", "ehr" if launch else "standalone")
     return no_store(response)
+
+
+async def _authorize(request: Request, launch_rec: dict[str, Any], tier: str) -> str:
+    """Store a new single-use state (with its PKCE verifier and this launch's facts) and return the authorize
+    URL asking for the scopes of `tier`."""
+    settings = request.app.state.settings
+    disc = Discovery(**launch_rec["discovery"])
+    scopes = build_scopes(disc, launch_rec["writes"], ehr_launch=launch_rec["launch"] is not None, tier=tier,
+                          configured=settings.smart_scopes)
+    state, verifier = new_state(), new_pkce_verifier()
+    url = authorize_url(disc, client_id=settings.smart_client_id, redirect_uri=redirect_uri(request),
+                        scopes=scopes, state=state, verifier=verifier, aud=launch_rec["iss"],
+                        launch=launch_rec["launch"])
+    await request.app.state.store.put(STATE_NS, state, {
+        **launch_rec, "verifier": verifier, "scopes": scopes, "tier": tier, "created": time.time()}, ttl=STATE_TTL)
+    return url
+
+
+async def _ask_again_with_fewer_scopes(request: Request, rec: dict[str, Any], reason: str) -> Response:
+    """The authorization server refused the scopes (`invalid_scope`) instead of trimming them: ask for the next
+    smaller tier, remembering what was dropped so the app can say what is missing; after `minimum`, explain."""
+    tier = rec.get("tier", "full")
+    smaller = next_tier(tier)
+    if smaller is None:
+        return error_page(403, "The EHR refused the app's permissions",
+                          "The EHR refused even the minimum permissions this app needs to show a prescription. "
+                          "Ask your EHR administrator to register the app with at least the scopes below.",
+                          details=[f"minimum scopes: {' '.join(rec['scopes'])}", f"the EHR said: {reason}"],
+                          relaunch=True)
+    previous = rec.get("fallback") or {}
+    fewer = build_scopes(Discovery(**rec["discovery"]), rec["writes"], ehr_launch=rec["launch"] is not None,
+                         tier=smaller)
+    fallback = {"tier": smaller, "first": previous.get("first") or tier, "reason": reason,
+                "dropped": sorted(set(previous.get("dropped") or []) | (set(rec["scopes"]) - set(fewer)))}
+    launch_rec = {k: rec[k] for k in ("browser", "iss", "launch", "writes", "discovery", "mode")}
+    url = await _authorize(request, {**launch_rec, "fallback": fallback}, smaller)
+    log.info("smart callback: the EHR refused the %s scopes; asking for the %s set", tier, smaller)
+    return no_store(RedirectResponse(url, status_code=302))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,10 +171,15 @@ async def callback(request: Request, state: str | None = None, code: str | None 
                           "This sign-in was started in another browser (or its cookie was lost).", relaunch=True)
     if error:
         text = (error_description or error)[:300]
+        if error == "invalid_scope":
+            return await _ask_again_with_fewer_scopes(request, rec, text)
         return error_page(403 if error == "access_denied" else 400, "The EHR did not authorize the app", text,
                           relaunch=True)
-    if not code or len(code) > MAX_PARAM:
+    if not code:
         return error_page(400, "Sign-in refused", "The EHR's answer carries no authorization code.", relaunch=True)
+    if len(code) > MAX_OPAQUE:
+        return error_page(400, "Sign-in refused", f"The EHR's authorization code is longer than this app accepts "
+                          f"({len(code):,} characters; the limit is {MAX_OPAQUE:,}).", relaunch=True)
 
     disc = Discovery(**rec["discovery"])
     cfg = rt.client_config()
@@ -180,7 +225,7 @@ async def callback(request: Request, state: str | None = None, code: str | None 
         "need_patient_banner": True if need_banner is None else bool(need_banner),
         "intent": token.get("intent"), "app_context": app_context,
         "scope_requested": " ".join(requested), "scope_granted": granted,
-        "missing_scopes": missing(requested, granted),
+        "missing_scopes": missing(requested, granted), "scope_fallback": rec.get("fallback"),
         "fhir_user": fhir_user if isinstance(fhir_user, str) else None,
         "requester": requester_ref(fhir_user if isinstance(fhir_user, str) else None, rec["iss"]),
         "requester_display": display, "csrf": new_csrf_token(), "created": now, "draft_version": 0,

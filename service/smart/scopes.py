@@ -1,7 +1,13 @@
 """SMART scopes: what the app asks for (v2, or v1 for permission-v1-only servers) and what it was granted.
 
-Servers may grant less than asked; `Grants` answers "may I read/create type X" for v1 and v2 scopes alike so
-that the app degrades (another write-back strategy, a view-only mode) instead of looping on 403.
+What is asked follows from the write-back strategy the server's CapabilityStatement allows (create rights
+only for the types that strategy writes), in three tiers tried in turn when an authorization server refuses
+a request (`invalid_scope`) rather than trimming it:
+- `full`: launch context, `openid fhirUser`, a refresh scope, the signer's Practitioner, reads and creates;
+- `essential`: without the refresh scope and the Practitioner read (the two most often not registered);
+- `minimum`: launch context and reads only: the prescription can be reviewed and printed, not signed.
+Servers may also grant less than asked; `Grants` answers "may I read/create type X" for v1 and v2 scopes
+alike so that the app degrades (another write-back strategy, a view-only mode) instead of looping on 403.
 """
 
 from __future__ import annotations
@@ -43,13 +49,29 @@ def read_types() -> tuple[str, ...]:
     return tuple(dict.fromkeys(["Patient", *found, "ServiceRequest", "Task"]))
 
 
-def requested_scopes(*, ehr_launch: bool, v1: bool, write_types: Iterable[str], offline: bool = True,
-                     types: Iterable[str] | None = None) -> list[str]:
-    """The scope list for the authorize request, in a stable order."""
-    scopes = ["openid", "fhirUser", "launch" if ehr_launch else "launch/patient"]
-    scopes.append("offline_access" if offline else "online_access")
-    scopes.append(FHIR_USER_READ_V1 if v1 else FHIR_USER_READ)  # the signer's name, read once at launch
-    writes = [t for t in ALL_WRITE_TYPES if t in set(write_types)]
+TIERS: tuple[str, ...] = ("full", "essential", "minimum")
+CONFIGURED = "configured"  # ONCO_EXERCISE_SMART_SCOPES, tried first; then `essential` and `minimum`
+
+
+def next_tier(tier: str) -> str | None:
+    """The tier to ask for after `tier` was refused (None: nothing smaller is useful)."""
+    if tier == CONFIGURED:
+        return "essential"
+    i = TIERS.index(tier) if tier in TIERS else len(TIERS)
+    return TIERS[i + 1] if i + 1 < len(TIERS) else None
+
+
+def requested_scopes(*, ehr_launch: bool, v1: bool, write_types: Iterable[str],
+                     refresh: str | None = "offline_access", types: Iterable[str] | None = None,
+                     tier: str = "full") -> list[str]:
+    """The scope list for the authorize request of one tier (see the module docstring), in a stable order."""
+    context = "launch" if ehr_launch else "launch/patient"
+    scopes = [context] if tier == "minimum" else ["openid", "fhirUser", context]
+    if tier == "full":
+        if refresh:
+            scopes.append(refresh)
+        scopes.append(FHIR_USER_READ_V1 if v1 else FHIR_USER_READ)  # the signer's name, read once at launch
+    writes = [] if tier == "minimum" else [t for t in ALL_WRITE_TYPES if t in set(write_types)]
     reads = list(types or read_types())
     for t in reads:
         if t in writes:
@@ -115,3 +137,28 @@ def missing(requested: Iterable[str], granted: str | None) -> list[str]:
         if not all(g.allows(rtype, ch) for ch in letters):
             out.append(s)
     return out
+
+
+def _writes(scope: str) -> bool:
+    m = _SCOPE_RE.match(scope)
+    return bool(m) and bool(set(_V1_PERMS.get(m.group(3), m.group(3))) & set("cud"))
+
+
+def fallback_notes(fallback: dict | None) -> list[str]:
+    """What a clinician should know when the EHR refused the first scope request and a smaller set was granted:
+    which permissions were dropped and what that costs."""
+    if not fallback or not fallback.get("dropped"):
+        return []
+    dropped = list(fallback["dropped"])
+    notes = [f"The EHR refused the permissions first asked for ({fallback.get('reason') or 'invalid_scope'}); the "
+             f"app asked again without: {' '.join(dropped)}."]
+    if {"offline_access", "online_access"} & set(dropped):
+        notes.append("Without a refresh permission the session ends when the EHR's access token expires: then "
+                     "launch the app again from the EHR.")
+    if {"openid", "fhirUser"} & set(dropped):
+        notes.append("Without openid fhirUser the EHR does not say who is signed in, so the referral cannot be "
+                     "signed in this session.")
+    if any(_writes(s) for s in dropped):
+        notes.append("Without create permissions nothing can be written: the prescription can be reviewed and "
+                     "printed only.")
+    return notes

@@ -1,8 +1,9 @@
 """Server-side SMART sessions in the shared Store; the browser only holds an opaque cookie.
 
 Two identifiers, both random:
-- the *browser cookie* (`oe_smart`, HttpOnly, Secure, SameSite=Lax, Path=/smart): binds launches and
-  sessions to one browser; the store only keeps its SHA-256, so a store dump yields no usable cookie;
+- the *browser cookie* (`oe_smart`, HttpOnly, Path=/smart; over https `Secure; SameSite=None; Partitioned`,
+  so that it also works when the EHR embeds the app in a cross-site iframe): binds launches and sessions to
+  one browser; the store only keeps its SHA-256, so a store dump yields no usable cookie;
 - the *session id* `s` (in the app's URL): one per completed launch, so two tabs with two patients never mix.
 A request is served only when both match. Tokens, patient data and drafts stay in the store.
 """
@@ -44,9 +45,20 @@ def ensure_browser_cookie(request: Request, response: Response, settings: Settin
     return _hash(value)
 
 
+def cookie_header(value: str, settings: Settings) -> str:
+    """The Set-Cookie value. Many EHRs show apps in an iframe on their own site, where a SameSite=Lax cookie is
+    never sent: over https the cookie is `SameSite=None` (sent in cross-site frames; the API still needs the
+    CSRF header and a same-origin Origin, the callback a state bound to this cookie) and `Partitioned` (CHIPS:
+    kept per top-level site, so it survives browsers that block other third-party cookies). Plain-http
+    development keeps SameSite=Lax: browsers drop SameSite=None cookies that are not Secure."""
+    attrs = [f"{COOKIE}={value}", f"Max-Age={int(settings.session_ttl_seconds)}", "Path=/smart", "HttpOnly"]
+    attrs += ["Secure", "SameSite=None", "Partitioned"] if settings.cookie_secure else ["SameSite=Lax"]
+    return "; ".join(attrs)
+
+
 def set_cookie(response: Response, value: str, settings: Settings) -> None:
-    response.set_cookie(COOKIE, value, max_age=settings.session_ttl_seconds, path="/smart",
-                        secure=settings.cookie_secure, httponly=True, samesite="lax")
+    # Written by hand: Starlette only emits `Partitioned` on Python 3.14+.
+    response.headers.append("set-cookie", cookie_header(value, settings))
 
 
 def new_session_id() -> str:

@@ -133,10 +133,14 @@ async def refresh(cfg: ClientConfig, token_endpoint: str, refresh_token: str,
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Per-session access tokens: refresh ahead of expiry and once after a 401, single-flight.
+# Per-session access tokens: refreshed shortly before expiry (and once after a 401), single-flight; a
+# still-valid token keeps serving when a refresh fails.
 # ---------------------------------------------------------------------------------------------------------
 
-REFRESH_MARGIN = 60.0  # seconds before expiry at which a token counts as stale
+REFRESH_MARGIN_MAX = 60.0  # refresh at most this many seconds before expiry ...
+REFRESH_MARGIN_SHARE = 0.2  # ... and no earlier than the last fifth of the token's life (a 60 s token: 12 s)
+EXPIRY_GRACE = 2.0  # a token this close to expiry is treated as expired (the request would arrive too late)
+RETRY_AFTER = 15.0  # after an unreachable token endpoint, wait this long before trying again
 RECENT_REFRESH = 10.0  # a 401 within this many seconds of a refresh does not refresh again
 LOCK_NS = "smart-refresh-lock"
 _local_locks: "weakref.WeakValueDictionary[str, asyncio.Lock]" = weakref.WeakValueDictionary()
@@ -149,21 +153,52 @@ class RefreshFailed(Exception):
 def token_record(token: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     """What the store keeps for a session's tokens (never sent to the browser)."""
     now = time.time() if now is None else now
-    expires_in = token.get("expires_in")
     try:
-        expires_at = now + float(expires_in) if expires_in is not None else None
+        lifetime = float(token["expires_in"]) if token.get("expires_in") is not None else None
     except (TypeError, ValueError):
-        expires_at = None
+        lifetime = None
     return {"access_token": token["access_token"], "refresh_token": token.get("refresh_token"),
-            "expires_at": expires_at, "scope": token.get("scope"), "refreshed": 0}
+            "expires_at": now + lifetime if lifetime is not None else None, "lifetime": lifetime,
+            "scope": token.get("scope"), "refreshed": 0, "refresh_attempts": 0}
+
+
+def refresh_margin(rec: dict[str, Any]) -> float:
+    """Seconds before expiry at which a refresh is due: a fifth of the token's life, at most a minute. (A fixed
+    minute made every 60 s token due at once: one refresh per request.)"""
+    lifetime = rec.get("lifetime")
+    if not isinstance(lifetime, (int, float)) or lifetime <= 0:
+        return REFRESH_MARGIN_MAX
+    return min(REFRESH_MARGIN_MAX, lifetime * REFRESH_MARGIN_SHARE)
+
+
+def _left(rec: dict[str, Any], now: float) -> float | None:
+    exp = rec.get("expires_at")
+    return None if exp is None else exp - now
+
+
+def expired(rec: dict[str, Any], now: float | None = None) -> bool:
+    left = _left(rec, time.time() if now is None else now)
+    return left is not None and left <= EXPIRY_GRACE
+
+
+def refresh_due(rec: dict[str, Any], now: float | None = None) -> bool:
+    left = _left(rec, time.time() if now is None else now)
+    return left is not None and left <= refresh_margin(rec)
+
+
+def can_refresh(rec: dict[str, Any]) -> bool:
+    """There is a refresh token and the EHR has not refused it before."""
+    return bool(rec.get("refresh_token")) and not rec.get("refresh_refused")
 
 
 class TokenKeeper:
     """Bearer tokens for one session.
 
-    `access_token()` refreshes when the token expires within REFRESH_MARGIN; `after_401(used)` refreshes once
-    unless another request already did. Concurrent callers share one refresh: an in-process lock per session
-    plus a Store `add` lock, so several replicas behind a load balancer also refresh only once.
+    `access_token()` refreshes when a refresh is due (`refresh_due`); `after_401(used)` refreshes once unless
+    another request already did. A refresh that fails while the token is still valid changes nothing for the
+    caller: the token serves until it expires (a refused refresh is not tried again; an unreachable endpoint
+    is retried after RETRY_AFTER). Concurrent callers share one refresh: an in-process lock per session plus a
+    Store `add` lock, so several replicas behind a load balancer also refresh only once.
     """
 
     def __init__(self, store: Any, sid: str, cfg: ClientConfig, token_endpoint: str, ttl: float,
@@ -181,14 +216,24 @@ class TokenKeeper:
             raise RefreshFailed("the EHR refused to renew the session")
         return rec
 
+    async def _save(self, rec: dict[str, Any]) -> None:
+        from service.smart.sessions import TOKEN_NS
+
+        await self.store.put(TOKEN_NS, self.sid, rec, ttl=self.ttl)
+
     @staticmethod
-    def _usable(rec: dict[str, Any], stale: str | None) -> bool:
-        if stale is not None:
+    def _serves(rec: dict[str, Any], rejected: str | None) -> bool:
+        """Can the stored token be handed out without a refresh?"""
+        if rejected is not None:
             # someone refreshed since that request failed, or a moment ago (concurrent 401s of one client
             # cannot say which token each request carried: one refresh serves them all)
-            return rec["access_token"] != stale or time.time() - rec.get("refreshed_at", 0) < RECENT_REFRESH
-        exp = rec.get("expires_at")
-        return exp is None or exp - time.time() > REFRESH_MARGIN
+            return rec["access_token"] != rejected or time.time() - rec.get("refreshed_at", 0) < RECENT_REFRESH
+        if not refresh_due(rec):
+            return True
+        if expired(rec):
+            return False
+        # Due but still valid: keep using it when a refresh is impossible or recently found unreachable.
+        return not can_refresh(rec) or rec.get("retry_after", 0) > time.time()
 
     async def access_token(self) -> str:
         return await self._get(None)
@@ -196,9 +241,9 @@ class TokenKeeper:
     async def after_401(self, used_token: str) -> str:
         return await self._get(used_token)
 
-    async def _get(self, stale: str | None) -> str:
+    async def _get(self, rejected: str | None) -> str:
         rec = await self._record()
-        if self._usable(rec, stale):
+        if self._serves(rec, rejected):
             return rec["access_token"]
         lock = _local_locks.get(self.sid)
         if lock is None:
@@ -206,40 +251,53 @@ class TokenKeeper:
             _local_locks[self.sid] = lock
         async with lock:
             rec = await self._record()
-            if self._usable(rec, stale):
+            if self._serves(rec, rejected):
                 return rec["access_token"]
             deadline = time.monotonic() + 15
             while not await self.store.add(LOCK_NS, self.sid, {"at": time.time()}, ttl=20):
                 await asyncio.sleep(0.05)  # another replica is refreshing: wait for its result
                 rec = await self._record()
-                if self._usable(rec, stale):
+                if self._serves(rec, rejected):
                     return rec["access_token"]
                 if time.monotonic() > deadline:
                     raise RefreshFailed("the token refresh did not finish in time")
             try:
                 rec = await self._record()
-                if self._usable(rec, stale):
+                if self._serves(rec, rejected):
                     return rec["access_token"]
-                return await self._refresh(rec)
+                return await self._refresh(rec, rejected)
             finally:
                 await self.store.delete(LOCK_NS, self.sid)
 
-    async def _refresh(self, rec: dict[str, Any]) -> str:
-        from service.smart.sessions import TOKEN_NS
-
-        if not rec.get("refresh_token"):
-            await self.store.put(TOKEN_NS, self.sid, {**rec, "refresh_failed": True}, ttl=self.ttl)
-            raise RefreshFailed("the EHR gave no refresh token")
+    async def _refresh(self, rec: dict[str, Any], rejected: str | None) -> str:
+        """Refresh; on failure keep serving a token that is still valid and not the one just rejected."""
+        still_valid = rejected is None and not expired(rec)
+        if not can_refresh(rec):
+            if still_valid:
+                return rec["access_token"]
+            await self._save({**rec, "refresh_failed": True})
+            raise RefreshFailed("the access token has expired and cannot be renewed")
+        attempts = int(rec.get("refresh_attempts", 0)) + 1
         try:
             new = await refresh(self.cfg, self.token_endpoint, rec["refresh_token"], self.transport)
         except TokenError as exc:
-            if exc.error != "temporarily_unavailable":
-                await self.store.put(TOKEN_NS, self.sid, {**rec, "refresh_failed": True}, ttl=self.ttl)
+            unreachable = exc.error == "temporarily_unavailable"
+            changes: dict[str, Any] = {"refresh_attempts": attempts}
+            if unreachable:
+                changes["retry_after"] = time.time() + RETRY_AFTER
+            else:
+                changes["refresh_refused"] = True  # invalid_grant and the like: asking again will not help
+            if not still_valid and not unreachable:
+                changes["refresh_failed"] = True
+            await self._save({**rec, **changes})
+            if still_valid:
+                return rec["access_token"]
             raise RefreshFailed(str(exc)) from None
         updated = token_record(new)
         updated["refresh_token"] = new.get("refresh_token") or rec["refresh_token"]  # Oracle sends none
         updated["scope"] = new.get("scope") or rec.get("scope")
         updated["refreshed"] = int(rec.get("refreshed", 0)) + 1
+        updated["refresh_attempts"] = attempts
         updated["refreshed_at"] = time.time()
-        await self.store.put(TOKEN_NS, self.sid, updated, ttl=self.ttl)
+        await self._save(updated)
         return updated["access_token"]

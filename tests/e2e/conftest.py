@@ -15,15 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import running_sandbox
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "e2e"
-# The machine is shared and slow: every wait is on a condition, with room to spare.
-WAIT_MS = 30_000
+from tests.support.browser import chromium_page, need_chromium, screenshot_taker
 
 
 @dataclass
@@ -62,11 +54,6 @@ class Sandbox:
             return pool.submit(asyncio.run, rows()).result(timeout=30)
 
 
-def need_chromium() -> None:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (./dev test does)")
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     need_chromium()  # module fixtures are set up first: do not start a sandbox for nothing
@@ -74,12 +61,14 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
         yield Sandbox(url, app)
 
 
-def ehr_launch_page(page: Any, sandbox: Sandbox, patient: str) -> None:
-    """An EHR launch straight from the sandbox authorization server (no card needed), ready in the app."""
+def ehr_launch_page(page: Any, sandbox: Sandbox, patient: str, **context: Any) -> None:
+    """An EHR launch straight from the sandbox authorization server (no card needed), ready in the app;
+    `context` adds launch context (e.g. needPatientBanner=False)."""
     from playwright.sync_api import expect
 
     r = httpx.post(f"{sandbox.url}/sandbox/auth/launch", json={"patient": patient,
-                                                               "practitioner": "sandbox-clinician"}, timeout=30)
+                                                               "practitioner": "sandbox-clinician", **context},
+                   timeout=30)
     assert r.status_code == 201, r.text
     page.goto(f"{sandbox.url}/smart/launch?" + urlencode({"iss": r.json()["iss"], "launch": r.json()["launch"]}))
     page.wait_for_url(re.compile(r"/smart/app\?s="))
@@ -89,34 +78,11 @@ def ehr_launch_page(page: Any, sandbox: Sandbox, patient: str) -> None:
 @pytest.fixture
 def page(tmp_path: Path) -> Iterator[Any]:
     """A page in headless system Chromium with a fresh user-data dir (never `playwright install`)."""
-    need_chromium()
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1280, "height": 900}, locale="en-GB", timezone_id="UTC")
-        context.set_default_timeout(WAIT_MS)
-        context.set_default_navigation_timeout(WAIT_MS)
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
+    with chromium_page(tmp_path / "profile") as p:
+        yield p
 
 
 @pytest.fixture
 def shot(request: pytest.FixtureRequest) -> Callable[[Any, str], Path]:
     """shot(page, "step-name") saves a full-page PNG as tests/artifacts/e2e/<test>/<NN>-<step>.png."""
-    folder = ARTIFACTS / re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):
-        old.unlink()
-    counter = iter(range(1, 100))
-
-    def take(page: Any, step: str) -> Path:
-        path = folder / f"{next(counter):02d}-{step}.png"
-        page.screenshot(path=str(path), full_page=True)
-        return path
-
-    return take
+    return screenshot_taker("e2e", request.node.name)

@@ -90,6 +90,15 @@ def standalone_launch(client: httpx.Client, iss: str, patient: str = "onc-02") -
     return done
 
 
+def callback_url(client: httpx.Client, sandbox: Sandbox) -> str:
+    """Run an EHR launch up to the EHR's redirect back to the app, without following it."""
+    launch, iss = new_launch(client)
+    r = client.get("/smart/launch", params={"iss": iss, "launch": launch})
+    r = client.get(r.headers["location"])
+    assert r.status_code in (302, 303) and r.headers["location"].startswith(f"{sandbox.url}/smart/callback")
+    return r.headers["location"]
+
+
 def api(client: httpx.Client, sid: str) -> httpx.Response:
     return client.get("/smart/api/prescription", params={"s": sid})
 
@@ -100,3 +109,30 @@ def fhir_reader(sandbox: Sandbox) -> httpx.Client:
 
     token = mint_access_token("user/*.rs", app=sandbox.app)
     return httpx.Client(base_url=sandbox.iss, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+async def stored_tokens(sandbox: Sandbox, sid: str) -> dict:
+    """The session's token record, read from the app's store (it is never in a page or a cookie)."""
+    from service.smart.sessions import TOKEN_NS
+
+    store = sandbox.store()
+    try:
+        return await store.get(TOKEN_NS, sid)
+    finally:
+        await store.close()
+
+
+async def forget_loaded(sandbox: Sandbox, sid: str, **token_changes: object) -> dict:
+    """Drop the cached patient so the next API call reads the EHR again, and alter the stored tokens."""
+    from service.smart.sessions import DATA_NS, TOKEN_NS
+
+    sandbox.app.state.smart.cache.pop(sid, None)
+    store = sandbox.store()
+    try:
+        await store.delete(DATA_NS, sid)
+        rec = await store.get(TOKEN_NS, sid)
+        rec.update(token_changes)
+        await store.put(TOKEN_NS, sid, rec, ttl=600)
+        return rec
+    finally:
+        await store.close()

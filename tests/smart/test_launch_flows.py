@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from service.smart.launch import STATE_NS
-from service.smart.sessions import COOKIE, DATA_NS, SESSION_NS, TOKEN_NS
-from tests.smart.conftest import Sandbox, _sandbox, api, ehr_launch, new_launch, standalone_launch
+from service.smart.sessions import COOKIE, SESSION_NS, TOKEN_NS
+from tests.smart.conftest import (Sandbox, _sandbox, api, callback_url, ehr_launch, forget_loaded, new_launch,
+                                  standalone_launch, stored_tokens)
 
 
 def _authorize_query(client: httpx.Client, iss: str, launch: str | None = None) -> dict[str, str]:
@@ -81,6 +82,8 @@ def test_authorize_request_has_pkce_s256_state_aud_launch_and_scopes(sandbox: Sa
         scopes = q["scope"].split()
         assert {"launch", "openid", "fhirUser"} <= set(scopes)
         assert "patient/Observation.rs" in scopes and "patient/CarePlan.crs" in scopes
+        assert "patient/DocumentReference.crs" not in scopes  # the full strategy writes no document
+        assert "online_access" in scopes and "offline_access" not in scopes  # the sandbox offers online_access
         q2 = _authorize_query(b, iss)
         assert "launch" not in q2 and "launch/patient" in q2["scope"].split()
         assert q2["state"] != q["state"] and q2["code_challenge"] != q["code_challenge"]
@@ -130,18 +133,9 @@ def test_ehr_launch_without_iss_is_refused(sandbox: Sandbox):
         assert r.status_code == 400 and "location" not in r.headers
 
 
-def _callback_url(b: httpx.Client, sandbox: Sandbox) -> str:
-    """Run the launch up to the EHR's redirect back to us, without following it."""
-    launch, iss = new_launch(b)
-    r = b.get("/smart/launch", params={"iss": iss, "launch": launch})
-    r = b.get(r.headers["location"])
-    assert r.status_code in (302, 303) and r.headers["location"].startswith(f"{sandbox.url}/smart/callback")
-    return r.headers["location"]
-
-
 def test_state_is_single_use(sandbox: Sandbox):
     with sandbox.browser() as b:
-        cb = _callback_url(b, sandbox)
+        cb = callback_url(b, sandbox)
         assert b.get(cb).status_code == 303
         again = b.get(cb)
         assert again.status_code == 400 and "already used" in again.text
@@ -149,7 +143,7 @@ def test_state_is_single_use(sandbox: Sandbox):
 
 def test_unknown_state_is_refused(sandbox: Sandbox):
     with sandbox.browser() as b:
-        cb = _callback_url(b, sandbox)
+        cb = callback_url(b, sandbox)
         forged = re.sub(r"state=[^&]+", f"state={secrets.token_urlsafe(32)}", cb)
         r = b.get(forged)
         assert r.status_code == 400 and "Sign-in refused" in r.text
@@ -158,7 +152,7 @@ def test_unknown_state_is_refused(sandbox: Sandbox):
 
 def test_state_from_another_browser_is_refused(sandbox: Sandbox):
     with sandbox.browser() as victim, sandbox.browser() as attacker:
-        cb = _callback_url(attacker, sandbox)
+        cb = callback_url(attacker, sandbox)
         victim.get("/smart/launch", params={"iss": sandbox.iss})  # the victim has a cookie of their own
         r = victim.get(cb)
         assert r.status_code == 400 and "another browser" in r.text
@@ -170,7 +164,7 @@ def test_expired_state_is_refused(sandbox: Sandbox, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(routes, "STATE_TTL", 1)
     with sandbox.browser() as b:
-        cb = _callback_url(b, sandbox)
+        cb = callback_url(b, sandbox)
         time.sleep(1.2)
         r = b.get(cb)
         assert r.status_code == 400 and "expired" in r.text
@@ -178,7 +172,7 @@ def test_expired_state_is_refused(sandbox: Sandbox, monkeypatch: pytest.MonkeyPa
 
 async def test_wrong_pkce_verifier_is_refused_by_the_ehr(sandbox: Sandbox):
     with sandbox.browser() as b:
-        cb = _callback_url(b, sandbox)
+        cb = callback_url(b, sandbox)
         state = parse_qs(urlsplit(cb).query)["state"][0]
         store = sandbox.store()
         try:
@@ -228,7 +222,10 @@ def test_narrowed_scopes_degrade_the_write_back_with_an_explanation(sandbox: San
         assert r.status_code == 200, r.text
         written = {w["resourceType"] for w in r.json()["written"]}
         assert r.json()["strategy"] == "service-request-only"
-        assert "ServiceRequest" in written and "DocumentReference" in written and "CarePlan" not in written
+        # Scopes follow the planned (full) strategy, so no DocumentReference create was asked for: the
+        # ServiceRequests go, the document beside them is skipped with a note.
+        assert written == {"ServiceRequest"}
+        assert any("DocumentReference not written" in n for n in r.json()["notes"])
 
 
 def test_no_write_scope_at_all_means_view_only(sandbox: Sandbox):
@@ -245,35 +242,13 @@ def test_no_write_scope_at_all_means_view_only(sandbox: Sandbox):
 # -- token refresh ------------------------------------------------------------------------------------------
 
 
-async def _forget_loaded(sandbox: Sandbox, sid: str, **token_changes: object) -> dict:
-    """Drop the cached patient so the next API call reads the EHR again, and alter the stored tokens."""
-    sandbox.app.state.smart.cache.pop(sid, None)
-    store = sandbox.store()
-    try:
-        await store.delete(DATA_NS, sid)
-        rec = await store.get(TOKEN_NS, sid)
-        rec.update(token_changes)
-        await store.put(TOKEN_NS, sid, rec, ttl=600)
-        return rec
-    finally:
-        await store.close()
-
-
-async def _tokens(sandbox: Sandbox, sid: str) -> dict:
-    store = sandbox.store()
-    try:
-        return await store.get(TOKEN_NS, sid)
-    finally:
-        await store.close()
-
-
 async def test_token_near_expiry_is_refreshed_before_use(sandbox: Sandbox):
     with sandbox.browser() as b:
         got = ehr_launch(b, patient="onc-06")
         assert api(b, got.sid).status_code == 200
-        before = await _forget_loaded(sandbox, got.sid, expires_at=time.time() + 5)
+        before = await forget_loaded(sandbox, got.sid, expires_at=time.time() + 5)
         assert api(b, got.sid).status_code == 200
-        after = await _tokens(sandbox, got.sid)
+        after = await stored_tokens(sandbox, got.sid)
     assert after["refreshed"] == 1 and after["access_token"] != before["access_token"]
     assert after["refresh_token"]
 
@@ -282,11 +257,11 @@ async def test_rejected_token_is_refreshed_once_and_the_call_retried(sandbox: Sa
     with sandbox.browser() as b:
         got = ehr_launch(b, patient="onc-07")
         assert api(b, got.sid).status_code == 200
-        await _forget_loaded(sandbox, got.sid, access_token="revoked-" + secrets.token_urlsafe(8),
+        await forget_loaded(sandbox, got.sid, access_token="revoked-" + secrets.token_urlsafe(8),
                              expires_at=time.time() + 3600)
         r = api(b, got.sid)
         assert r.status_code == 200 and r.json()["patient"]["id"] == "onc-07"
-        after = await _tokens(sandbox, got.sid)
+        after = await stored_tokens(sandbox, got.sid)
     assert after["refreshed"] == 1 and not after["access_token"].startswith("revoked-")
 
 
@@ -294,7 +269,7 @@ async def test_failed_refresh_asks_to_relaunch(sandbox: Sandbox):
     with sandbox.browser() as b:
         got = ehr_launch(b, patient="onc-08")
         assert api(b, got.sid).status_code == 200
-        await _forget_loaded(sandbox, got.sid, access_token="revoked", refresh_token="bogus", expires_at=time.time() - 1)
+        await forget_loaded(sandbox, got.sid, access_token="revoked", refresh_token="bogus", expires_at=time.time() - 1)
         r = api(b, got.sid)
         assert r.status_code == 401
         body = r.json()
@@ -330,3 +305,16 @@ def test_patient_banner_follows_the_ehr(sandbox: Sandbox):
     with sandbox.browser() as b:
         got = ehr_launch(b, patient="onc-16", needPatientBanner=False)
         assert api(b, got.sid).json()["needPatientBanner"] is False
+
+
+def test_over_https_the_cookie_works_in_a_cross_site_iframe(tmp_path_factory: pytest.TempPathFactory):
+    """Secure deployments: SameSite=None (sent inside an EHR's iframe) and Partitioned (kept when the browser
+    blocks other third-party cookies); never readable by scripts."""
+    for sb in _sandbox(tmp_path_factory.mktemp("smart-secure-cookie"), cookie_secure=True):
+        with sb.browser() as b:
+            launch, iss = new_launch(b)
+            r = b.get("/smart/launch", params={"iss": iss, "launch": launch})
+            assert r.status_code == 302
+            attrs = [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+            assert attrs[0].startswith(f"{COOKIE}=")
+            assert {"secure", "samesite=none", "partitioned", "httponly", "path=/smart"} <= set(attrs)

@@ -11,9 +11,9 @@ import pytest
 import respx
 
 from service.smart import launch as launch_mod
-from service.smart.launch import (Discovery, LaunchError, authorize_url, build_scopes, creatable_types, discover,
-                                  new_pkce_verifier, new_state)
-from service.smart.scopes import Grants, missing, requested_scopes
+from service.smart.launch import (Discovery, LaunchError, authorize_url, build_scopes, discover, new_pkce_verifier,
+                                  new_state, planned_writes)
+from service.smart.scopes import Grants, fallback_notes, missing, next_tier, requested_scopes
 
 ISS = "https://ehr.example/fhir"
 
@@ -44,28 +44,73 @@ def test_authorize_url_carries_s256_challenge_aud_launch_state():
     assert v not in url
 
 
-def test_v2_scopes_with_writes_only_for_creatable_types():
-    cap = {"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "resource": [
-        {"type": "ServiceRequest", "interaction": [{"code": "create"}, {"code": "read"}]},
-        {"type": "CarePlan", "interaction": [{"code": "read"}, {"code": "search-type"}]},
-        {"type": "DocumentReference", "interaction": [{"code": "create"}]}]}]}
-    assert creatable_types(cap) == ["ServiceRequest", "DocumentReference"]
+def _cap(creates: list[str], *, transaction: bool = True, read_only: tuple[str, ...] = ("CarePlan",)) -> dict:
+    resources = [{"type": t, "interaction": [{"code": "create"}, {"code": "read"}]} for t in creates]
+    resources += [{"type": t, "interaction": [{"code": "read"}, {"code": "search-type"}]} for t in read_only
+                  if t not in creates]
+    rest = {"mode": "server", "resource": resources,
+            "interaction": [{"code": "transaction"}] if transaction else []}
+    return {"resourceType": "CapabilityStatement", "rest": [rest]}
+
+
+FULL = ["CarePlan", "Goal", "ServiceRequest", "Task", "Provenance"]
+
+
+def test_create_rights_follow_the_write_back_strategy():
+    """Only what the strategy this server allows will write (issue 14: 17 scopes whatever the strategy)."""
+    assert planned_writes(_cap([*FULL, "DocumentReference"])) == FULL  # full: no DocumentReference
+    assert planned_writes(_cap(["CarePlan", "Goal", "ServiceRequest", "Task"])) == FULL[:4]  # no Provenance create
+    epic_like = _cap(["ServiceRequest", "DocumentReference", "Observation"])
+    assert planned_writes(epic_like) == ["ServiceRequest", "DocumentReference"]
+    assert planned_writes(_cap(["DocumentReference"], read_only=("CarePlan", "ServiceRequest"))) == [
+        "DocumentReference"]
+    assert planned_writes(_cap(["Observation"])) == []  # nothing can be written: read scopes only
+    assert planned_writes(None) == FULL  # capabilities unknown: ask for the full plan
+    assert planned_writes(_cap([*FULL, "DocumentReference"]), "document") == ["DocumentReference"]
+    assert planned_writes(epic_like, care_coordination=True) == ["DocumentReference"]
+
+
+def test_scope_tiers_for_an_epic_like_server():
     disc = Discovery("a", "t", capabilities=["permission-v2", "permission-v1", "permission-offline"])
-    scopes = build_scopes(disc, cap, ehr_launch=True)
-    assert "launch" in scopes and "openid" in scopes and "fhirUser" in scopes and "offline_access" in scopes
-    assert "patient/ServiceRequest.crs" in scopes and "patient/DocumentReference.crs" in scopes
-    assert "patient/Observation.rs" in scopes and "patient/Patient.rs" in scopes
-    assert not any(s.startswith("patient/CarePlan") for s in scopes)
-    assert creatable_types(None) == ["CarePlan", "Goal", "ServiceRequest", "Task", "Provenance", "DocumentReference"]
-    assert creatable_types(None, "document") == ["DocumentReference"]
+    writes = planned_writes(_cap(["ServiceRequest", "DocumentReference"]))
+    full = build_scopes(disc, writes, ehr_launch=True)
+    assert full[:6] == ["openid", "fhirUser", "launch", "offline_access", "user/Practitioner.rs", "patient/Patient.rs"]
+    assert "patient/ServiceRequest.crs" in full and "patient/DocumentReference.crs" in full
+    assert "patient/Observation.rs" in full and not any(s.startswith("patient/CarePlan") for s in full)
+    essential = build_scopes(disc, writes, ehr_launch=True, tier="essential")
+    assert set(full) - set(essential) == {"offline_access", "user/Practitioner.rs"}
+    minimum = build_scopes(disc, writes, ehr_launch=True, tier="minimum")
+    assert minimum[0] == "launch" and all(s == "launch" or s.endswith(".rs") for s in minimum)
+    assert "patient/ServiceRequest.rs" in minimum and "openid" not in minimum
+    assert [next_tier(t) for t in ("configured", "full", "essential", "minimum")] == [
+        "essential", "essential", "minimum", None]
+    configured = build_scopes(disc, writes, ehr_launch=True, tier="configured", configured="launch, patient/*.read")
+    assert configured == ["launch", "patient/*.read"]
+
+
+def test_online_access_when_offered():
+    both = Discovery("a", "t", capabilities=["permission-offline", "permission-online"])
+    assert both.refresh_scope == "online_access"
+    assert Discovery("a", "t", capabilities=["permission-offline"]).refresh_scope == "offline_access"
+    assert Discovery("a", "t").refresh_scope == "offline_access"
 
 
 def test_v1_fallback_and_standalone_context():
     disc = Discovery("a", "t", capabilities=["permission-v1", "launch-standalone"])
-    scopes = build_scopes(disc, None, ehr_launch=False)
+    scopes = build_scopes(disc, FULL, ehr_launch=False)
     assert "launch/patient" in scopes and "launch" not in scopes
     assert "patient/Observation.read" in scopes and "patient/CarePlan.write" in scopes
     assert not any(s.endswith(".rs") or s.endswith(".crs") for s in scopes)
+
+
+def test_what_a_scope_fallback_costs_is_said():
+    assert fallback_notes(None) == []
+    notes = fallback_notes({"tier": "essential", "reason": "Scopes could not be granted",
+                            "dropped": ["offline_access", "user/Practitioner.rs"]})
+    assert "without: offline_access user/Practitioner.rs" in notes[0] and "Scopes could not be granted" in notes[0]
+    assert any("launch the app again" in n for n in notes) and not any("cannot be signed" in n for n in notes)
+    notes = fallback_notes({"tier": "minimum", "dropped": ["openid", "fhirUser", "patient/Task.crs"]})
+    assert any("cannot be signed" in n for n in notes) and any("reviewed and printed" in n for n in notes)
 
 
 def test_granted_scopes_v1_and_v2_and_missing():

@@ -200,3 +200,106 @@ async def test_unreachable_token_endpoint_is_not_marked_as_failed(store):
     with pytest.raises(RefreshFailed):
         await keeper.access_token()
     assert await keeper.access_token() == "N"
+
+
+# -- refresh only when due; a still-valid token keeps serving when a refresh fails (issue 14) ----------------
+
+
+def _token_endpoint(calls: list[str], *, lifetime: int = 60, fail: str | None = None):
+    """A token endpoint issuing `lifetime`-second tokens (no new refresh token), or refusing with `fail`."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(_form(request)["grant_type"])
+        if fail == "down":
+            raise httpx.ConnectError("token endpoint down")
+        if fail:
+            return httpx.Response(400, json={"error": fail})
+        return httpx.Response(200, json={"access_token": f"NEW{len(calls)}", "token_type": "Bearer",
+                                         "expires_in": lifetime})
+    return handler
+
+
+async def _set(store, sid="s1", **changes):
+    rec = await store.get(TOKEN_NS, sid)
+    rec.update(changes)
+    await store.put(TOKEN_NS, sid, rec, ttl=600)
+
+
+@respx.mock
+async def test_sixty_second_tokens_are_not_refreshed_on_every_request(store):
+    """A 60 s token was 'stale' from birth under a fixed 60 s margin: one refresh per request."""
+    calls: list[str] = []
+    respx.post(TOKEN_URL).mock(side_effect=_token_endpoint(calls, lifetime=60))
+    keeper = await _keeper(store, expires_in=60)
+    assert {await keeper.access_token() for _ in range(11)} == {"OLD"}
+    assert calls == []
+    await _set(store, expires_at=time.time() + 10)  # within the last fifth of its life: due
+    assert await keeper.access_token() == "NEW1"
+    assert {await keeper.access_token() for _ in range(10)} == {"NEW1"}  # the new 60 s token is not due
+    assert calls == ["refresh_token"]
+
+
+def test_refresh_margin_is_a_fifth_of_the_lifetime_up_to_a_minute():
+    from service.smart.tokens import refresh_margin
+
+    assert refresh_margin({"lifetime": 60}) == 12
+    assert refresh_margin({"lifetime": 570}) == 60  # Oracle Health's access tokens
+    assert refresh_margin({"lifetime": 3600}) == 60
+    assert refresh_margin({"lifetime": None}) == 60
+
+
+async def _due_keeper(store, *, fail: str | None = None) -> tuple[TokenKeeper, list[str]]:
+    """A 60 s token 8 s before expiry (a refresh is due, the token still valid) and the token endpoint's calls."""
+    calls: list[str] = []
+    respx.post(TOKEN_URL).mock(side_effect=_token_endpoint(calls, fail=fail))
+    keeper = await _keeper(store, expires_in=60)
+    await _set(store, expires_at=time.time() + 8)
+    return keeper, calls
+
+
+@respx.mock
+async def test_refused_refresh_keeps_the_still_valid_token_and_is_not_retried(store):
+    keeper, calls = await _due_keeper(store, fail="invalid_grant")
+    assert [await keeper.access_token() for _ in range(5)] == ["OLD"] * 5
+    assert calls == ["refresh_token"]
+    rec = await store.get(TOKEN_NS, "s1")
+    assert rec["refresh_refused"] and not rec.get("refresh_failed")
+    await _set(store, expires_at=time.time() - 1)  # now it has expired: relaunch
+    with pytest.raises(RefreshFailed):
+        await keeper.access_token()
+    assert calls == ["refresh_token"]
+
+
+@respx.mock
+async def test_without_a_refresh_token_the_token_serves_until_it_expires(store):
+    route = respx.post(TOKEN_URL).respond(json={"access_token": "X", "token_type": "Bearer"})
+    keeper = await _keeper(store, expires_in=60, refresh_token=None)
+    await _set(store, expires_at=time.time() + 5)
+    assert await keeper.access_token() == "OLD"
+    await _set(store, expires_at=time.time() + 1)  # within EXPIRY_GRACE: as good as expired
+    with pytest.raises(RefreshFailed):
+        await keeper.access_token()
+    assert route.call_count == 0
+
+
+@respx.mock
+async def test_unreachable_endpoint_while_valid_backs_off_then_tries_again(store):
+    keeper, calls = await _due_keeper(store, fail="down")
+    assert [await keeper.access_token() for _ in range(4)] == ["OLD"] * 4
+    assert len(calls) == 1  # one attempt, then the back-off
+    rec = await store.get(TOKEN_NS, "s1")
+    assert not rec.get("refresh_refused") and rec["retry_after"] > time.time()
+    respx.post(TOKEN_URL).mock(side_effect=_token_endpoint(calls))
+    await _set(store, retry_after=time.time() - 1)
+    assert await keeper.access_token() == "NEW2"
+
+
+@respx.mock
+async def test_a_rejected_token_is_never_served_again_when_refresh_is_refused(store):
+    calls: list[str] = []
+    respx.post(TOKEN_URL).mock(side_effect=_token_endpoint(calls, fail="invalid_grant"))
+    keeper = await _keeper(store, expires_in=3600)
+    with pytest.raises(RefreshFailed):
+        await keeper.after_401("OLD")
+    with pytest.raises(RefreshFailed):
+        await keeper.access_token()
+    assert calls == ["refresh_token"]

@@ -429,7 +429,8 @@
             status(ok ? "Signed and sent." : errorText(r.body, "Sending failed."), ok ? "ok" : "error");
             if (r.status >= 400 && !(r.body.written || []).length) {
               lockForm(false);
-              $("sign-button").disabled = !view.writeBack.canSign;
+              // 401: the EHR session is over; signing again cannot work until the app is launched again
+              $("sign-button").disabled = r.status === 401 || !view.writeBack.canSign;
             }
           };
           if (!(r.body.written || []).length) { done(); return; }
@@ -463,6 +464,9 @@
   });
 
   function load() {
+    // Framed by the EHR: the session cookie is partitioned under the EHR's site, so a new top-level tab would
+    // not have it. Open the handout in this frame instead (it links back here).
+    if (window.self !== window.top) $("handout-link").target = "_self";
     var embedded = $("initial-data");
     if (embedded) {
       try { render(JSON.parse(embedded.textContent)); status("Ready.", "ok"); return; } catch (e) { /* fall through */ }
