@@ -59,6 +59,7 @@ class Settings(BaseSettings):
     exercise_service_name: str = "Exercise oncology service"
 
     hook_budget_seconds: float = 2.0
+    card_repeat_hours: float = 12.0  # a shown suggestion stays quiet this long (patient-view offers the app)
     cds_jwt_allow_sha256: bool = False  # also accept RS256/ES256 client JWTs (spec recommends RS384/ES384)
     fhir_timeout_seconds: float = 10.0
     max_body_bytes: int = 2_000_000
@@ -153,6 +154,8 @@ class Settings(BaseSettings):
                              "ONCO_EXERCISE_CARE_COORDINATION_FHIR_URL")
         if self.hook_budget_seconds <= 0 or self.fhir_timeout_seconds <= 0:
             raise ValueError("time budgets must be positive")
+        if not 0 < self.card_repeat_hours <= 24 * 90:
+            raise ValueError("ONCO_EXERCISE_CARD_REPEAT_HOURS must be more than 0 and at most 2160 (90 days)")
         return self
 
     # -- derived -------------------------------------------------------------------------------------------

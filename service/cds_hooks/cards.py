@@ -20,6 +20,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
@@ -314,6 +315,30 @@ def _incomplete_card(ctx: CardContext, missing: list[str], budget: float) -> Car
     lines += [f"- {md(m)}" for m in missing[:8]]
     card = _card(ctx, "incomplete", "info", summary, lines, "Review in onco-exercise")
     return CardPlan("incomplete", prune(card), _fp("incomplete", sorted(missing)))
+
+
+def quiet_card(ctx: CardContext, shown: dict[str, Any] | None) -> dict[str, Any]:
+    """When the suggestion was already shown (or dismissed), patient-view still offers the app: one short info
+    card with the SMART link, no suggestion, saying when and what happened - a door, not a nag."""
+    when = _day(shown.get("outcomeAt") or shown.get("shownAt")) if shown else None
+    outcome, reason = (shown or {}).get("outcome"), (shown or {}).get("reason")
+    if outcome == "overridden":
+        label = next((c["display"] for c in override_reasons() if c["code"] == reason), None)
+        summary = "Exercise referral dismissed" + (f" on {when}" if when else "") + (f" ({label})" if label else "")
+        line = "The exercise referral suggestion was dismissed; if things have changed, the plan is one click away."
+    elif outcome == "accepted":
+        summary = "Exercise referral accepted" + (f" on {when}" if when else "") + ": open the plan"
+        line = "The draft referral was accepted from the card; review and sign it in onco-exercise."
+    else:
+        summary = "Exercise plan available" + (f" (suggested {when})" if when else "")
+        line = "An exercise referral was suggested for this patient recently; the plan is one click away."
+    return prune(_card(ctx, "reminder", "info", summary, [md(line)], "Open the exercise plan in onco-exercise"))
+
+
+def _day(ts: Any) -> str | None:
+    if not isinstance(ts, (int, float)):
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%d %b %Y")
 
 
 def decide(prescription: Prescription | None, snapshot: PatientSnapshot, ctx: CardContext, *,

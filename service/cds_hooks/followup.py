@@ -33,6 +33,7 @@ CARD_NS = "cds-card"
 DAY = 86400.0
 REPEAT_WINDOW = 12 * 3600.0
 WARNING_REPEAT_WINDOW = 60.0
+TWIN_SECONDS = 60.0  # encounter-start and patient-view of one chart opening arrive within this
 ACCEPTED_QUIET = 30 * DAY
 CARD_TTL = 180 * DAY
 # Quiet period after an override, by override-reason code (terminology/CodeSystem-override-reason.json).
@@ -58,6 +59,29 @@ def shown_key(pkey: str, plan_kind: str, fingerprint: str, user_id: str | None =
     return f"{pkey}:{fingerprint}"
 
 
+async def why_quiet(store: Store, pkey: str, plan: CardPlan, user_id: str | None = None) -> dict[str, Any] | None:
+    """The record that kept this card quiet (when it was shown, or the feedback that quieted it)."""
+    return await store.get(SHOWN_NS, shown_key(pkey, plan.kind, plan.fingerprint, user_id))
+
+
+def is_twin(record: dict[str, Any] | None, now: float | None = None) -> bool:
+    """True when the card was shown moments ago: the other hook of the same chart opening showed it."""
+    if not record or record.get("outcome"):
+        return False
+    shown = record.get("shownAt")
+    return isinstance(shown, (int, float)) and (time.time() if now is None else now) - shown < TWIN_SECONDS
+
+
+async def forget_all(store: Store) -> int:
+    """Drop every shown-card record and claim (the sandbox's --reset): cards show again."""
+    n = 0
+    for ns in (SHOWN_NS, CARD_NS):
+        for key, _ in await store.scan(ns):
+            await store.delete(ns, key)
+            n += 1
+    return n
+
+
 def quiet_period(outcome: str, reason: str | None) -> float:
     """How long feedback keeps a card quiet (seconds)."""
     if outcome == "accepted":
@@ -66,10 +90,11 @@ def quiet_period(outcome: str, reason: str | None) -> float:
 
 
 async def claim(store: Store, pkey: str, plan: CardPlan, service_id: str, user_id: str | None = None,
-                now: float | None = None) -> bool:
-    """Atomically claim showing this card now; False when it was shown recently or is quiet after feedback."""
+                now: float | None = None, repeat_window: float = REPEAT_WINDOW) -> bool:
+    """Atomically claim showing this card now; False when it was shown recently or is quiet after feedback.
+    `repeat_window` (seconds; ONCO_EXERCISE_CARD_REPEAT_HOURS) is how long a shown card stays quiet."""
     assert plan.card is not None
-    window = WARNING_REPEAT_WINDOW if plan.kind in PER_USER else REPEAT_WINDOW
+    window = WARNING_REPEAT_WINDOW if plan.kind in PER_USER else repeat_window
     value = {"cardUuid": plan.card["uuid"], "service": service_id, "kind": plan.kind,
              "shownAt": time.time() if now is None else now}
     return await store.add(SHOWN_NS, shown_key(pkey, plan.kind, plan.fingerprint, user_id), value, ttl=window)

@@ -23,8 +23,8 @@ from service.outcome import operation_outcome
 
 from . import followup
 from .auth import ClientVerifier, Unauthorized
-from .cards import CardContext, CardPlan, decide
-from .discovery import SERVICES, discovery_bytes
+from .cards import CardContext, CardPlan, decide, quiet_card
+from .discovery import PATIENT_VIEW_ID, SERVICES, discovery_bytes
 from .feedback import store_feedback
 from .models import HookRequest, RequestInvalid, parse_feedback, parse_hook_request
 from .prefetch import DataUnavailable, HookData, gather, prefetch_complete
@@ -108,11 +108,14 @@ def _decide(req: HookRequest, data: HookData, service_id: str, request: Request,
         from service.clinical.prescribe import prescribe
 
         prescription = prescribe(snapshot, now)
-    ctx = CardContext(service_id=service_id, public_url=settings.public_url,
-                      exercise_service_ref=settings.exercise_service_ref, user_ref=req.user_id,
-                      hook_instance=req.hook_instance, encounter_id=req.encounter_id)
-    return decide(prescription, snapshot, ctx, complete=data.complete, missing=data.missing,
-                  budget=settings.hook_budget_seconds)
+    return decide(prescription, snapshot, _context(req, service_id, settings), complete=data.complete,
+                  missing=data.missing, budget=settings.hook_budget_seconds)
+
+
+def _context(req: HookRequest, service_id: str, settings: Any) -> CardContext:
+    return CardContext(service_id=service_id, public_url=settings.public_url,
+                       exercise_service_ref=settings.exercise_service_ref, user_ref=req.user_id,
+                       hook_instance=req.hook_instance, encounter_id=req.encounter_id)
 
 
 async def _start_auth(request: Request, path: str) -> Response | asyncio.Task[bool]:
@@ -154,16 +157,32 @@ async def call_service(service_id: str, request: Request) -> Response:
     if not trusted:
         return _unauthorized()
     if shown is not None:
-        store, pkey, plan, user_id = shown
+        store, pkey, plan, req = shown
+        user_id = req.user_id
         # The atomic claim decides whether this call shows the card (of two concurrent hooks for the same
         # patient, one wins); a store failure must not cost the card, so a failed claim shows it anyway.
-        if await _best_effort(followup.claim(store, pkey, plan, service_id, user_id)) is False:
-            return Response(EMPTY_CARDS, media_type=JSON)
+        window = request.app.state.settings.card_repeat_hours * 3600
+        if await _best_effort(followup.claim(store, pkey, plan, service_id, user_id, repeat_window=window)) is False:
+            return await _quiet(request, service_id, store, pkey, plan, req)
         # The card record (for feedback to find the card) is written after answering: feedback arrives
         # seconds later at the earliest, and on this process it queues behind this write on the store's lock.
         _in_background(followup.remember(store, pkey, plan, service_id))
         _cards_metric(service_id, plan.kind).inc()
     return response
+
+
+async def _quiet(request: Request, service_id: str, store: Any, pkey: str, plan: CardPlan,
+                 req: HookRequest) -> Response:
+    """A card kept quiet: nothing on encounter-start (or when its twin was just shown); on patient-view, a short
+    card that keeps the app one click away and says when the suggestion was shown or dismissed."""
+    if service_id != PATIENT_VIEW_ID or plan.kind in followup.PER_USER or plan.card is None:
+        return Response(EMPTY_CARDS, media_type=JSON)
+    record = await _best_effort(followup.why_quiet(store, pkey, plan, req.user_id))
+    if followup.is_twin(record):
+        return Response(EMPTY_CARDS, media_type=JSON)
+    _cards_metric(service_id, "reminder").inc()
+    card = quiet_card(_context(req, service_id, request.app.state.settings), record)
+    return Response(orjson.dumps({"cards": [card]}), media_type=JSON)
 
 
 _BACKGROUND: set[asyncio.Task[Any]] = set()
@@ -228,7 +247,7 @@ async def _answer(service_id: str, request: Request,
         return Response(EMPTY_CARDS, media_type=JSON), None
     pkey = followup.patient_key(req.fhir_server, req.patient_id)
     return Response(orjson.dumps({"cards": [plan.card]}), media_type=JSON), (request.app.state.store, pkey, plan,
-                                                                             req.user_id)
+                                                                             req)
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="CDS Hooks feedback", openapi_extra=_FEEDBACK_BODY)

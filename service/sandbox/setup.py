@@ -132,6 +132,10 @@ def install(app: FastAPI, settings: Settings) -> None:
         _RUNNING.append(runtime)
         try:
             await _load_cohort(app, runtime, settings.sandbox_reset)
+            if settings.sandbox_reset:  # a clean sandbox shows its cards again
+                from service.cds_hooks.followup import forget_all
+
+                await forget_all(app.state.store)
             yield
         finally:
             if runtime in _RUNNING:

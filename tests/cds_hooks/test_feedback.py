@@ -88,7 +88,10 @@ def test_override_feedback_stored_counted_and_quiets_the_card(service: Service, 
     body = hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)
     assert service.ehr.post(ES, body).json() == {"cards": []}
     pv = hook_body(PATIENT_VIEW_ID, p.prefetch(), p.pid)
-    assert service.ehr.post(f"/cds-services/{PATIENT_VIEW_ID}", pv).json() == {"cards": []}
+    [quiet] = service.ehr.post(f"/cds-services/{PATIENT_VIEW_ID}", pv).json()["cards"]
+    # patient-view keeps the app one click away and says why the suggestion is quiet; no suggestion, no nag
+    assert quiet["summary"].startswith("Exercise referral dismissed on") and "(Patient declined)" in quiet["summary"]
+    assert "suggestions" not in quiet and quiet["links"][0]["type"] == "smart" and quiet["indicator"] == "info"
     assert len(service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, c.prefetch(), c.pid)).json()["cards"]) == 1
     clock.advance(61 * followup.DAY)  # 91 days after "patient declined": ask again
     assert len(service.ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]) == 1

@@ -214,9 +214,13 @@ def test_at_most_one_card_and_repeat_suppressed(service: Service, clock: Clock) 
     again = cards_for(service, p)
     assert len(again) == 1
     clock.advance(followup.REPEAT_WINDOW - 60)
-    assert cards_for(service, p, PV) == []  # still the same visit
+    assert cards_for(service, p) == []  # still the same visit: encounter-start stays quiet ...
+    [quiet] = cards_for(service, p, PV)  # ... and patient-view keeps the app one click away
+    assert quiet["summary"].startswith("Exercise plan available (suggested ")
+    assert "suggestions" not in quiet and quiet["links"][0]["type"] == "smart"
     clock.advance(120)
-    assert len(cards_for(service, p, PV)) == 1  # the next visit: a brief, repeated conversation
+    [card] = cards_for(service, p, PV)  # the next visit: a brief, repeated conversation
+    assert card["summary"].startswith("Exercise referral suggested")
 
 
 def test_warning_once_per_opening_but_for_every_clinician(service: Service, clock: Clock) -> None:
@@ -315,3 +319,30 @@ def test_a_survivor_or_nodes_only_patient_gets_a_card(service: Service, code: st
     p.labs(platelets=250, hb=13.5, anc=4.0, temp=36.6, days_ago=10)
     cards = call(service, ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]
     assert len(cards) == 1 and cards[0]["summary"].startswith("Exercise referral suggested: home-based")
+
+
+def test_the_repeat_window_is_a_setting(tmp_path: Any, keys: dict[str, Any], clock: Clock) -> None:
+    from service.app import create_app
+    from tests.cds_hooks.conftest import Ehr, make_settings
+    from tests.support.live import free_port, serve
+
+    port = free_port()
+    app = create_app(make_settings(port, tmp_path, keys, None, card_repeat_hours=1))
+    with serve(app, port) as url:
+        ehr = Ehr(url, keys["es"])
+        p = patients.bone_metastases(_pid("window"))
+        assert len(ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]) == 1
+        clock.advance(50 * 60)
+        assert ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json() == {"cards": []}
+        clock.advance(11 * 60)  # an hour after: shown again (the default would wait 12 hours)
+        assert len(ehr.post(ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]) == 1
+
+
+@pytest.mark.parametrize("hours", [0, -1, 24 * 91])
+def test_a_repeat_window_that_cannot_work_is_refused(hours: float) -> None:
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    with pytest.raises(ValidationError, match="CARD_REPEAT_HOURS"):
+        Settings(mode="sandbox", card_repeat_hours=hours)
