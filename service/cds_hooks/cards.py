@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 from service.canonical import SNOMED
+from service.clinical.facts import fmt_value
 from service.clinical.model import Measurement, PatientSnapshot, Prescription, Referral
 from service.fhir.resources import build_draft_referral
 from service.terminology import get_terminology
@@ -34,6 +35,8 @@ from .mdtext import md
 SUMMARY_MAX = 139  # the spec: "under 140 characters"
 EVS_MEASURE = "evs-minutes-per-week"
 GUIDELINE_MINUTES = 150
+# What the follow-up card quotes as the programme's effect, first found wins.
+FUNCTIONAL_FOR_FOLLOW_UP = ("six-minute-walk", "sit-to-stand", "tug", "grip-right", "grip-left")
 
 # The source every card names: the ACSM 2019 roundtable the prescription follows (Campbell et al.).
 SOURCE_LABEL = "onco-exercise (ACSM 2019 exercise guidelines for cancer survivors)"
@@ -278,6 +281,18 @@ def _warning_card(p: Prescription, ctx: CardContext) -> CardPlan:
     return CardPlan("warning", prune(card), fp)
 
 
+def functional_change(snapshot: PatientSnapshot, since: datetime | None) -> tuple[Measurement, Measurement | None] | None:
+    """The newest functional result (6-minute walk first, then sit-to-stand, TUG, grip) and, when the referral
+    date is known, the last one before it: what the programme changed."""
+    for key in FUNCTIONAL_FOR_FOLLOW_UP:
+        hist = sorted(snapshot.history.get(key, ()), key=lambda m: m.effective)
+        if not hist:
+            continue
+        before = [m for m in hist if since is not None and m.effective < since]
+        return hist[-1], (before[-1] if before and before[-1] is not hist[-1] else None)
+    return None
+
+
 def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> CardPlan:
     evs, trend = evs_trend(s)
     state = f"Task {ref.task_status}" if ref.task_status else f"referral {ref.status}"
@@ -293,7 +308,23 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
     authored = f", sent {ref.authored.date().isoformat()}" if ref.authored else ""
     lines.append(f"- **Referral**: {md(ref.status)}{authored}")
     if ref.task_status:
-        lines.append(f"- **Exercise service**: Task {md(ref.task_status)}")
+        service = f"- **Exercise service**: Task {md(ref.task_status)}"
+        if ref.task_business:
+            service += f" — {md(_clip(ref.task_business))}"
+        if ref.task_updated:
+            service += f" (updated {ref.task_updated.date().isoformat()})"
+        lines.append(service)
+    if ref.task_reason:
+        lines.append(f"- **Reason given**: {md(_clip(ref.task_reason))}")
+    if ref.task_note:
+        lines.append(f"- **Latest report from the service**: {md(_clip(ref.task_note))}")
+    change = functional_change(s, ref.authored)
+    if change is not None:
+        last, before = change
+        text = f"{md(_label(last.measure))} {md(fmt_value(last))} on {last.effective.date().isoformat()}"
+        if before is not None:
+            text += f" (before the referral: {md(fmt_value(before))} on {before.effective.date().isoformat()})"
+        lines.append(f"- **Latest functional test**: {text}")
     if evs is not None:
         gap = "meets" if evs.value >= GUIDELINE_MINUTES else "below"
         lines.append(f"- **Exercise vital sign**: {_num(evs.value)} min/week on {evs.effective.date().isoformat()}"
@@ -302,9 +333,22 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
         lines.append("- **Exercise vital sign**: not recorded — ask about minutes of moderate activity per week")
     card = _card(ctx, "follow-up", "info", summary, lines, "Open the exercise plan in onco-exercise",
                  {"referral": ref.ref})
-    fp = _fp("follow-up", ref.ref, ref.status, ref.task_status,
-             (evs.value, evs.effective.isoformat()) if evs else None)
+    fp = _fp("follow-up", ref.ref, ref.status, ref.task_status, ref.task_business, ref.task_note,
+             (evs.value, evs.effective.isoformat()) if evs else None,
+             (change[0].ref, change[0].value) if change else None)
     return CardPlan("follow-up", prune(card), fp)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _label(measure: str) -> str:
+    try:
+        return get_terminology().measure(measure).display
+    except KeyError:
+        return measure
 
 
 def _incomplete_card(ctx: CardContext, missing: list[str], budget: float) -> CardPlan:

@@ -95,6 +95,10 @@ class Referral:
     task_ref: str | None = None
     task_status: str | None = None
     identifier: str | None = None
+    task_business: str | None = None  # Task.businessStatus text: where the service is ("assessment booked")
+    task_reason: str | None = None  # Task.statusReason text (why rejected / on hold / cancelled)
+    task_note: str | None = None  # the newest Task.note: what the exercise service reported
+    task_updated: datetime | None = None
 
 
 @dataclass(frozen=True)

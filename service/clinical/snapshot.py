@@ -237,7 +237,8 @@ class _Builder:
     values: dict[str, list[Measurement]] = field(default_factory=dict)
     unreadable: list[Unreadable] = field(default_factory=list)
     service_requests: list[tuple[str, str, datetime | None, str | None]] = field(default_factory=list)
-    tasks: list[tuple[str, str, str, datetime | None]] = field(default_factory=list)  # focus, ref, status, time
+    tasks: list[tuple[str, str, str, datetime | None, dict[str, Any]]] = field(default_factory=list)
+    # (focus, ref, status, time, the Task itself for its business status, reason and notes)
     medications: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     measure_by_code: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -638,7 +639,7 @@ class _Builder:
         if not isinstance(focus, str) or not isinstance(status, str) or status == "entered-in-error":
             return
         when = parse_datetime(res.get("lastModified")) or parse_datetime(res.get("authoredOn"))
-        self.tasks.append((focus, ref, status, when))
+        self.tasks.append((focus, ref, status, when, res))
 
     _HANDLERS: ClassVar[dict[str, Callable[..., None]]] = {
         "Condition": _condition,
@@ -673,8 +674,12 @@ class _Builder:
             mine = [tk for tk in self.tasks if tk[0] == sr_ref or tk[0].endswith("/" + sr_ref)]
             mine.sort(key=lambda tk: (tk[3] or datetime.min.replace(tzinfo=UTC), tk[1]))
             task = mine[-1] if mine else None
-            referrals.append(Referral(sr_ref, status, authored, task[1] if task else None,
-                                      task[2] if task else None, ident))
+            if task is None:
+                referrals.append(Referral(sr_ref, status, authored, identifier=ident))
+                continue
+            t = task[4]
+            referrals.append(Referral(sr_ref, status, authored, task[1], task[2], ident, _text(t.get("businessStatus")),
+                                      _text(t.get("statusReason")), _newest_note(t.get("note")), task[3]))
         return PatientSnapshot(
             as_of=self.now,
             patient_ref=self.patient_ref,
@@ -728,6 +733,25 @@ def derived_anc(values: dict[str, list[Measurement]]) -> list[Measurement]:
         refs = tuple(dict.fromkeys(p.ref for p in parts))
         out.append(_measurement("anc", round(value, 3), "10*3/uL", when, refs[0], "calculated", (), None, None, refs))
     return out
+
+
+def _text(cc: Any) -> str | None:
+    """The words of a CodeableConcept: its text, else its first coding's display."""
+    if not isinstance(cc, dict):
+        return None
+    if isinstance(cc.get("text"), str) and cc["text"].strip():
+        return cc["text"].strip()
+    return next((c["display"] for c in cc.get("coding") or () if isinstance(c, dict) and isinstance(c.get("display"), str)),
+                None)
+
+
+def _newest_note(notes: Any) -> str | None:
+    """The text of the newest Annotation (by time; the last one when times are missing)."""
+    if not isinstance(notes, list):
+        return None
+    valid = [(parse_datetime(n.get("time")) or datetime.min.replace(tzinfo=UTC), i, n["text"])
+             for i, n in enumerate(notes) if isinstance(n, dict) and isinstance(n.get("text"), str)]
+    return max(valid)[2] if valid else None
 
 
 def _categories(res: dict[str, Any]) -> list[Any]:

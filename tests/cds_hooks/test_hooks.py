@@ -346,3 +346,30 @@ def test_a_repeat_window_that_cannot_work_is_refused(hours: float) -> None:
 
     with pytest.raises(ValidationError, match="CARD_REPEAT_HOURS"):
         Settings(mode="sandbox", card_repeat_hours=hours)
+
+
+def test_the_follow_up_card_says_what_happened(service: Service) -> None:
+    # Issue 12: what the exercise service reported (PA IG Task businessStatus and note), the change in function
+    # since the referral, and the exercise vital sign trend - not a generic line.
+    p = patients.existing_referral(_pid("happened"))
+    p.obs("64098-7", "Six minute walk test distance", 410, "m", 60, category="exam")
+    p.obs("64098-7", "Six minute walk test distance", 468, "m", 3, category="exam")
+    task = p.by_key["referralTasks"][-1]
+    task["businessStatus"] = {"text": "Attending twice weekly"}
+    task["note"] = [{"text": "Week 2: tolerating 25 min walks", "time": patients._ts(20)},
+                    {"text": "Week 6: 8 of 10 sessions attended; RPE 12-13", "time": patients._ts(4)}]
+    [card] = cards_for(service, p)
+    detail = card["detail"]
+    assert "Task in-progress — Attending twice weekly" in detail
+    assert "Week 6: 8 of 10 sessions attended; RPE 12-13" in detail  # the newest report
+    assert "Week 2" not in detail
+    assert "6-minute walk distance 468 m" in detail and "before the referral: 410 m" in detail
+    assert "95 min/week" in detail and "up from 60" in detail
+
+
+def test_a_rejected_referral_says_why(service: Service) -> None:
+    p = patients.existing_referral(_pid("rejected"))
+    task = p.by_key["referralTasks"][-1]
+    task["status"], task["statusReason"] = "on-hold", {"text": "Waiting for cardiology clearance"}
+    [card] = cards_for(service, p)
+    assert "**Reason given**: Waiting for cardiology clearance" in card["detail"]
