@@ -239,3 +239,4 @@ class Prescription:
     preferences: Preferences | None = None
     notes: tuple[str, ...] = ()
     targets: tuple[Target, ...] = ()
+    to_resolve: tuple[str, ...] = ()  # a deferred plan: what the clinician must resolve before clearing it

@@ -280,6 +280,8 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         preferences=preferences,
         notes=tuple(notes),
         targets=targets,
+        to_resolve=tuple(dict.fromkeys(r.effect.resolve for r, _ in fired if r.effect.red_flag and r.effect.resolve))
+        if setting == "defer" else (),
     )
 
 

@@ -85,6 +85,7 @@ def prescription_to_json(p: Prescription, resources: list[dict[str, Any]] | None
         "supportingRefs": list(p.supporting_refs),
         "preferences": preferences_to_json(p.preferences) if p.preferences is not None else None,
         "targets": [{"measure": t.measure, "value": t.value, "text": t.text} for t in p.targets],
+        "toResolve": list(p.to_resolve),
         "resources": list(resources or []),
     }
 
@@ -221,6 +222,7 @@ def prescription_from_json(d: Any) -> Prescription:
         generated_at=generated,
         patient_ref=d.get("patientRef"),
         cancer_refs=_strs(d.get("cancerRefs"), "cancerRefs"),
+        to_resolve=_strs(d.get("toResolve"), "toResolve"),
         supporting_refs=_strs(d.get("supportingRefs"), "supportingRefs"),
         preferences=preferences_from_json(prefs) if prefs is not None else None,
         notes=_strs(d.get("notes"), "notes"),
