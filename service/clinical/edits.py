@@ -143,7 +143,7 @@ class _Editor:
                 reason = self.override_reason(k, v)
                 if reason is not None:
                     self.reasons[k] = reason
-        self.limits = limits_of(r.rule for r in p.rationale)
+        self.limits = limits_of((r.rule for r in p.rationale), p.clearance.rules if p.clearance else ())
 
     def override_reason(self, path: str, raw: Any) -> OverrideReason | None:
         """A clinical override reason: {"code": <clinical-override-reason>, "text": ...}; "other" needs text."""
@@ -300,7 +300,12 @@ class _Editor:
                 self.problem("setting", "Choose home-based, community, supervised or defer.")
             else:
                 floor = self.limits.safe_setting()
-                if SETTING_ORDER.index(new) < SETTING_ORDER.index(floor):
+                if floor == "defer" and new != "defer":
+                    why = "; ".join(rule_title(r) for r in self.limits.floor_rules) or "the safety rules"
+                    self.problem("setting", f"Exercise is deferred by red flags ({why}). Record the clearance "
+                                 "(what you reviewed and found) first: the plan then starts supervised and can be "
+                                 "adjusted.")
+                elif SETTING_ORDER.index(new) < SETTING_ORDER.index(floor):
                     why = "; ".join(rule_title(r) for r in self.limits.floor_rules) or "the safety rules"
                     self.guarded("setting", f"A {SETTING_WORDS[new]} plan is less than the {SETTING_WORDS[floor]} "
                                  f"setting the rules require ({why}).", f"{SETTING_WORDS[new]} setting instead of "

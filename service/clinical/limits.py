@@ -16,6 +16,7 @@ from service.clinical.model import Setting
 from service.clinical.rules import LEVELS, EVS_TARGET, RULES_BY_ID, Level, Rule, setting_index
 
 RESISTANCE_ORDER = ("none", "light", "moderate")
+CLEARED_SETTING: Setting = "supervised"  # where a plan starts once a clinician has cleared its red flags
 
 
 @dataclass
@@ -40,15 +41,18 @@ class Limits:
     notes: list[str] = field(default_factory=list)
     until_cleared: list[str] = field(default_factory=list)
 
-    def add(self, rule: Rule) -> None:
-        """Combine one fired rule's effect into the limits."""
+    def add(self, rule: Rule, cleared: bool = False) -> None:
+        """Combine one fired rule's effect into the limits. A red flag a clinician `cleared` no longer defers:
+        it sets a supervised start instead, and its other limits (caps, activities ruled out) still apply."""
         e = rule.effect
-        if e.min_setting is not None and setting_index(e.min_setting) >= setting_index(self.floor):
-            if setting_index(e.min_setting) > setting_index(self.floor):
+        is_cleared = cleared and e.red_flag
+        min_setting = CLEARED_SETTING if is_cleared and e.min_setting == "defer" else e.min_setting
+        if min_setting is not None and setting_index(min_setting) >= setting_index(self.floor):
+            if setting_index(min_setting) > setting_index(self.floor):
                 self.floor_rules = []
-            self.floor = e.min_setting
+            self.floor = min_setting
             self.floor_rules.append(rule.id)
-        self.clearance = self.clearance or e.clearance
+        self.clearance = self.clearance or (e.clearance and not is_cleared)
         if e.max_intensity is not None and LEVELS.index(e.max_intensity) < LEVELS.index(self.max_intensity):
             self.max_intensity, self.max_intensity_rule = e.max_intensity, rule.id
         if e.resistance is not None and RESISTANCE_ORDER.index(e.resistance) < RESISTANCE_ORDER.index(self.resistance):
@@ -65,7 +69,7 @@ class Limits:
         self.slow = self.slow or e.slow_progression
         if e.note and e.note not in self.notes:
             self.notes.append(e.note)
-        if e.until_cleared and e.until_cleared not in self.until_cleared:
+        if e.until_cleared and not is_cleared and e.until_cleared not in self.until_cleared:
             self.until_cleared.append(e.until_cleared)
 
     def blocker(self, tags: Iterable[str]) -> str | None:
@@ -93,22 +97,23 @@ class Limits:
         return max(planned_minutes, round(EVS_TARGET * self.volume))
 
 
-def combine(rules: Iterable[Rule]) -> Limits:
-    """The limits of a set of fired rules (in table order)."""
+def combine(rules: Iterable[Rule], cleared: Iterable[str] = ()) -> Limits:
+    """The limits of a set of fired rules (in table order); `cleared`: red-flag rule ids a clinician cleared."""
+    done = set(cleared)
     limits = Limits()
     for rule in rules:
-        limits.add(rule)
+        limits.add(rule, cleared=rule.id in done)
     return limits
 
 
-def limits_of(rule_ids: Iterable[str]) -> Limits:
+def limits_of(rule_ids: Iterable[str], cleared: Iterable[str] = ()) -> Limits:
     """The limits recomputed from rule ids (a prescription's rationale): unknown ids are ignored."""
     seen: list[Rule] = []
     for rid in rule_ids:
         rule = RULES_BY_ID.get(rid)
         if rule is not None and rule.predicate is not None and rule not in seen:
             seen.append(rule)
-    return combine(seen)
+    return combine(seen, cleared)
 
 
 def rule_title(rule_id: str | None) -> str:

@@ -220,6 +220,22 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Clearance:
+    """A clinician's record that the red flags deferring a plan were reviewed and exercise may start.
+
+    It clears exactly the red-flag rules that fired when it was recorded (`rules`): a red flag that appears
+    afterwards defers the plan again. A cleared red flag still sets a supervised start (the most cautious
+    setting a clinician can then lower, with a clinical reason, like any other limit)."""
+
+    by: str  # the clearing clinician (Practitioner reference)
+    at: datetime
+    rules: tuple[str, ...]
+    reviewed: tuple[str, ...]  # what the clinician reviewed: the deferred plan's to-resolve items
+    note: str
+    by_display: str | None = None
+
+
+@dataclass(frozen=True)
 class Prescription:
     eligible: bool
     setting: Setting
@@ -240,3 +256,4 @@ class Prescription:
     notes: tuple[str, ...] = ()
     targets: tuple[Target, ...] = ()
     to_resolve: tuple[str, ...] = ()  # a deferred plan: what the clinician must resolve before clearing it
+    clearance: Clearance | None = None  # the clearance this plan was generated under (no longer deferred)

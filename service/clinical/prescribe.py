@@ -15,6 +15,7 @@ from typing import Iterable
 from service.canonical import CS_PRECAUTION
 from service.clinical.model import (
     SETTING_ORDER,
+    Clearance,
     Component,
     Intensity,
     MissingData,
@@ -203,8 +204,10 @@ def _not_eligible(snapshot: PatientSnapshot, now: datetime, hit: Hit, prefs: Pre
     )
 
 
-def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences | None = None) -> Prescription:
-    """The exercise prescription for `snapshot` at `now`; pure and deterministic."""
+def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences | None = None,
+              clearance: Clearance | None = None) -> Prescription:
+    """The exercise prescription for `snapshot` at `now`; pure and deterministic. Under a `clearance` the red
+    flags it names start the plan supervised instead of deferring it (see `service.clinical.clearance`)."""
     now = as_utc(now)
     fired = fire(snapshot, now)
     ineligible = next((h for r, h in fired if r.effect.ineligible), None)
@@ -218,12 +221,15 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
     precautions: dict[str, Precaution] = {}
     missing: list[MissingData] = []
     supporting: list[str] = []
+    cleared = set(clearance.rules) if clearance is not None else set()
     for rule, hit in fired:
         e = rule.effect
-        plan.add(rule)
-        reason = Reason(rule.id, hit.finding, rule.effect_text, rule.citation, hit.refs)
+        is_cleared = e.red_flag and rule.id in cleared
+        plan.add(rule, cleared=is_cleared)
+        effect = cleared_text(clearance) if is_cleared and clearance is not None else rule.effect_text
+        reason = Reason(rule.id, hit.finding, effect, rule.citation, hit.refs)
         rationale.append(reason)
-        if e.red_flag:
+        if e.red_flag and not is_cleared:
             red_flags.append(reason)
         if e.precaution and e.precaution not in precautions:
             text = term.definition(CS_PRECAUTION, e.precaution) or e.precaution
@@ -239,7 +245,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
                            UNREADABLE_ADVICE[u.requires], u.ref) for u in snapshot.unreadable] + missing
     prefs = preferences or Preferences()
     setting = _triage(plan, prefs, rationale)
-    clearance = plan.clearance or setting == "defer"
+    needs_clearance = plan.clearance or setting == "defer"
     components: tuple[Component, ...] = ()
     if setting != "defer":
         components = _components(plan, snapshot, now, prefs, rationale)
@@ -263,7 +269,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
     return Prescription(
         eligible=True,
         setting=setting,
-        clearance_required=clearance,
+        clearance_required=needs_clearance,
         components=components,
         precautions=tuple(precautions.values()),
         missing_data=tuple(missing),
@@ -280,9 +286,17 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         preferences=preferences,
         notes=tuple(notes),
         targets=targets,
-        to_resolve=tuple(dict.fromkeys(r.effect.resolve for r, _ in fired if r.effect.red_flag and r.effect.resolve))
+        to_resolve=tuple(dict.fromkeys(r.effect.resolve for r, _ in fired
+                                       if r.effect.red_flag and r.effect.resolve and r.id not in cleared))
         if setting == "defer" else (),
+        clearance=clearance if cleared & {r.id for r, _ in fired} else None,
     )
+
+
+def cleared_text(clearance: Clearance) -> str:
+    """What a cleared red flag now does, in the rationale: who cleared it and when."""
+    who = clearance.by_display or clearance.by
+    return f"cleared by {who} on {clearance.at.date().isoformat()}: start supervised ({clearance.note})"
 
 
 def _avoid_notes(plan: Limits) -> list[str]:

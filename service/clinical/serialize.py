@@ -11,6 +11,7 @@ from typing import Any, Callable, TypeVar
 
 from service.clinical.model import (
     SETTING_ORDER,
+    Clearance,
     Component,
     Intensity,
     MissingData,
@@ -86,8 +87,14 @@ def prescription_to_json(p: Prescription, resources: list[dict[str, Any]] | None
         "preferences": preferences_to_json(p.preferences) if p.preferences is not None else None,
         "targets": [{"measure": t.measure, "value": t.value, "text": t.text} for t in p.targets],
         "toResolve": list(p.to_resolve),
+        "clearance": clearance_to_json(p.clearance) if p.clearance is not None else None,
         "resources": list(resources or []),
     }
+
+
+def clearance_to_json(c: Clearance) -> dict[str, Any]:
+    return {"by": c.by, "byDisplay": c.by_display, "at": c.at.isoformat(), "rules": list(c.rules),
+            "reviewed": list(c.reviewed), "note": c.note}
 
 
 # ------------------------------------------------------------------------------------------------ from JSON
@@ -178,6 +185,19 @@ def preferences_from_json(d: Any) -> Preferences:
                        _strs(d.get("equipment"), "equipment"))
 
 
+def clearance_from_json(d: Any, where: str = "clearance") -> Clearance:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be an object")
+    try:
+        at = datetime.fromisoformat(_req(d, "at", str, where))
+    except ValueError:
+        raise ValueError(f"{where}.at is not an ISO date-time") from None
+    display = d.get("byDisplay")
+    return Clearance(by=_req(d, "by", str, where), at=at, rules=_strs(d.get("rules"), f"{where}.rules"),
+                     reviewed=_strs(d.get("reviewed"), f"{where}.reviewed"), note=_req(d, "note", str, where),
+                     by_display=display if isinstance(display, str) else None)
+
+
 def prescription_from_json(d: Any) -> Prescription:
     """Inverse of prescription_to_json; ValueError names the first problem."""
     if not isinstance(d, dict):
@@ -223,6 +243,7 @@ def prescription_from_json(d: Any) -> Prescription:
         patient_ref=d.get("patientRef"),
         cancer_refs=_strs(d.get("cancerRefs"), "cancerRefs"),
         to_resolve=_strs(d.get("toResolve"), "toResolve"),
+        clearance=clearance_from_json(d["clearance"]) if d.get("clearance") is not None else None,
         supporting_refs=_strs(d.get("supportingRefs"), "supportingRefs"),
         preferences=preferences_from_json(prefs) if prefs is not None else None,
         notes=_strs(d.get("notes"), "notes"),

@@ -9,10 +9,12 @@ import re
 
 import pytest
 
+from service.clinical.clearance import record_clearance
 from service.clinical.edits import apply_edits
+from service.clinical.prescribe import prescribe
 from service.clinical.rules import RULES
 from service.clinical.serialize import component_to_json, prescription_from_json, prescription_to_json
-from tests.clinical.support import run, scenario_names
+from tests.clinical.support import NOW, run, scenario_names
 
 RULES_EXERCISED_BY_EDIT_TESTS = {"CLINICIAN-OVERRIDE", "CLINICIAN-EDIT"}
 EDIT_TIME = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
@@ -83,17 +85,31 @@ def test_less_restrictive_setting_needs_reason() -> None:
                for r in result.prescription.rationale)
 
 
-def test_clearing_a_deferred_plan_needs_reason_and_components() -> None:
+def test_a_deferred_plan_is_not_lifted_by_an_edit_even_with_a_reason() -> None:
+    """Red flags are cleared through a recorded clearance (service.clinical.clearance), not a setting override."""
     _, p, _ = run("fever_celsius")
     assert p.setting == "defer"
     afebrile = reason("afebrile today", "result-superseded")
-    result = apply_edits(p, {"setting": "home-based", "overrideReasons": {"setting": afebrile}}, EDIT_TIME)
-    assert [x.path for x in result.problems] == ["components"]
     edits = {"setting": "home-based", "overrideReasons": {"setting": afebrile},
              "components": [{"type": "aerobic", "frequencyPerWeek": 3, "minutesPerSession": 15, "intensity": "light",
                              "activities": ["walking"]}]}
     result = apply_edits(p, edits, EDIT_TIME)
-    assert result.problems == [] and result.prescription.components[0].activities == ("walking",)
+    assert [(x.path, x.override) for x in result.problems] == [("setting", False)]
+    assert "Record the clearance" in result.problems[0].message and "Fever" in result.problems[0].message
+
+
+def test_a_cleared_plan_is_edited_under_the_same_limits() -> None:
+    """After clearance the plan starts supervised; going home-based is an override like any other floor."""
+    snap, p, _ = run("fever_celsius")
+    c = record_clearance(p, by="Practitioner/1", at=EDIT_TIME, reviewed=list(p.to_resolve), note="afebrile today")
+    cleared = prescribe(snap, NOW, clearance=c)
+    assert cleared.setting == "supervised" and cleared.components
+    result = apply_edits(cleared, {"setting": "home-based"}, EDIT_TIME)
+    assert [(x.path, x.override) for x in result.problems] == [("setting", True)]
+    result = apply_edits(cleared, {"setting": "home-based", "overrideReasons": {
+        "setting": reason("afebrile, reviewed in clinic", "specialist-cleared")}}, EDIT_TIME)
+    assert result.problems == [] and result.prescription.setting == "home-based"
+    assert result.prescription.clearance == c
 
 
 def test_removing_a_precaution_needs_reason() -> None:
