@@ -263,7 +263,10 @@ def _referral_card(p: Prescription, s: PatientSnapshot, ctx: CardContext, not_re
     return CardPlan("referral", prune(card), fp, (sugg_uuid,) if "suggestions" in card else ())
 
 
-def _warning_card(p: Prescription, ctx: CardContext) -> CardPlan:
+PENDING_CLEARANCE = "pending medical clearance"  # the one phrase card, app, handout and inbox use
+
+
+def _warning_card(p: Prescription, ctx: CardContext, held: Referral | None = None) -> CardPlan:
     first = p.red_flags[0]
     summary = f"Hold exercise today: {first.finding}"
     if len(p.red_flags) > 1:
@@ -274,11 +277,34 @@ def _warning_card(p: Prescription, ctx: CardContext) -> CardPlan:
     if unreadable:
         lines += ["", "**Results present but unreadable**"] + [f"- {md(m.text)} {md(m.recommendation)}"
                                                               for m in unreadable[:5]]
-    lines += ["", "No exercise referral is suggested while this lasts; reassess at the next visit."]
+    if p.to_resolve:
+        lines += ["", "**To clear it**"] + [f"- {md(x)}" for x in p.to_resolve]
+    if held is not None and held.pending_clearance:
+        lines += ["", f"An exercise referral{_sent(held)} is on hold, {PENDING_CLEARANCE}: the exercise service has "
+                      "nothing to start until a clinician records the clearance in onco-exercise."]
+    else:
+        lines += ["", "No exercise referral is suggested while this lasts. Signing the plan in onco-exercise records "
+                      f"it {PENDING_CLEARANCE} (nothing for the exercise service yet)."]
     card = _card(ctx, "warning", "warning", summary, lines, "Review in onco-exercise",
                  source={**_source(), "label": "onco-exercise safety rules"})
-    fp = _fp("warning", sorted(r.rule for r in p.red_flags))
+    fp = _fp("warning", sorted(r.rule for r in p.red_flags), held.ref if held is not None else None)
     return CardPlan("warning", prune(card), fp)
+
+
+def _sent(ref: Referral) -> str:
+    return f" signed {ref.authored.date().isoformat()}" if ref.authored else ""
+
+
+def _pending_card(ref: Referral, ctx: CardContext) -> CardPlan:
+    """The red flags that deferred the referral are gone from the record: ask for the clearance that releases it."""
+    summary = f"Exercise referral {PENDING_CLEARANCE}: record the clearance to release it"
+    lines = [f"The exercise referral{_sent(ref)} is on hold, {PENDING_CLEARANCE}. The red flags that deferred it are "
+             "no longer in the newest results.", "", "**To resolve before clearing**"]
+    lines += [f"- {md(x)}" for x in ref.to_resolve]
+    lines += ["", "Recording the clearance in onco-exercise (what you reviewed) releases the referral to the exercise "
+                  "service."]
+    card = _card(ctx, "pending", "info", summary, lines, "Record the clearance in onco-exercise", {"referral": ref.ref})
+    return CardPlan("pending", prune(card), _fp("pending", ref.ref, ref.to_resolve))
 
 
 def functional_change(snapshot: PatientSnapshot, since: datetime | None) -> tuple[Measurement, Measurement | None] | None:
@@ -390,11 +416,11 @@ def decide(prescription: Prescription | None, snapshot: PatientSnapshot, ctx: Ca
     """At most one card for this patient now (see the module docstring for the order)."""
     if prescription is None or not prescription.eligible:
         return CardPlan("none", None)
+    ref = referral_in_place(snapshot)
     if prescription.red_flags:
-        return _warning_card(prescription, ctx)
+        return _warning_card(prescription, ctx, ref)
     if not complete:
         return _incomplete_card(ctx, missing or [], budget)
-    ref = referral_in_place(snapshot)
     if ref is not None:
-        return _follow_up_card(ref, snapshot, ctx)
+        return _pending_card(ref, ctx) if ref.pending_clearance else _follow_up_card(ref, snapshot, ctx)
     return _referral_card(prescription, snapshot, ctx, missing or [])

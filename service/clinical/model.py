@@ -99,6 +99,12 @@ class Referral:
     task_reason: str | None = None  # Task.statusReason text (why rejected / on hold / cancelled)
     task_note: str | None = None  # the newest Task.note: what the exercise service reported
     task_updated: datetime | None = None
+    to_resolve: tuple[str, ...] = ()  # on hold pending medical clearance: what the clinician must resolve
+
+    @property
+    def pending_clearance(self) -> bool:
+        """Signed while deferred: on hold until a clinician records the clearance (nothing for the service)."""
+        return self.status == "on-hold" and bool(self.to_resolve)
 
 
 @dataclass(frozen=True)

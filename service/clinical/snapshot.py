@@ -130,6 +130,8 @@ PROC_CLASS_ORDER: tuple[tuple[TreatmentKind, str], ...] = (
 # Procedures that are facts rather than treatments: (snapshot key, value set).
 PROC_FACTS: tuple[tuple[str, str], ...] = (("hsct", "hsct"), ("central-line", "central-venous-line-insertion"))
 TASK_FULFILL = ("http://hl7.org/fhir/CodeSystem/task-code", "fulfill")
+TASK_CLEARANCE = ("http://hl7.org/fhir/CodeSystem/task-code", "approve")  # the clinician's clearance of a deferral
+TASK_OPEN = frozenset({"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"})
 # A chemotherapy/immunotherapy dose within this window means "on treatment" (a typical 2-4 week cycle).
 ADMINISTRATION_ACTIVE_DAYS = 28
 # Radiotherapy is given in daily fractions: a fraction (or the end of a course) within this window means "during
@@ -238,6 +240,7 @@ class _Builder:
     unreadable: list[Unreadable] = field(default_factory=list)
     service_requests: list[tuple[str, str, datetime | None, str | None]] = field(default_factory=list)
     tasks: list[tuple[str, str, str, datetime | None, dict[str, Any]]] = field(default_factory=list)
+    clearances: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (focus, what to resolve)
     # (focus, ref, status, time, the Task itself for its business status, reason and notes)
     medications: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
@@ -630,13 +633,19 @@ class _Builder:
 
     def _task(self, res: dict[str, Any], ref: str) -> None:
         code = res.get("code")
-        if not isinstance(code, dict) or not any(
-            isinstance(c, dict) and (c.get("system"), c.get("code")) == TASK_FULFILL for c in code.get("coding") or ()
-        ):
-            return
+        codes = {(c.get("system"), c.get("code")) for c in (code.get("coding") or () if isinstance(code, dict) else ())
+                 if isinstance(c, dict)}
         focus = (res.get("focus") or {}).get("reference")
         status = res.get("status")
         if not isinstance(focus, str) or not isinstance(status, str) or status == "entered-in-error":
+            return
+        if TASK_CLEARANCE in codes:
+            if status in TASK_OPEN:
+                lines = [i["valueString"] for i in res.get("input") or () if isinstance(i, dict)
+                         and isinstance(i.get("valueString"), str)]
+                self.clearances.append((focus, tuple(lines) or ("Review the red flags in the record.",)))
+            return
+        if TASK_FULFILL not in codes:
             return
         when = parse_datetime(res.get("lastModified")) or parse_datetime(res.get("authoredOn"))
         self.tasks.append((focus, ref, status, when, res))
@@ -671,15 +680,21 @@ class _Builder:
                 stale[measure] = newest
         referrals = []
         for sr_ref, status, authored, ident in sorted(self.service_requests, key=lambda s: s[0]):
-            mine = [tk for tk in self.tasks if tk[0] == sr_ref or tk[0].endswith("/" + sr_ref)]
+            def about(focus: str) -> bool:
+                return focus == sr_ref or focus.endswith("/" + sr_ref)
+
+            mine = [tk for tk in self.tasks if about(tk[0])]
             mine.sort(key=lambda tk: (tk[3] or datetime.min.replace(tzinfo=UTC), tk[1]))
             task = mine[-1] if mine else None
+            pending = tuple(line for focus, lines in self.clearances if about(focus) for line in lines) \
+                if status == "on-hold" else ()
             if task is None:
-                referrals.append(Referral(sr_ref, status, authored, identifier=ident))
+                referrals.append(Referral(sr_ref, status, authored, identifier=ident, to_resolve=pending))
                 continue
             t = task[4]
-            referrals.append(Referral(sr_ref, status, authored, task[1], task[2], ident, _text(t.get("businessStatus")),
-                                      _text(t.get("statusReason")), _newest_note(t.get("note")), task[3]))
+            referrals.append(Referral(sr_ref, status, authored, task[1], task[2], ident,
+                                      concept_text(t.get("businessStatus")), concept_text(t.get("statusReason")),
+                                      _newest_note(t.get("note")), task[3], to_resolve=pending))
         return PatientSnapshot(
             as_of=self.now,
             patient_ref=self.patient_ref,
@@ -735,7 +750,7 @@ def derived_anc(values: dict[str, list[Measurement]]) -> list[Measurement]:
     return out
 
 
-def _text(cc: Any) -> str | None:
+def concept_text(cc: Any) -> str | None:
     """The words of a CodeableConcept: its text, else its first coding's display."""
     if not isinstance(cc, dict):
         return None

@@ -39,6 +39,9 @@ class Capability:
     def can_create(self, resource_type: str) -> bool:
         return self.supports(resource_type, "create")
 
+    def can_update(self, resource_type: str) -> bool:
+        return self.supports(resource_type, "update")
+
     def conditional_create(self, resource_type: str) -> bool:
         """True when `If-None-Exist` on the identifier is safe: conditional create and identifier search."""
         r = self.resources.get(resource_type)

@@ -224,6 +224,21 @@ class FhirClient:
         return CreateResult(resource=body, created=resp.status_code == 201, status=resp.status_code,
                             location=location)
 
+    async def update(self, resource: dict[str, Any], *, if_match: str | None = None,
+                     timeout: float | None = None) -> dict[str, Any]:
+        """PUT [base]/Type/id (never retried); `if_match` (W/"n") makes a concurrent change a 412, not a loss."""
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if not isinstance(rtype, str) or not rtype or not isinstance(rid, str) or not rid:
+            raise ValueError("update needs a resource with resourceType and id")
+        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
+        if if_match:
+            headers["If-Match"] = if_match
+        resp = await self._send("PUT", f"{self.base_url}/{rtype}/{rid}", interaction="update", rtype=rtype,
+                                content=json.dumps(resource).encode(), headers=headers, timeout=timeout)
+        if resp.status_code < 400 and not resp.content.strip():
+            return await self.read(rtype, rid, timeout=timeout)
+        return self._body(resp, "update", expect=rtype)
+
     async def transaction(self, bundle: dict[str, Any], *, timeout: float | None = None) -> dict[str, Any]:
         """POST a transaction Bundle (never retried); returns the transaction-response Bundle."""
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":

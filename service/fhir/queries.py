@@ -107,7 +107,8 @@ def patient_queries() -> tuple[PatientQuery, ...]:
         PatientQuery("exerciseReferrals", "ServiceRequest",
                      (("patient", p), ("code", exercise_codes), ("_count", "50"))),
         PatientQuery("referralTasks", "Task",
-                     (("patient", p), ("code", f"{TASK_CODE_SYSTEM}|fulfill"), ("_count", "50"))),
+                     (("patient", p), ("code", f"{TASK_CODE_SYSTEM}|fulfill,{TASK_CODE_SYSTEM}|approve"),
+                      ("_count", "50"))),
     ]
     return tuple(q for q in queries if not (q.key == "exerciseReferrals" and not exercise_codes))
 

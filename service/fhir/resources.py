@@ -37,6 +37,7 @@ CODES: dict[str, tuple[str, str, str]] = {
     "referral": (canonical.SNOMED, "390893007", "Referral to physical activity program"),
     "assess-plan": (CARE_PLAN_CATEGORY, "assess-plan", "Assessment and Plan of Treatment"),
     "fulfill": (TASK_CODE, "fulfill", "Fulfill the focal request"),
+    "approve": (TASK_CODE, "approve", "Activate/approve the focal resource"),
     "aerobic-min-week": (canonical.LOINC, "82290-8", "Frequency of moderate to vigorous aerobic physical activity"),
     "strength-days-week": (canonical.LOINC, "82291-6", "Frequency of muscle-strengthening physical activity"),
     "plan-of-care-note": (canonical.LOINC, "18776-5", "Plan of care note"),
@@ -52,6 +53,7 @@ PROFILE_IDS: dict[str, tuple[str, str | None]] = {
     "onco-exercise-prescription": ("onco-exercise-prescription", "pa-servicerequest"),
     "onco-exercise-referral": ("onco-exercise-referral", "pa-servicerequest"),
     "onco-exercise-task": ("onco-exercise-task", "pa-task-for-referral-management"),
+    "onco-exercise-clearance-task": ("onco-exercise-clearance-task", None),
     "onco-exercise-provenance": ("onco-exercise-provenance", None),
     "onco-exercise-documentreference": ("onco-exercise-documentreference", None),
 }
@@ -72,28 +74,38 @@ Entry = dict[str, Any]
 # ---------------------------------------------------------------------------------------------------------
 
 
+def is_pending_clearance(prescription: Prescription) -> bool:
+    """A deferred plan is written *pending clearance*: nothing asks the exercise service to start."""
+    return prescription.eligible and prescription.setting == "defer"
+
+
 def build_prescription_resources(prescription: Prescription, snapshot: PatientSnapshot,
                                  signing: Signing) -> list[Entry]:
-    """The `full` strategy: CarePlan, Goals, one ServiceRequest per component, referral, Task, Provenance."""
+    """The `full` strategy: CarePlan, Goals, one ServiceRequest per component, referral, Task, Provenance.
+
+    A deferred plan is written on hold: CarePlan, Goal and referral `on-hold`, the exercise service's Task a
+    `draft` (not yet actionable), and a clearance Task for the clinician naming what must be resolved. A plan
+    generated under a clearance also carries that clearance as a completed Task (who, when, what was reviewed).
+    """
     ctx = _Context(prescription, snapshot, signing)
     goals = _goals(ctx)
     rx = [_component_request(ctx, c, goals) for c in _unique_components(prescription.components)]
-    referral = _referral(ctx, [e["fullUrl"] for e in rx], goals, careplan=True)
+    referral = _referral(ctx, [e["fullUrl"] for e in rx], goals, careplan=True, status=ctx.request_status)
     careplan = _careplan(ctx, goals, rx + [referral])
     for e in rx + [referral]:
         e["resource"]["basedOn"] = [{"reference": careplan["fullUrl"]}]
-    task = _task(ctx, referral)
-    entries = [careplan, *goals, *rx, referral, task]
+    entries = [careplan, *goals, *rx, referral, _task(ctx, referral), *_clearance_tasks(ctx, referral)]
     return entries + [_provenance(ctx, entries)]
 
 
 def build_service_request_only(prescription: Prescription, snapshot: PatientSnapshot,
                                signing: Signing) -> list[Entry]:
     """The `service-request-only` strategy (no CarePlan/Goal create): the plan travels in the exercise
-    ServiceRequests (patientInstruction, note) and the referral's note, plus the printable DocumentReference."""
+    ServiceRequests (patientInstruction, note) and the referral's note, plus the printable DocumentReference.
+    A deferred plan's referral is `on-hold` (there is no Task to hold back with this strategy)."""
     ctx = _Context(prescription, snapshot, signing)
     rx = [_component_request(ctx, c, []) for c in _unique_components(prescription.components)]
-    referral = _referral(ctx, [e["fullUrl"] for e in rx], [], careplan=False)
+    referral = _referral(ctx, [e["fullUrl"] for e in rx], [], careplan=False, status=ctx.request_status)
     doc = build_document_reference(prescription, snapshot, signing, [e["fullUrl"] for e in rx + [referral]])
     return [*rx, referral, doc]
 
@@ -222,6 +234,8 @@ class _Context:
             self.practitioner = {"display": signing.practitioner_display or "Ordering clinician"}
         self.service = {"reference": signing.exercise_service_ref, "display": signing.exercise_service_name}
         self.ruleset = signing.ruleset_version or prescription.ruleset_version
+        self.pending = is_pending_clearance(prescription)
+        self.request_status = "on-hold" if self.pending else "active"
 
     def identifier(self, role: str) -> dict[str, str]:
         return {"system": canonical.ID_PRESCRIPTION, "value": identifier_value(self.signing.key, role)}
@@ -282,15 +296,16 @@ def _goal(ctx: _Context, role: str, measure: str | None, value: int, unit: str, 
         "resourceType": "Goal",
         "meta": _meta("onco-exercise-goal"),
         "identifier": [ctx.identifier(role)],
-        "lifecycleStatus": "active",
-        "achievementStatus": _cc_raw("http://terminology.hl7.org/CodeSystem/goal-achievement", "in-progress",
-                                     "In Progress"),
+        "lifecycleStatus": "on-hold" if ctx.pending else "active",
         "category": [_cc("pa-category")],
         "description": {"text": text},
         "subject": {"reference": ctx.patient_ref},
         "startDate": ctx.period["start"],
         "expressedBy": ctx.practitioner,
     }
+    if not ctx.pending:
+        goal["achievementStatus"] = _cc_raw("http://terminology.hl7.org/CodeSystem/goal-achievement",
+                                            "in-progress", "In Progress")
     if measure:
         goal["target"] = [{
             "measure": _cc(measure),
@@ -370,7 +385,13 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
     setting = {"coding": [_coding(canonical.CS_SETTING, p.setting, narrative.setting_label(p.setting))],
                "text": f"Setting: {narrative.setting_label(p.setting)}"}
     notes = [f"Requested setting: {narrative.setting_label(p.setting)}."]
-    if p.clearance_required:
+    if ctx.pending:
+        notes.append("Pending medical clearance: do not start. The referral is released (status active, with "
+                     "a requested Task) once a clinician has cleared the red flags.")
+    elif p.clearance is not None:
+        who = p.clearance.by_display or p.clearance.by
+        notes.append(f"Medical clearance given by {who} on {p.clearance.at.date().isoformat()}.")
+    if p.clearance_required and not ctx.pending:
         notes.append("Medical clearance is required before starting.")
     if not careplan:  # the plan has no CarePlan to live in: it travels here
         notes += [narrative.component_summary(c) for c in p.components]
@@ -381,12 +402,7 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
     annotations: list[dict[str, Any]] = []
     for n in p.notes:  # the clinician's own words: authored by them, so the filler can tell them apart
         if n.startswith(CLINICIAN_NOTE_PREFIX) and n[len(CLINICIAN_NOTE_PREFIX):].strip():
-            note: dict[str, Any] = {"text": n[len(CLINICIAN_NOTE_PREFIX):].strip(), "time": ctx.signed_at}
-            if ctx.practitioner.get("reference"):
-                note["authorReference"] = dict(ctx.practitioner)
-            else:
-                note["authorString"] = ctx.practitioner.get("display", "Ordering clinician")
-            annotations.append(note)
+            annotations.append(_annotation(ctx.practitioner, n[len(CLINICIAN_NOTE_PREFIX):].strip(), ctx.signed_at))
     sr: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "meta": _meta("onco-exercise-referral"),
@@ -425,7 +441,7 @@ def _careplan(ctx: _Context, goals: list[Entry], requests: list[Entry]) -> Entry
         "meta": _meta("onco-exercise-careplan"),
         "identifier": [ctx.identifier("careplan")],
         "text": {"status": "generated", "div": narrative.prescription_html(p, ctx.snapshot)},
-        "status": "active",
+        "status": ctx.request_status,
         "intent": "plan",
         "category": [_cc("pa-category"), _cc("assess-plan")],
         "title": "Exercise prescription",
@@ -446,17 +462,22 @@ def _careplan(ctx: _Context, goals: list[Entry], requests: list[Entry]) -> Entry
     return ctx.entry("careplan", _ordered(cp))
 
 
+PENDING_TASK_TEXT = ("Pending medical clearance: nothing to start yet. Do not contact the patient about this "
+                     "referral until this task is released (status requested).")
+DELIVER_TASK_TEXT = "Please contact the patient and deliver the exercise oncology referral."
+
+
 def _task(ctx: _Context, referral: Entry) -> Entry:
     task = {
         "resourceType": "Task",
         "meta": _meta("onco-exercise-task"),
         "identifier": [ctx.identifier("task")],
         "basedOn": [{"reference": referral["fullUrl"]}],
-        "status": "requested",
+        "status": "draft" if ctx.pending else "requested",
         "intent": "order",
         "priority": "routine",
         "code": _cc("fulfill"),
-        "description": "Please contact the patient and deliver the exercise oncology referral.",
+        "description": PENDING_TASK_TEXT if ctx.pending else DELIVER_TASK_TEXT,
         "focus": {"reference": referral["fullUrl"]},
         "for": {"reference": ctx.patient_ref},
         "authoredOn": ctx.signed_at,
@@ -467,6 +488,57 @@ def _task(ctx: _Context, referral: Entry) -> Entry:
     if ctx.signing.encounter_ref:
         task["encounter"] = {"reference": ctx.signing.encounter_ref}
     return ctx.entry("task", task)
+
+
+def _clearance_tasks(ctx: _Context, referral: Entry) -> list[Entry]:
+    """The clinician's clearance Task: `requested` (what to resolve) for a deferred plan, `completed` (who,
+    when, what was reviewed, their note) for a plan generated under a clearance; none otherwise."""
+    c = ctx.p.clearance
+    if ctx.pending:
+        lines, owner, status = ctx.p.to_resolve or ("Review the red flags in the record.",), ctx.practitioner, \
+            "requested"
+    elif c is not None:
+        lines, owner, status = c.reviewed, _person(c.by, c.by_display), "completed"
+    else:
+        return []
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "meta": _meta("onco-exercise-clearance-task"),
+        "identifier": [ctx.identifier("clearance")],
+        "status": status,
+        "intent": "order",
+        "priority": "routine",
+        "code": _cc("approve"),
+        "description": "Medical clearance before exercise: " + " ".join(lines),
+        "focus": {"reference": referral["fullUrl"]},
+        "for": {"reference": ctx.patient_ref},
+        "authoredOn": ctx.signed_at,
+        "lastModified": ctx.signed_at,
+        "requester": ctx.practitioner,
+        "owner": owner,
+        "input": [{"type": {"text": "To resolve"}, "valueString": line} for line in lines],
+    }
+    if status == "completed" and c is not None:
+        task["executionPeriod"] = {"end": _instant(c.at)}
+        task["output"] = [{"type": {"text": "Reviewed"}, "valueString": line} for line in c.reviewed]
+        task["note"] = [_annotation(owner, c.note, _instant(c.at))]
+    if ctx.signing.encounter_ref:
+        task["encounter"] = {"reference": ctx.signing.encounter_ref}
+    return [ctx.entry("clearance", task)]
+
+
+def _person(ref: str, display: str | None) -> dict[str, Any]:
+    return {"reference": ref, **({"display": display} if display else {})}
+
+
+def _annotation(author: dict[str, Any], text: str, time: str) -> dict[str, Any]:
+    """An Annotation by `author` (a Reference when there is one, else the name as authorString)."""
+    note: dict[str, Any] = {"text": text, "time": time}
+    if author.get("reference"):
+        note["authorReference"] = dict(author)
+    else:
+        note["authorString"] = author.get("display", "Ordering clinician")
+    return note
 
 
 def _provenance(ctx: _Context, entries: list[Entry]) -> Entry:
@@ -532,11 +604,14 @@ def _utc(dt: datetime) -> datetime:
     return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt.astimezone(timezone.utc)
 
 
-def _instant(dt: datetime | date) -> str:
+def instant(dt: datetime | date) -> str:
     """FHIR instant (UTC, seconds): naive datetimes are taken as UTC."""
     if not isinstance(dt, datetime):
         dt = datetime(dt.year, dt.month, dt.day)
     return _utc(dt).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+_instant = instant
 
 
 _ORDER = ("resourceType", "meta", "text", "extension", "identifier", "basedOn", "status", "intent", "category",

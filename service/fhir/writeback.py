@@ -276,11 +276,16 @@ async def _write(ehr: FhirClient, entries: list[Entry], document: DocumentArg, s
 
 
 def _normalise_entry(e: Entry) -> Entry:
-    """Accept `{fullUrl, resource, ifNoneExist}` or a bare resource; derive ifNoneExist from the identifier."""
+    """Accept `{fullUrl, resource, ifNoneExist}` or a bare resource; derive ifNoneExist from the identifier.
+    An update entry (`service.fhir.revision`) is `{fullUrl, resource, method: PUT, url: Type/id, ifMatch,
+    check}` and keeps those keys."""
     if "resource" not in e and isinstance(e.get("resourceType"), str):
         e = {"resource": e}
     resource = copy.deepcopy(e["resource"])
     full = e.get("fullUrl") or f"urn:uuid:{_uuid()}"
+    if e.get("method") == "PUT":
+        return {"fullUrl": full, "resource": resource, "ifNoneExist": None, "method": "PUT", "url": e["url"],
+                "ifMatch": e.get("ifMatch"), "check": e.get("check", True)}
     ine = e.get("ifNoneExist")
     if not ine:
         ident = next((i for i in resource.get("identifier") or [] if i.get("system") and i.get("value")), None)
@@ -366,9 +371,16 @@ def _validator() -> Callable[[dict[str, Any]], None]:
     return assert_valid  # type: ignore[return-value]
 
 
+def _is_update(e: Entry) -> bool:
+    return e.get("method") == "PUT"
+
+
 def _validate(entries: list[Entry]) -> None:
+    """Every new resource, and every update whose content we built (not a status change of one read back)."""
     check = _validator()
     for e in entries:
+        if e.get("check") is False:
+            continue
         res = e["resource"]
         try:
             check(res)
@@ -434,16 +446,17 @@ def _written(client: FhirClient, rtype: str, rid: str, status: str) -> dict[str,
             "url": f"{client.base_url}/{rtype}/{rid}", "server": client.base_url, "status": status}
 
 
-def _rewrite(node: Any, mapping: dict[str, str]) -> None:
+def rewrite_references(node: Any, mapping: dict[str, str]) -> None:
+    """Replace every Reference.reference found in `mapping` (urn:uuid -> Type/id), in place."""
     if isinstance(node, dict):
         for k, v in node.items():
             if k == "reference" and isinstance(v, str) and v in mapping:
                 node[k] = mapping[v]
             else:
-                _rewrite(v, mapping)
+                rewrite_references(v, mapping)
     elif isinstance(node, list):
         for x in node:
-            _rewrite(x, mapping)
+            rewrite_references(x, mapping)
 
 
 async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], result: WriteResult,
@@ -453,8 +466,16 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
     Entries of `optional` types the server cannot create are dropped with a note; any other type it cannot
     create fails the whole set before anything is sent."""
     entries = [copy.deepcopy(e) for e in entries]
+    cannot_update = sorted({e["resource"]["resourceType"] for e in entries
+                            if _is_update(e) and not cap.can_update(e["resource"]["resourceType"])})
+    if cannot_update:
+        raise WritebackError(f"{client.base_url} does not support updating {', '.join(cannot_update)}, so the "
+                             f"open referral cannot be replaced by this one; nothing was written. Cancel the open "
+                             f"referral in the EHR, then sign again.", status=409)
     for e in list(entries):
         rtype = e["resource"]["resourceType"]
+        if _is_update(e):
+            continue
         if not cap.can_create(rtype):
             if rtype in optional:
                 entries.remove(e)
@@ -468,10 +489,10 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
     _validate(entries)
 
     by_url: dict[str, dict[str, Any]] = {}
-    mapping: dict[str, str] = {}
+    mapping: dict[str, str] = {e["fullUrl"]: e["url"] for e in entries if _is_update(e) and e["fullUrl"] != e["url"]}
     # 1. Look up, by business identifier, what the server cannot create conditionally.
     for e in entries:
-        if _conditional_ok(cap, e) or not _lookup_ok(cap, e):
+        if _is_update(e) or _conditional_ok(cap, e) or not _lookup_ok(cap, e):
             continue
         rtype = e["resource"]["resourceType"]
         found = await client.search(rtype, _lookup_params(cap, e), max_pages=1)
@@ -482,15 +503,12 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
             mapping[e["fullUrl"]] = f"{rtype}/{hit['id']}"
     todo = [e for e in entries if e["fullUrl"] not in by_url]
     for e in todo:
-        _rewrite(e["resource"], mapping)
+        rewrite_references(e["resource"], mapping)
 
     # 2. Create the rest: one transaction when possible, else one by one in reference order.
     if todo and (cap.transaction and len(todo) > 1):
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"fullUrl": e["fullUrl"], "resource": e["resource"],
-             "request": {"method": "POST", "url": e["resource"]["resourceType"],
-                         **({"ifNoneExist": e["ifNoneExist"]} if _conditional_ok(cap, e) else {})}}
-            for e in todo]}
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [_transaction_entry(client, cap, e)
+                                                                           for e in todo]}
         try:
             response = await client.transaction(bundle)
         except FhirError as exc:
@@ -510,12 +528,16 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
                 raise WritebackError(f"the server's transaction response names no id for {rtype}", status=502,
                                      result=_partial(result, by_url, entries))
             status = "created" if str(resp.get("status", "")).startswith("201") else "existing"
-            by_url[e["fullUrl"]] = _written(client, rtype, rid, status)
+            by_url[e["fullUrl"]] = _written(client, rtype, rid, "updated" if _is_update(e) else status)
     elif todo:
         for e in _reference_order(todo):
-            _rewrite(e["resource"], mapping)
+            rewrite_references(e["resource"], mapping)
             rtype = e["resource"]["resourceType"]
             try:
+                if _is_update(e):
+                    updated = await client.update(e["resource"], if_match=e.get("ifMatch"))
+                    by_url[e["fullUrl"]] = _written(client, rtype, str(updated.get("id")), "updated")
+                    continue
                 created = await client.create(e["resource"],
                                               if_none_exist=e["ifNoneExist"] if _conditional_ok(cap, e) else None)
             except FhirError as exc:
@@ -529,6 +551,15 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
     return [by_url[e["fullUrl"]] for e in entries if e["fullUrl"] in by_url]
 
 
+def _transaction_entry(client: FhirClient, cap: Capability, e: Entry) -> dict[str, Any]:
+    if _is_update(e):
+        return {"fullUrl": f"{client.base_url}/{e['url']}", "resource": e["resource"],
+                "request": {"method": "PUT", "url": e["url"], **({"ifMatch": e["ifMatch"]} if e.get("ifMatch") else {})}}
+    return {"fullUrl": e["fullUrl"], "resource": e["resource"],
+            "request": {"method": "POST", "url": e["resource"]["resourceType"],
+                        **({"ifNoneExist": e["ifNoneExist"]} if _conditional_ok(cap, e) else {})}}
+
+
 def _prune_refs_all(entries: list[Entry], dropped: set[str]) -> None:
     for e in entries:
         _prune_refs(e["resource"], dropped)
@@ -537,7 +568,7 @@ def _prune_refs_all(entries: list[Entry], dropped: set[str]) -> None:
 def _partial(result: WriteResult, by_url: dict[str, dict[str, Any]], entries: list[Entry]) -> WriteResult:
     done = WriteResult(strategy=result.strategy, written=list(result.written), notes=list(result.notes))
     done.written += [by_url[e["fullUrl"]] for e in entries if e["fullUrl"] in by_url and
-                     by_url[e["fullUrl"]]["status"] == "created"]
+                     by_url[e["fullUrl"]]["status"] in ("created", "updated")]
     return done
 
 

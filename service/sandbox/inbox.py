@@ -199,8 +199,9 @@ async def inbox(request: Request) -> HTMLResponse:
         rows.append({"task": t, "focus": focus, "patient": patient, "patient_name": _name(patient) or
                      t.get("for", {}).get("display", ""), "actions": allowed_actions(t.get("status", ""))})
     open_ = [r for r in rows if r["task"].get("status") in ("requested", "received", "accepted", "in-progress")]
-    closed = [r for r in rows if r not in open_]
-    return page(request, "inbox/list.html", {"open": open_, "closed": closed, "org": org,
+    pending = [r for r in rows if r["task"].get("status") == "draft"]  # signed while deferred: nothing to start
+    closed = [r for r in rows if r not in open_ and r not in pending]
+    return page(request, "inbox/list.html", {"open": open_, "pending": pending, "closed": closed, "org": org,
                                               "org_name": _name(org) or "Exercise oncology service",
                                               "notice": request.query_params.get("notice")})
 

@@ -106,6 +106,32 @@ def _measurement(m: Any, stale: bool = False) -> dict[str, Any]:
             "components": [{"measure": k, "value": v} for k, v in m.components]}
 
 
+TREND_MEASURES = ("evs-minutes-per-week", "hemoglobin", "platelets", "six-minute-walk")  # read better as a chart
+TREND_POINTS = 12
+
+
+def _trends(snap: Any) -> list[dict[str, Any]]:
+    """The last few values of the measures a clinician would rather see as a line (oldest first)."""
+    from service.clinical.units import human_unit
+
+    out = []
+    for measure in TREND_MEASURES:
+        hist = sorted(snap.history.get(measure, ()), key=lambda m: m.effective)[-TREND_POINTS:]
+        if len(hist) >= 2:
+            out.append({"measure": measure, "label": _label(measure), "unitLabel": human_unit(hist[-1].unit),
+                        "points": [{"date": _iso(m.effective), "value": m.value} for m in hist]})
+    return out
+
+
+def _flagged(rationale: Any) -> dict[str, str]:
+    """Source reference -> the finding of the first rule it triggered (shown beside the value as abnormal)."""
+    out: dict[str, str] = {}
+    for r in rationale:
+        for ref in r.refs:
+            out.setdefault(ref, r.finding)
+    return out
+
+
 def _fact(f: Any) -> dict[str, Any]:
     return {"display": f.display, "code": f.code, "system": f.system, "onset": _iso(f.onset), "source": f.ref}
 
@@ -132,9 +158,11 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
     stale_keys = set(snap.stale)
     data_used = [_measurement(m) for _, m in sorted(snap.latest.items()) if m.measure not in stale_keys]
     data_used += [_measurement(m, stale=True) for _, m in sorted(snap.stale.items())]
+    flagged = _flagged(draft.prescription.rationale)
     for row in data_used:  # a newer result of the same measure that could not be read is said beside the value
         row["newerUnreadable"] = any(u.measure == row["measure"] and u.effective is not None
                                      and _iso(u.effective) > row["date"] for u in snap.unreadable)
+        row["triggered"] = flagged.get(row["source"])
     comorbidities = [dict(_fact(f), group=k) for k, facts in sorted(snap.comorbidities.items()) for f in facts]
     treatments = [{"kind": t.kind, "display": t.display, "start": _iso(t.start), "end": _iso(t.end),
                    "active": t.active, "cardiotoxic": t.cardiotoxic, "staleOrder": t.stale_order, "source": t.ref}
@@ -164,6 +192,7 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
             "metastases": [_fact(f) for f in snap.metastases],
             "brainMetastases": [_fact(f) for f in snap.brain_metastases],
             "unreadable": unreadable,
+            "trends": _trends(snap),
             "boneMetastases": [_fact(f) for f in snap.bone_metastases],
             "comorbidities": comorbidities,
             "treatments": treatments,
@@ -187,6 +216,10 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
         },
         "notes": loaded.notes,
         "signed": signed,
+        "openReferrals": [o.summary() for o in loaded.open_referrals],
+        "clearance": {"canRecord": rx.get("setting") == "defer" and bool(rx.get("redFlags"))
+                      and bool(sess.get("requester")) and not signed,
+                      "toResolve": rx.get("toResolve") or [], "recorded": rx.get("clearance")},
     }
 
 
@@ -269,7 +302,7 @@ async def update_prescription(request: Request, s: str | None = None) -> Respons
     """
     from service.clinical.edits import apply_edits
     from service.clinical.prescribe import prescribe
-    from service.clinical.serialize import preferences_from_json, prescription_to_json
+    from service.clinical.serialize import clearance_from_json, preferences_from_json, prescription_to_json
 
     got = await _loaded(request, s)
     if isinstance(got, Response):
@@ -295,7 +328,14 @@ async def update_prescription(request: Request, s: str | None = None) -> Respons
         prefs = preferences_from_json(prefs_json) if prefs_json else None
     except ValueError as exc:
         return _problems_outcome([_Problem("preferences", str(exc))])
-    prescription = prescribe(loaded.snapshot, loaded.now, prefs)
+    clearance = sess.get("clearance")
+    if body.get("clearance") is not None:
+        got_clearance = _clearance(body["clearance"], sess, loaded, prefs)
+        if isinstance(got_clearance, Response):
+            return got_clearance
+        clearance = got_clearance
+    prescription = prescribe(loaded.snapshot, loaded.now, prefs,
+                             clearance_from_json(clearance) if clearance else None)
     if edits:
         try:
             result = apply_edits(prescription, edits, loaded.now)
@@ -306,9 +346,27 @@ async def update_prescription(request: Request, s: str | None = None) -> Respons
         prescription = result.prescription
     new_version = int(sess.get("draft_version") or 0) + 1
     sess = await update_session(request.app.state.store, str(s), settings, draft=prescription_to_json(
-        prescription), preferences=prefs_json, edits=edits, draft_version=new_version)
+        prescription), preferences=prefs_json, edits=edits, draft_version=new_version, clearance=clearance)
     _drafts[str(s)] = Draft(new_version, prescription, prefs_json, edits)
     return no_store(JSONResponse(build_view(str(s), sess, loaded, _drafts[str(s)])))
+
+
+def _clearance(raw: Any, sess: dict[str, Any], loaded: Loaded, prefs: Any) -> dict[str, Any] | Response:
+    """Record the signed-in clinician's clearance of the deferred plan (JSON for the session), or a 422."""
+    from service.clinical.clearance import ClearanceError, record_clearance
+    from service.clinical.prescribe import prescribe
+    from service.clinical.serialize import clearance_to_json
+
+    if not isinstance(raw, dict):
+        return _problems_outcome([_Problem("clearance", "The clearance could not be read.")])
+    deferred = prescribe(loaded.snapshot, loaded.now, prefs)
+    try:
+        c = record_clearance(deferred, by=str(sess.get("requester") or ""), at=datetime.now(timezone.utc),
+                             reviewed=raw.get("reviewed"), note=raw.get("note"),
+                             by_display=sess.get("requester_display") or loaded.requester_display)
+    except ClearanceError as exc:
+        return _problems_outcome([_Problem("clearance", str(exc))])
+    return clearance_to_json(c)
 
 
 @dataclass
@@ -418,6 +476,45 @@ def _within_grants(entries: list[dict[str, Any]], granted_scope: str | None) -> 
     return kept, notes
 
 
+REVISING_STRATEGIES = ("full", "service-request-only")  # the ones that write a referral into the EHR
+
+
+async def _revising(ehr: Any, entries: list[dict[str, Any]], existing: list[Any], signing: Any,
+                    granted_scope: str | None, notes: list[str]) -> list[dict[str, Any]]:
+    """The new set plus the updates that retire the open referral (service.fhir.revision), or WritebackError
+    when the token may not update it or it cannot be read again (nothing written: never a second referral)."""
+    from service.fhir.errors import FhirError
+    from service.fhir.resources import instant
+    from service.fhir.revision import read_current, revise
+    from service.fhir.writeback import WritebackError
+    from service.smart.scopes import Grants
+
+    grants = Grants.parse(granted_scope) if granted_scope else None
+    if grants is not None and not grants.allows("ServiceRequest", "u"):
+        raise WritebackError("The EHR did not grant permission to update ServiceRequest (scope "
+                             "patient/ServiceRequest.u), so the open exercise referral cannot be replaced; nothing "
+                             "was written. Cancel it in the EHR, or ask for the permission, then sign again.",
+                             status=403)
+    try:
+        current = await read_current(ehr, existing)
+    except FhirError as exc:
+        raise WritebackError(f"The open exercise referral could not be read again before replacing it, so nothing "
+                             f"was written: {exc.message}", status=exc.status) from exc
+    author = {"reference": signing.practitioner_ref, **({"display": signing.practitioner_display}
+                                                         if signing.practitioner_display else {})}
+    out = revise(entries, existing, current, signed_at=instant(signing.signed_at), author=author)
+    # Retiring the old referral is what must happen; its Task, CarePlan and Goals are updated when the token
+    # allows (with a note when not: the service then sees its referral revoked).
+    kept = []
+    for e in out:
+        rtype = e["resource"]["resourceType"]
+        if e.get("method") == "PUT" and grants is not None and not grants.allows(rtype, "u"):
+            notes.append(f"{e['url']} was not updated (no permission to update {rtype}): its referral is revoked.")
+            continue
+        kept.append(e)
+    return kept
+
+
 async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dict[str, Any], loaded: Loaded,
                          key: str) -> tuple[dict[str, Any], int]:
     from service.audit import record_writeback
@@ -453,6 +550,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
         document = lambda refs: build_document_reference(p, snap, signing, refs)  # noqa: E731
 
     entries, ungranted = _within_grants(entries, sess.get("scope_granted"))
+    existing = [o for o in loaded.open_referrals if o.ours] if strategy in REVISING_STRATEGIES else []
     request_id = getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
     answer: dict[str, Any] = {"key": key, "strategy": strategy, "target": sess["iss"],
                               "signedAt": now.isoformat(), "requester": sess["requester"],
@@ -462,6 +560,8 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
         if strategy == "care-coordination" and settings.care_coordination_fhir_url else None
     try:
         async with fhir_client(rt, store, sid, sess) as ehr:
+            if existing:
+                entries = await _revising(ehr, entries, existing, signing, sess.get("scope_granted"), ungranted)
             result = await write_back(ehr, entries, document, strategy=strategy, store=store, signing_key=key,
                                       care_coordination=cc, capability=loaded.capability)
         answer["written"] = [_written_item(w, sess["iss"]) for w in result.written]

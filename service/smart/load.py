@@ -50,6 +50,7 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     requests: int = 0
     requester_display: str | None = None  # the signed-in clinician's name, from their Practitioner resource
+    open_referrals: list[Any] = field(default_factory=list)  # service.fhir.open_referrals.OpenReferral
 
 
 def keeper_for(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> TokenKeeper:
@@ -163,6 +164,7 @@ def _patient_of(resources: list[dict[str, Any]], patient_id: str) -> dict[str, A
 
 def _build(rt: SmartRuntime, sess: dict[str, Any], data: dict[str, Any], capability: Any) -> Loaded:
     from service.clinical.snapshot import build_snapshot
+    from service.fhir.open_referrals import open_referrals
 
     now = datetime.fromisoformat(data["loadedAt"])
     resources = data["resources"]
@@ -177,7 +179,7 @@ def _build(rt: SmartRuntime, sess: dict[str, Any], data: dict[str, Any], capabil
                   complete=data.get("complete", True), failures=list(data.get("failures") or []),
                   truncated=list(data.get("truncated") or []), capability=capability,
                   strategy=strategy, strategy_why=why, notes=notes, requests=data.get("requests", 0),
-                  requester_display=data.get("requesterDisplay"))
+                  requester_display=data.get("requesterDisplay"), open_referrals=open_referrals(resources))
 
 
 def _capability_from(raw: dict[str, Any] | None) -> Any:

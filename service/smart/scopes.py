@@ -32,6 +32,8 @@ STRATEGY_WRITES: dict[str, tuple[str, ...]] = {
 # Reading the signed-in clinician's own Practitioner resource (named by fhirUser) for their display name.
 FHIR_USER_READ, FHIR_USER_READ_V1 = "user/Practitioner.rs", "user/Practitioner.read"
 ALL_WRITE_TYPES: tuple[str, ...] = ("CarePlan", "Goal", "ServiceRequest", "Task", "Provenance", "DocumentReference")
+# What signing again updates to retire the open referral (service.fhir.revision): create, read and update.
+UPDATE_TYPES: tuple[str, ...] = ("CarePlan", "Goal", "ServiceRequest", "Task")
 
 _V1_PERMS = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE_RE = re.compile(r"^(patient|user|system)/([A-Za-z]+|\*)\.([a-z*]+)(\?.*)?$")
@@ -81,7 +83,7 @@ def requested_scopes(*, ehr_launch: bool, v1: bool, write_types: Iterable[str],
         if v1:
             scopes += [f"patient/{t}.read", f"patient/{t}.write"]
         else:
-            scopes.append(f"patient/{t}.crs")
+            scopes.append(f"patient/{t}.crus" if t in UPDATE_TYPES else f"patient/{t}.crs")
     return scopes
 
 

@@ -128,6 +128,31 @@ def test_follow_up_card_with_task_status_and_evs_trend() -> None:
     assert decide(rx(), gone, CTX).kind == "referral"
 
 
+def test_a_referral_pending_clearance_is_said_on_the_warning_and_then_asked_for() -> None:
+    """Card, app, handout and inbox say the same: on hold, pending medical clearance, nothing to start."""
+    held = Referral("ServiceRequest/sr9", "on-hold", NOW - timedelta(days=3), "Task/t9", "draft",
+                    to_resolve=("Repeat the platelet count.",))
+    assert held.pending_clearance and not replace(held, to_resolve=()).pending_clearance
+    fever = Reason("FEVER-38", "Temperature 38.7 °C today", "defer", "ACSM 2019")
+    deferred = rx(setting="defer", components=(), red_flags=(fever,), to_resolve=("Repeat the temperature.",))
+    plan = decide(deferred, snap(referrals=(held,)), CTX)
+    assert plan.kind == "warning" and plan.card is not None
+    assert "on hold, pending medical clearance" in plan.card["detail"]
+    assert "Repeat the temperature." in plan.card["detail"] and "suggestions" not in plan.card
+    # without a held referral the warning says what signing would do
+    alone = decide(deferred, snap(), CTX).card
+    assert alone is not None and "records it pending medical clearance" in alone["detail"]
+    # red flags gone from the record: ask for the clearance, never offer a second referral
+    plan = decide(rx(), snap(referrals=(held,)), CTX)
+    assert plan.kind == "pending" and plan.card is not None
+    assert plan.card["summary"] == "Exercise referral pending medical clearance: record the clearance to release it"
+    assert "- Repeat the platelet count." in plan.card["detail"] and "suggestions" not in plan.card
+    assert json.loads(plan.card["links"][0]["appContext"])["referral"] == "ServiceRequest/sr9"
+    # once released (active, Task requested) it is an ordinary follow-up
+    released = replace(held, status="active", task_status="requested", to_resolve=())
+    assert decide(rx(), snap(referrals=(released,)), CTX).kind == "follow-up"
+
+
 def test_incomplete_data_card_has_no_one_click_referral() -> None:
     plan = decide(rx(), snap(), CTX, complete=False, missing=["observations (Observation): not read in time"],
                   budget=2.0)

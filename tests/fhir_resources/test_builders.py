@@ -1,12 +1,14 @@
 """resources.py: the resources we write are complete, profiled, deterministic and link to each other."""
 
 import base64
+import copy
 import json
 from dataclasses import replace
 
 import pytest
 
 from service import canonical
+from service.clinical.model import Clearance
 from service.fhir import resources as R
 from service.fhir.validate import validate_bundle, validate_resource
 from tests.fhir_resources import factories as F
@@ -228,13 +230,48 @@ def test_draft_referral_validates(practitioner):
         assert "reference" not in sr["requester"]
 
 
-def test_deferred_plan_without_components_still_valid():
-    p = F.prescription(setting="defer", clearance_required=True, components=())
+def test_deferred_plan_is_written_pending_clearance():
+    """Design contract: nothing asks the exercise service to start (no active referral, no active Task)."""
+    p = F.prescription(setting="defer", clearance_required=True, components=(),
+                       to_resolve=("Repeat the platelet count.",))
     entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
-    types = [e["resource"]["resourceType"] for e in entries]
-    assert types == ["CarePlan", "Goal", "ServiceRequest", "Task", "Provenance"]
-    assert "target" not in entries[1]["resource"] and "clearance" in entries[1]["resource"]["description"]["text"]
+    by_type = [(e["resource"]["resourceType"], e["resource"].get("status") or e["resource"].get("lifecycleStatus"))
+               for e in entries]
+    assert by_type == [("CarePlan", "on-hold"), ("Goal", "on-hold"), ("ServiceRequest", "on-hold"),
+                       ("Task", "draft"), ("Task", "requested"), ("Provenance", None)]
+    goal, referral, fulfil, clearance = (entries[i]["resource"] for i in (1, 2, 3, 4))
+    assert "target" not in goal and "achievementStatus" not in goal
+    assert "clearance" in goal["description"]["text"]
+    assert any("Pending medical clearance" in n["text"] for n in referral["note"])
+    assert fulfil["owner"]["reference"].endswith("exercise-service") or fulfil["owner"] == referral["performer"][0]
+    assert "nothing to start" in fulfil["description"]
+    assert clearance["code"]["coding"][0]["code"] == "approve"
+    assert clearance["owner"] == clearance["requester"] and clearance["focus"]["reference"] == entries[2]["fullUrl"]
+    assert [i["valueString"] for i in clearance["input"]] == ["Repeat the platelet count."]
     assert validate_bundle(R.transaction_bundle(entries)) == []
+
+
+def test_a_cleared_plan_carries_its_clearance_as_a_completed_task():
+    at = F.NOW.replace(hour=8)
+    c = Clearance(by="Practitioner/dr-2", by_display="Dr Two", at=at, rules=("HEME-PLT-20",),
+                  reviewed=("Repeat the platelet count.",), note="Platelets 64 on repeat.")
+    p = F.prescription(setting="supervised", clearance=c)
+    entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
+    statuses = {(e["resource"]["resourceType"], e["resource"].get("status")) for e in entries}
+    assert ("ServiceRequest", "on-hold") not in statuses and ("Task", "requested") in statuses
+    task = next(e["resource"] for e in entries if e["resource"].get("code", {}).get("coding", [{}])[0].get("code")
+                == "approve")
+    assert task["status"] == "completed" and task["owner"] == {"reference": "Practitioner/dr-2", "display": "Dr Two"}
+    assert task["executionPeriod"]["end"].startswith(at.date().isoformat())
+    assert task["output"][0]["valueString"] == "Repeat the platelet count."
+    assert task["note"][0]["text"] == "Platelets 64 on repeat." and task["note"][0]["authorReference"] == task["owner"]
+    referral = next(e["resource"] for e in entries if e["resource"]["resourceType"] == "ServiceRequest"
+                    and e["resource"]["code"]["coding"][0]["code"] == "390893007")
+    assert any("clearance given by Dr Two" in n["text"] for n in referral["note"])
+    assert validate_bundle(R.transaction_bundle(entries)) == []
+    broken = copy.deepcopy(task)
+    del broken["output"]
+    assert any("onco-clear-1" in i.source for i in validate_resource(broken))
 
 
 def test_without_condition_reference_the_reason_is_coded():

@@ -49,7 +49,8 @@ def test_profiles_derive_from_the_pa_ig_and_every_required_binding_resolves():
     for path in PROFILES_DIR.glob("StructureDefinition-*.json"):
         sd = load(path)
         assert sd["url"] == canonical.sd_url(sd["id"]) and sd["derivation"] == "constraint"
-        if sd["type"] in ("CarePlan", "Goal", "ServiceRequest", "Task"):
+        # the clearance Task is a step the PA IG does not model (docs/profiles.md says why): core Task
+        if sd["type"] in ("CarePlan", "Goal", "ServiceRequest", "Task") and sd["id"] != "onco-exercise-clearance-task":
             assert sd["baseDefinition"].startswith(canonical.PA_BASE + "/StructureDefinition/pa-")
         for el in sd["differential"]["element"]:
             b = el.get("binding")

@@ -37,9 +37,12 @@ def prescription_sets(fhir: httpx.Client, patient: str) -> dict[str, dict[str, s
 
 
 def written_set(answer: dict[str, Any]) -> dict[str, set[str]]:
-    """The sign answer's `written` list in the same shape."""
+    """The sign answer's `written` list in the same shape: the new set, without the open referral's resources it
+    retired (they belong to the set that wrote them). The CarePlan revised in place carries both sets'
+    identifiers, so it counts in both."""
     out: dict[str, set[str]] = {}
     for w in answer.get("written") or []:
-        out.setdefault(w["resourceType"], set()).add(w["id"])
+        if w.get("status") != "updated" or w["resourceType"] == "CarePlan":
+            out.setdefault(w["resourceType"], set()).add(w["id"])
     return out
 

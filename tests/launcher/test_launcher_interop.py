@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import expect
 
 from service import canonical
+from service.smart.scopes import UPDATE_TYPES
 from tests.launcher.conftest import PRACTITIONER, App, Launcher, running_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.launcher]
@@ -98,8 +99,8 @@ def test_ehr_launch_public_client(page: Any, app: App, launcher: Launcher, sekme
     shot(page, "ehr-launch-signed")
     tokens = app.stored("smart-token", sid)
     granted = tokens["scope"].split()  # create rights follow the strategy: none on CarePlan, Goal or Task
-    assert "offline_access" in granted and "patient/ServiceRequest.crs" in granted
-    assert not {"patient/CarePlan.crs", "patient/Goal.crs", "patient/Task.crs"} & set(granted)
+    assert "offline_access" in granted and "patient/ServiceRequest.crus" in granted
+    assert not {"patient/CarePlan.crus", "patient/Goal.crus", "patient/Task.crus"} & set(granted)
     assert tokens["lifetime"] == launcher.token_seconds
 
 
@@ -230,7 +231,8 @@ def test_scope_rejection_is_followed_by_the_essential_set(page: Any, app: App, l
                                                           shot: Any):
     """Registered without offline_access or user/Practitioner.rs: the launcher refuses the first request
     (invalid_scope), the app asks again without them, signs, and says what that costs."""
-    registered = "launch openid fhirUser patient/*.rs " + " ".join(f"patient/{t}.crs" for t in SR_ONLY_WRITES)
+    registered = "launch openid fhirUser patient/*.rs " + " ".join(
+        f"patient/{t}.crus" if t in UPDATE_TYPES else f"patient/{t}.crs" for t in SR_ONLY_WRITES)
     sid = _open(page, launcher.launch_url(app.url, patient="onc-11", scope=registered))
     _ready(page)
     expect(page.locator("#notes-from-launch")).to_contain_text(

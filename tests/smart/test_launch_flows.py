@@ -81,7 +81,7 @@ def test_authorize_request_has_pkce_s256_state_aud_launch_and_scopes(sandbox: Sa
         assert q["redirect_uri"] == f"{sandbox.url}/smart/callback"
         scopes = q["scope"].split()
         assert {"launch", "openid", "fhirUser"} <= set(scopes)
-        assert "patient/Observation.rs" in scopes and "patient/CarePlan.crs" in scopes
+        assert "patient/Observation.rs" in scopes and "patient/CarePlan.crus" in scopes
         assert "patient/DocumentReference.crs" not in scopes  # the full strategy writes no document
         assert "online_access" in scopes and "offline_access" not in scopes  # the sandbox offers online_access
         q2 = _authorize_query(b, iss)
@@ -216,7 +216,7 @@ def test_narrowed_scopes_degrade_the_write_back_with_an_explanation(sandbox: San
         got = ehr_launch(b, patient="onc-04", readOnlyTypes=["CarePlan", "Goal"])
         wb = api(b, got.sid).json()["writeBack"]
         assert wb["strategy"] == "service-request-only" and wb["canSign"]
-        assert "patient/CarePlan.crs" in wb["missingScopes"] and "patient/Goal.crs" in wb["missingScopes"]
+        assert "patient/CarePlan.crus" in wb["missingScopes"] and "patient/Goal.crus" in wb["missingScopes"]
         assert any("CarePlan" in w and "permission" in w for w in wb["why"])
         r = b.post("/smart/api/prescription/sign", params={"s": got.sid}, headers={"X-CSRF-Token": got.csrf}, json={})
         assert r.status_code == 200, r.text

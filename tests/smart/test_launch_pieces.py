@@ -75,7 +75,7 @@ def test_scope_tiers_for_an_epic_like_server():
     writes = planned_writes(_cap(["ServiceRequest", "DocumentReference"]))
     full = build_scopes(disc, writes, ehr_launch=True)
     assert full[:6] == ["openid", "fhirUser", "launch", "offline_access", "user/Practitioner.rs", "patient/Patient.rs"]
-    assert "patient/ServiceRequest.crs" in full and "patient/DocumentReference.crs" in full
+    assert "patient/ServiceRequest.crus" in full and "patient/DocumentReference.crs" in full
     assert "patient/Observation.rs" in full and not any(s.startswith("patient/CarePlan") for s in full)
     essential = build_scopes(disc, writes, ehr_launch=True, tier="essential")
     assert set(full) - set(essential) == {"offline_access", "user/Practitioner.rs"}
@@ -116,9 +116,9 @@ def test_what_a_scope_fallback_costs_is_said():
 def test_granted_scopes_v1_and_v2_and_missing():
     req = requested_scopes(ehr_launch=True, v1=False, write_types=["CarePlan", "ServiceRequest"],
                            types=["Patient", "Observation"])
-    granted = "launch openid fhirUser patient/Patient.rs patient/Observation.read patient/ServiceRequest.crs " \
+    granted = "launch openid fhirUser patient/Patient.rs patient/Observation.read patient/ServiceRequest.crus " \
               "patient/CarePlan.rs"
-    assert missing(req, granted) == ["patient/CarePlan.crs"]
+    assert missing(req, granted) == ["patient/CarePlan.crus"]
     g = Grants.parse("user/*.read patient/Goal.write")
     assert g.can_read("Observation") and not g.can_create("CarePlan") and g.can_create("Goal")
 

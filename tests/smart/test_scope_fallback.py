@@ -66,7 +66,7 @@ def test_two_refusals_end_in_the_minimum_set_a_view_only_app(sandbox: Sandbox):
         assert v["prescription"]["components"] and v["writeBack"]["canSign"] is False
         fallback = v["writeBack"]["scopeFallback"]
         assert fallback["tier"] == "minimum" and fallback["first"] == "full"
-        assert {"openid", "fhirUser", "online_access", "patient/CarePlan.crs"} <= set(fallback["dropped"])
+        assert {"openid", "fhirUser", "online_access", "patient/CarePlan.crus"} <= set(fallback["dropped"])
         assert any("cannot be signed" in n for n in v["notes"]) and any("reviewed and printed" in n for n in v["notes"])
 
 

@@ -71,12 +71,50 @@
     $("banner-details").textContent = bits.join(" · ");
   }
 
+  var SETTING_WORDS = { "home-based": "Home-based, self-managed", community: "Community programme",
+    supervised: "Clinically supervised", defer: "Deferred: pending medical clearance" };
+
   function renderDecision(v) {
     var rx = v.prescription;
-    $("setting").textContent = rx.settingLabel || rx.setting;
-    $("clearance").textContent = rx.clearanceRequired
-      ? "Medical clearance is needed before starting." : "No medical clearance needed before starting.";
-    $("clearance").className = rx.clearanceRequired ? "warning-text" : "";
+    $("setting").textContent = SETTING_WORDS[rx.setting] || rx.settingLabel || rx.setting;
+    var cl = $("clearance");
+    if (rx.clearance) {
+      cl.textContent = "Cleared by " + (rx.clearance.byDisplay || rx.clearance.by) + " on " + day(rx.clearance.at) +
+        ": " + rx.clearance.note;
+      cl.className = "ok-text";
+    } else if (rx.setting === "defer") {
+      cl.textContent = "Exercise is deferred: signing records the plan pending medical clearance (the exercise " +
+        "service gets nothing to start until a clinician records the clearance).";
+      cl.className = "warning-text";
+    } else {
+      cl.textContent = rx.clearanceRequired
+        ? "Medical clearance is needed before starting." : "No medical clearance needed before starting.";
+      cl.className = rx.clearanceRequired ? "warning-text" : "";
+    }
+    var flags = rx.redFlags || [];
+    $("red-flags").hidden = flags.length === 0;
+    var fl = clear($("red-flag-list"));
+    flags.forEach(function (f) { fl.appendChild(el("li", f.finding)); });
+    var tb = clear($("fitt").tBodies[0]);
+    (rx.components || []).forEach(function (c) {
+      var tr = el("tr");
+      var it = c.intensity || {};
+      tr.appendChild(el("th", TYPE_LABELS[c.type] || c.type));
+      tr.lastChild.scope = "row";
+      tr.appendChild(el("td", c.frequencyPerWeek + (c.frequencyPerWeek === 1 ? " day" : " days") + " a week"));
+      tr.appendChild(el("td", (it.label || "") + (it.low !== null && it.low !== undefined && it.scale
+        ? " (" + it.scale + " " + num(it.low) + "-" + num(it.high) + ")" : "")));
+      tr.appendChild(el("td", c.minutesPerSession + " min" + (c.sets ? ", " + c.sets + (c.sets === 1 ? " set" : " sets") +
+        (c.repetitions ? " of " + c.repetitions : "") : "")));
+      tr.appendChild(el("td", (c.activities || []).join(", ")));
+      tb.appendChild(tr);
+    });
+    $("fitt").hidden = !(rx.components || []).length;
+    var tp = clear($("top-precautions"));
+    (rx.precautions || []).slice(0, 3).forEach(function (p) { tp.appendChild(el("li", p.text)); });
+    var more = (rx.precautions || []).length - 3;
+    if (more > 0) tp.appendChild(el("li", "and " + more + " more (see Edit the plan)", "source"));
+    $("top-precautions-box").hidden = !(rx.precautions || []).length;
     var rl = clear($("rationale"));
     (rx.rationale || []).forEach(function (r) {
       var li = el("li");
@@ -85,18 +123,75 @@
       li.appendChild(el("span", "(" + r.rule + (r.source ? "; " + r.source : "") + ")", "source"));
       rl.appendChild(li);
     });
-    var rf = $("red-flags");
-    var flags = rx.redFlags || [];
-    rf.hidden = flags.length === 0;
-    clear(rf);
-    if (flags.length) {
-      rf.appendChild(el("strong", "Red flags: "));
-      rf.appendChild(document.createTextNode(flags.map(function (f) { return f.finding + " — " + f.effect; }).join("; ")));
-    }
     var notes = (v.notes || []).concat(v.launch && v.launch.fromCard ? ["Opened from the exercise referral card."] : []);
     $("notes-from-launch").hidden = notes.length === 0;
     $("notes-from-launch").textContent = notes.join(" ");
   }
+
+  var STATE_WORDS = { "pending-clearance": "on hold, pending medical clearance", draft: "a draft (from the card)",
+    sent: "sent to the exercise service", "in-progress": "in progress with the exercise service", "on-hold": "on hold" };
+
+  function renderOpenReferrals(v) {
+    var box = clear($("open-referrals"));
+    var refs = v.openReferrals || [];
+    box.hidden = refs.length === 0;
+    refs.forEach(function (o) {
+      var p = el("p");
+      var words = "Exercise referral " + (STATE_WORDS[o.state] || o.state) + (o.authoredOn ? ", signed " + day(o.authoredOn) : "") +
+        (o.requester ? " by " + o.requester : "") + ".";
+      if (o.task && o.task.status) words += " Exercise service task: " + o.task.status + (o.task.businessStatus ? " (" + o.task.businessStatus + ")" : "") + ".";
+      p.appendChild(el("strong", words));
+      box.appendChild(p);
+      if (o.toResolve && o.toResolve.length) {
+        box.appendChild(el("p", "To resolve: " + o.toResolve.join(" ")));
+      }
+      box.appendChild(el("p", o.ours
+        ? "Signing replaces it: the old referral is revoked and its task cancelled, so there is one open referral."
+        : "It was not written by onco-exercise and is not changed by signing.", "hint"));
+    });
+  }
+
+  function renderClearance(v) {
+    var c = v.clearance || {};
+    var form = $("clearance-form");
+    form.hidden = !c.canRecord;
+    var ul = clear($("clearance-items"));
+    (c.toResolve || []).forEach(function (text, i) {
+      var li = el("li"); var lab = el("label"); var cb = document.createElement("input");
+      cb.type = "checkbox"; cb.id = "clearance-item-" + i; cb.value = text; cb.name = "reviewed";
+      lab.htmlFor = cb.id; lab.appendChild(cb); lab.appendChild(el("span", text));
+      li.appendChild(lab); ul.appendChild(li);
+    });
+    var rec = $("clearance-recorded");
+    rec.hidden = !c.recorded;
+    if (c.recorded) rec.textContent = "Clearance recorded by " + (c.recorded.byDisplay || c.recorded.by) + ": the plan " +
+      "starts supervised. Review it, then Sign & send to release the referral.";
+    var rx = v.prescription;
+    $("sign-hint").textContent = rx.setting === "defer"
+      ? "Sign & send records the plan pending medical clearance: CarePlan and referral on hold, a to-do for you, nothing for the exercise service."
+      : ((v.openReferrals || []).some(function (o) { return o.ours; })
+        ? "Sign & send replaces the open referral with this plan." : "Sign & send writes the plan and the referral to the EHR.");
+  }
+
+  $("clearance-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    var reviewed = Array.prototype.filter.call(document.querySelectorAll('#clearance-items input:checked'),
+      function (cb) { return true; }).map(function (cb) { return cb.value; });
+    var body = collect();
+    body.clearance = { reviewed: reviewed, note: $("clearance-note").value };
+    $("clearance-problems").hidden = true;
+    $("clearance-button").disabled = true;
+    status("Recording the clearance…");
+    request("POST", api, body).then(function (r) {
+      $("clearance-button").disabled = false;
+      if (r.status === 200) { render(r.body); status("Clearance recorded: review the plan, then Sign & send.", "ok"); return; }
+      var box = clear($("clearance-problems"));
+      box.hidden = false;
+      var items = (r.body && r.body.problems) || [];
+      box.appendChild(el("p", items.length ? items.map(function (p) { return p.message; }).join(" ") : errorText(r.body, "Not recorded.")));
+      status("The clearance was not recorded.", "error");
+    }, function () { $("clearance-button").disabled = false; status("The service could not be reached.", "error"); });
+  });
 
   function renderData(v) {
     var d = v.data;
@@ -116,17 +211,23 @@
       tr0.appendChild(td0); tb.appendChild(tr0);
     }
     d.measurements.forEach(function (m) {
-      var tr = el("tr", undefined, m.stale ? "stale" : "");
+      var abnormal = !!(m.flag || m.triggered);
+      var tr = el("tr", undefined, (m.stale ? "stale" : "") + (abnormal ? " abnormal" : ""));
       tr.appendChild(el("td", m.label + (m.stale ? " (out of date)" : "") +
         (m.newerUnreadable ? " (a newer result could not be read: see above)" : "")));
       var val = withUnit((m.comparator ? m.comparator + " " : "") + num(m.value), m);  // the row's own value first
       if (m.flag) val += " (lab flag " + m.flag + ")";
       if (m.components && m.components.length) val += " (panel " + panelText(m) + ")";
-      tr.appendChild(el("td", val));
+      var cell = el("td");
+      if (abnormal) cell.appendChild(el("span", "⚑ ", "flag-mark"));
+      cell.appendChild(document.createTextNode(val));
+      if (m.triggered) cell.appendChild(el("span", " — " + m.triggered, "source"));
+      tr.appendChild(cell);
       tr.appendChild(el("td", day(m.date)));
       tr.appendChild(el("td", m.source, "source"));
       tb.appendChild(tr);
     });
+    renderTrends(d.trends || []);
     var cl = clear($("conditions"));
     function fact(prefix, f) { cl.appendChild(el("li", prefix + f.display + (f.onset ? " (since " + day(f.onset) + ")" : "") + " — " + f.source)); }
     d.cancers.forEach(function (f) { fact("Cancer: ", f); });
@@ -147,6 +248,35 @@
       md.appendChild(el("li", m.text + (m.recommendation ? " — " + m.recommendation : "")));
     });
     if (!md.firstChild) md.appendChild(el("li", "Nothing missing."));
+  }
+
+  var SVG = "http://www.w3.org/2000/svg";
+  function svg(tag, attrs) {
+    var e = document.createElementNS(SVG, tag);
+    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, attrs[k]); });
+    return e;
+  }
+  // Small line charts (no library): oldest to newest, scaled to their own range; the numbers are in the caption.
+  function renderTrends(trends) {
+    var box = clear($("trends"));
+    trends.forEach(function (tr) {
+      var pts = tr.points, w = 176, h = 48, pad = 4;
+      var vals = pts.map(function (p) { return p.value; });
+      var lo = Math.min.apply(null, vals), hi = Math.max.apply(null, vals), span = hi - lo || 1;
+      var xy = pts.map(function (p, i) {
+        return [pad + i * (w - 2 * pad) / (pts.length - 1), h - pad - (p.value - lo) * (h - 2 * pad) / span];
+      });
+      var fig = el("figure", undefined, "trend");
+      var s = svg("svg", { viewBox: "0 0 " + w + " " + h, role: "img",
+        "aria-label": tr.label + " trend: " + pts.map(function (p) { return num(p.value); }).join(", ") });
+      s.appendChild(svg("polyline", { "class": "line", points: xy.map(function (q) { return q[0].toFixed(1) + "," + q[1].toFixed(1); }).join(" ") }));
+      xy.forEach(function (q) { s.appendChild(svg("circle", { "class": "dot", cx: q[0].toFixed(1), cy: q[1].toFixed(1), r: 2.5 })); });
+      fig.appendChild(s);
+      var first = pts[0], last = pts[pts.length - 1];
+      fig.appendChild(el("figcaption", tr.label + ": " + num(first.value) + " (" + day(first.date) + ") → " +
+        num(last.value) + (tr.unitLabel ? " " + tr.unitLabel : "") + " (" + day(last.date) + ")"));
+      box.appendChild(fig);
+    });
   }
 
   function reasonText(r) {
@@ -248,13 +378,16 @@
 
   function renderSend(v) {
     var wb = v.writeBack;
+    renderOpenReferrals(v);
+    renderClearance(v);
     var r = v.requester || {};
     $("requester").textContent = r.reference
       ? "Signing as " + (r.display && r.display !== r.reference ? r.display + " (" + r.reference + ")" : r.reference)
       : "The EHR did not identify the signed-in clinician.";
-    $("strategy").textContent = wb.strategy ? "Write-back: " + wb.strategy + " → " + wb.target
+    $("strategy").textContent = wb.strategy ? "Writes back to the EHR (" + wb.strategy + "): details"
       : "Write-back: not possible in this session.";
     var ul = clear($("strategy-why"));
+    if (wb.target) ul.appendChild(el("li", "Target: " + wb.target));
     (wb.why || []).forEach(function (w) { ul.appendChild(el("li", w)); });
     if (wb.missingScopes && wb.missingScopes.length) {
       ul.appendChild(el("li", "Permissions asked for but not granted: " + wb.missingScopes.join(" ")));
@@ -306,6 +439,7 @@
     renderSend(v);
     $("app").hidden = false;
     baseline = JSON.stringify(collect());
+    $("unsaved").hidden = true;
   }
 
   // -- actions ---------------------------------------------------------------------------------------------
@@ -405,8 +539,18 @@
   });
 
   function unsaved() {
-    return !view.signed && baseline !== null && JSON.stringify(collect()) !== baseline;
+    return !!view && !view.signed && baseline !== null && JSON.stringify(collect()) !== baseline;
   }
+  // Unsaved changes: said beside the form as they happen, and the browser asks before the page is left.
+  function markUnsaved() { $("unsaved").hidden = !unsaved(); }
+  $("prescription-form").addEventListener("input", markUnsaved);
+  $("prescription-form").addEventListener("change", markUnsaved);
+  window.addEventListener("beforeunload", function (ev) {
+    if (!unsaved() || signing) return undefined;
+    ev.preventDefault();
+    ev.returnValue = "";
+    return "";
+  });
 
   function signFailed(text) {
     signing = false;
