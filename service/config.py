@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.exercise_services import ExerciseService
 
 Mode = Literal["serve", "sandbox"]
 Strategy = Literal["auto", "full", "service-request-only", "document", "care-coordination"]
@@ -57,6 +60,9 @@ class Settings(BaseSettings):
     care_coordination_fhir_url: str | None = None
     exercise_service_ref: str = "Organization/exercise-oncology-service"
     exercise_service_name: str = "Exercise oncology service"
+    exercise_services: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
+    notify_max_attempts: int = 8  # deliveries of one notification before it is given up (recorded as failed)
+    notify_retry_seconds: float = 5.0  # first retry delay; doubled per attempt, at most 15 minutes
 
     hook_budget_seconds: float = 2.0
     card_repeat_hours: float = 12.0  # a shown suggestion stays quiet this long (patient-view offers the app)
@@ -117,6 +123,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"CDS client {c['iss']!r}: 'jwks' needs at least one key, each with 'kty'")
         return v
 
+    @field_validator("exercise_services", mode="before")
+    @classmethod
+    def _parse_services(cls, v: Any) -> Any:
+        from service.exercise_services import parse_services
+
+        try:
+            return [{"reference": s.reference, "name": s.name, "endpoint": s.endpoint} for s in parse_services(v)]
+        except ValueError as exc:
+            raise ValueError(f"ONCO_EXERCISE_EXERCISE_SERVICES: {exc}") from None
+
     @field_validator("storage_url")
     @classmethod
     def _check_storage(cls, v: str) -> str:
@@ -135,7 +151,7 @@ class Settings(BaseSettings):
         return v
 
     @field_validator("max_body_bytes", "session_ttl_seconds", "audit_retention_days",
-                     "sandbox_access_token_seconds")
+                     "sandbox_access_token_seconds", "notify_max_attempts")
     @classmethod
     def _check_positive(cls, v: int) -> int:
         if v <= 0:
@@ -154,6 +170,9 @@ class Settings(BaseSettings):
                              "ONCO_EXERCISE_CARE_COORDINATION_FHIR_URL")
         if self.hook_budget_seconds <= 0 or self.fhir_timeout_seconds <= 0:
             raise ValueError("time budgets must be positive")
+        if not 0 < self.notify_retry_seconds <= 3600 or self.notify_max_attempts > 50:
+            raise ValueError("ONCO_EXERCISE_NOTIFY_RETRY_SECONDS must be more than 0 and at most 3600, "
+                             "ONCO_EXERCISE_NOTIFY_MAX_ATTEMPTS at most 50")
         if not 0 < self.card_repeat_hours <= 24 * 90:
             raise ValueError("ONCO_EXERCISE_CARD_REPEAT_HOURS must be more than 0 and at most 2160 (90 days)")
         return self
@@ -172,6 +191,15 @@ class Settings(BaseSettings):
             return _normalise_base(url) in self.fhir_servers
         except ValueError:
             return False
+
+    def exercise_service_list(self) -> "list[ExerciseService]":
+        """The configured exercise services, the default (referrals go there unless the clinician picks
+        another) first; the single-service settings make the list when ONCO_EXERCISE_EXERCISE_SERVICES is empty."""
+        from service.exercise_services import ExerciseService, parse_services
+
+        if self.exercise_services:
+            return parse_services([{k: v for k, v in s.items() if v is not None} for s in self.exercise_services])
+        return [ExerciseService(self.exercise_service_ref, self.exercise_service_name)]
 
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"sqlite:///{self.data_dir / 'state.db'}"

@@ -408,6 +408,10 @@ async def sign(request: Request, s: str | None = None) -> Response:
     if body.get("draftVersion") is not None and body.get("draftVersion") != version:
         return outcome(409, "The prescription changed since it was shown: review it again before signing.",
                        code="conflict")
+    service = _chosen_service(settings, body.get("exerciseService"))
+    if service is None:
+        return outcome(422, "That exercise service is not one this onco-exercise is configured to refer to.",
+                       code="value")
     key = signing_key(str(s), version, sess)
     if sess.get("signed") and sess["signed"].get("key") != key:
         return outcome(409, "This session's prescription has already been signed.", code="conflict")
@@ -425,7 +429,7 @@ async def sign(request: Request, s: str | None = None) -> Response:
                            ttl=settings.session_ttl_seconds):
         return await _wait_for_first(store, key)
     try:
-        answer, status = await _sign_and_send(request, of(request), str(s), sess, loaded, key)
+        answer, status = await _sign_and_send(request, of(request), str(s), sess, loaded, key, service)
     except BaseException:
         await store.delete(SIGN_NS, key)
         raise
@@ -437,6 +441,15 @@ async def sign(request: Request, s: str | None = None) -> Response:
         await update_session(store, str(s), settings, signed=answer)
     return no_store(JSONResponse(answer, status_code=status,
                                  media_type="application/fhir+json" if status >= 400 else None))
+
+
+def _chosen_service(settings: Any, reference: Any) -> Any:
+    """The configured exercise service the clinician picked (the default when none); None if not configured."""
+    from service.exercise_services import service_for
+
+    if reference is not None and (not isinstance(reference, str) or len(reference) > 200):
+        return None
+    return service_for(settings.exercise_service_list(), reference)
 
 
 async def _wait_for_first(store: Any, key: str) -> Response:
@@ -516,7 +529,7 @@ async def _revising(ehr: Any, entries: list[dict[str, Any]], existing: list[Any]
 
 
 async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dict[str, Any], loaded: Loaded,
-                         key: str) -> tuple[dict[str, Any], int]:
+                         key: str, service: Any) -> tuple[dict[str, Any], int]:
     from service.audit import record_writeback
     from service.clinical.rules import RULESET_VERSION
     from service.fhir.client import FhirClient
@@ -525,6 +538,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
                                         build_service_request_only)
     from service.fhir.signing import Signing
     from service.fhir.writeback import WritebackError, write_back
+    from service.notify.dispatch import notify_after_write
 
     settings = rt.settings
     store = request.app.state.store
@@ -534,8 +548,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
     strategy = loaded.strategy or "document"
     signing = Signing(key=key, practitioner_ref=sess["requester"], signed_at=now,
                       practitioner_display=sess.get("requester_display") or loaded.requester_display,
-                      exercise_service_ref=settings.exercise_service_ref,
-                      exercise_service_name=settings.exercise_service_name,
+                      exercise_service_ref=service.reference, exercise_service_name=service.name,
                       encounter_ref=f"Encounter/{sess['encounter']}" if sess.get("encounter") else None,
                       ruleset_version=RULESET_VERSION)
     entries: list[dict[str, Any]] = []
@@ -564,6 +577,11 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
                 entries = await _revising(ehr, entries, existing, signing, sess.get("scope_granted"), ungranted)
             result = await write_back(ehr, entries, document, strategy=strategy, store=store, signing_key=key,
                                       care_coordination=cc, capability=loaded.capability)
+            if not result.failed:
+                answer["notifications"] = await notify_after_write(
+                    settings=settings, store=store, keys=rt.keys, entries=entries, written=result.written,
+                    previous_status={f"Task/{t.get('id')}": str(t.get("status")) for o in existing for t in o.tasks},
+                    ehr=ehr, capability=loaded.capability)
         answer["written"] = [_written_item(w, sess["iss"]) for w in result.written]
         answer["failed"] = list(result.failed)
         answer["notes"] = ungranted + list(result.notes)
