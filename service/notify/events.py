@@ -75,7 +75,7 @@ def task_events(entries: list[dict[str, Any]], written: list[dict[str, Any]],
             base = url.rsplit("/Task/", 1)[0]
             referral = f"{base}/{referral}" if not referral.startswith("urn:") else None
         out.append(TaskEvent(task["status"], url, referral, owner))
-    return out
+    return sorted(out, key=lambda ev: ev.kind != "cancelled")  # what ended, then what replaces it
 
 
 def by_owner(events: Iterable[TaskEvent]) -> dict[str, list[TaskEvent]]:
