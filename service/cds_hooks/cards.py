@@ -351,6 +351,7 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
         if before is not None:
             text += f" (before the referral: {md(fmt_value(before))} on {before.effective.date().isoformat()})"
         lines.append(f"- **Latest functional test**: {text}")
+    lines += programme_lines(ref, s)
     if evs is not None:
         gap = "meets" if evs.value >= GUIDELINE_MINUTES else "below"
         lines.append(f"- **Exercise vital sign**: {_num(evs.value)} min/week on {evs.effective.date().isoformat()}"
@@ -361,8 +362,26 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
                  {"referral": ref.ref})
     fp = _fp("follow-up", ref.ref, ref.status, ref.task_status, ref.task_business, ref.task_note,
              (evs.value, evs.effective.isoformat()) if evs else None,
-             (change[0].ref, change[0].value) if change else None)
+             (change[0].ref, change[0].value) if change else None, programme_lines(ref, s))
     return CardPlan("follow-up", prune(card), fp)
+
+
+def programme_lines(ref: Referral, s: PatientSnapshot) -> list[str]:
+    """What the exercise service reported back: attendance, each measure before -> after, its report."""
+    from service.clinical.programme import attendance, changes
+
+    lines = []
+    att = attendance(s, ref.authored)
+    if att is not None:
+        of = f" of {_num(att.offered)}" if att.offered is not None else ""
+        lines.append(f"- **Attendance**: {_num(att.attended)}{of} sessions (reported "
+                     f"{att.when.date().isoformat()})")
+    for c in changes(s, ref.authored):
+        lines.append(f"- **{md(_label(c.measure))}**: {md(fmt_value(c.before))} → {md(fmt_value(c.after))} "
+                     f"({c.before.effective.date().isoformat()} → {c.after.effective.date().isoformat()})")
+    if ref.task_report:
+        lines.append(f"- **Programme report**: {md(ref.task_report.split('/_history')[0])}")
+    return lines
 
 
 def _clip(text: str, limit: int = 200) -> str:

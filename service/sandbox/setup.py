@@ -122,7 +122,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.include_router(well_known_router(runtime))
     app.include_router(auth_router(runtime))
-    for module in ("service.sandbox.ehr", "service.sandbox.inbox", "service.sandbox.receiver"):
+    for module in ("service.sandbox.ehr", "service.sandbox.inbox", "service.sandbox.inbox_report",
+                   "service.sandbox.receiver"):
         router = _optional_router(module)
         if router is not None:
             app.include_router(router)

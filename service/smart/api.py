@@ -151,7 +151,26 @@ def _banner(patient: dict[str, Any] | None, patient_id: str) -> dict[str, Any]:
             "gender": patient.get("gender"), "identifier": ident}
 
 
-def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> dict[str, Any]:
+def _programme(snap: Any) -> dict[str, Any] | None:
+    """The referral in place and what its exercise service reported: status, attendance, before -> after."""
+    from service.cds_hooks.cards import referral_in_place
+    from service.clinical.programme import attendance, changes
+
+    ref = referral_in_place(snap)
+    if ref is None:
+        return None
+    att = attendance(snap, ref.authored)
+    return {"referral": ref.ref, "status": ref.status, "taskStatus": ref.task_status,
+            "businessStatus": ref.task_business, "reason": ref.task_reason, "latestNote": ref.task_note,
+            "report": ref.task_report,
+            "attendance": None if att is None else {"attended": att.attended, "offered": att.offered,
+                                                    "date": _iso(att.when)},
+            "changes": [{"measure": c.measure, "label": _label(c.measure), "before": _measurement(c.before),
+                         "after": _measurement(c.after)} for c in changes(snap, ref.authored)]}
+
+
+def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft,
+               services: list[Any] | None = None) -> dict[str, Any]:
     from service.clinical.serialize import prescription_to_json
 
     snap = loaded.snapshot
@@ -217,10 +236,16 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
         "notes": loaded.notes,
         "signed": signed,
         "openReferrals": [o.summary() for o in loaded.open_referrals],
+        "exerciseProgramme": _programme(snap),
+        "exerciseServices": [x.to_json() for x in services or ()],
         "clearance": {"canRecord": rx.get("setting") == "defer" and bool(rx.get("redFlags"))
                       and bool(sess.get("requester")) and not signed,
                       "toResolve": rx.get("toResolve") or [], "recorded": rx.get("clearance")},
     }
+
+
+def _services(request: Request) -> list[Any]:
+    return request.app.state.settings.exercise_service_list()
 
 
 async def _session(request: Request, s: str | None) -> dict[str, Any]:
@@ -234,7 +259,7 @@ async def view_or_none(request: Request, sid: str, sess: dict[str, Any], wait: b
         return None
     try:
         loaded = await ensure_loaded(rt, request.app.state.store, sid, sess)
-        return build_view(sid, sess, loaded, _current_draft(sid, sess, loaded))
+        return build_view(sid, sess, loaded, _current_draft(sid, sess, loaded), _services(request))
     except LoadError:
         return None
 
@@ -265,7 +290,8 @@ async def get_prescription(request: Request, s: str | None = None) -> Response:
     if isinstance(got, Response):
         return got
     sess, loaded = got
-    return no_store(JSONResponse(build_view(str(s), sess, loaded, _current_draft(str(s), sess, loaded))))
+    return no_store(JSONResponse(build_view(str(s), sess, loaded, _current_draft(str(s), sess, loaded),
+                                            _services(request))))
 
 
 async def _json_body(request: Request) -> dict[str, Any] | Response:
@@ -348,7 +374,7 @@ async def update_prescription(request: Request, s: str | None = None) -> Respons
     sess = await update_session(request.app.state.store, str(s), settings, draft=prescription_to_json(
         prescription), preferences=prefs_json, edits=edits, draft_version=new_version, clearance=clearance)
     _drafts[str(s)] = Draft(new_version, prescription, prefs_json, edits)
-    return no_store(JSONResponse(build_view(str(s), sess, loaded, _drafts[str(s)])))
+    return no_store(JSONResponse(build_view(str(s), sess, loaded, _drafts[str(s)], _services(request))))
 
 
 def _clearance(raw: Any, sess: dict[str, Any], loaded: Loaded, prefs: Any) -> dict[str, Any] | Response:
