@@ -71,9 +71,9 @@ def test_full_service_reports_back_through_the_fhir_api(sandbox: Sandbox) -> Non
             r = fhir.put(task_ref, json=task, headers={"Content-Type": "application/fhir+json"})
             assert r.status_code == 200, r.text
             task = r.json()
-        time.sleep(1.1)
+        time.sleep(2.1)  # the follow-up (2 s after the baseline, whole seconds apart) is in the past now
         made = []
-        for value, when in ((380, signed_at + timedelta(seconds=1)), (452, datetime.now(timezone.utc))):
+        for value, when in ((380, signed_at), (452, signed_at + timedelta(seconds=2))):
             obs = reports.outcome_observation(measure="six-minute-walk", value=value, when=when, patient_ref=subject,
                                               referral_ref=referral, performer=PHYSIO)
             made.append(obs)
