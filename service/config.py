@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     care_coordination_fhir_url: str | None = None
     exercise_service_ref: str = "Organization/exercise-oncology-service"
     exercise_service_name: str = "Exercise oncology service"
+    exercise_service_contact: str = ""  # how patients reach it (phone, email), printed on the handout
+    care_team_contact: str = ""  # how patients reach their cancer team, printed on the handout
 
     hook_budget_seconds: float = 2.0
     card_repeat_hours: float = 12.0  # a shown suggestion stays quiet this long (patient-view offers the app)
@@ -140,6 +142,14 @@ class Settings(BaseSettings):
     def _check_positive(cls, v: int) -> int:
         if v <= 0:
             raise ValueError("must be a positive number")
+        return v
+
+    @field_validator("exercise_service_contact", "care_team_contact")
+    @classmethod
+    def _check_contact(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if len(v) > 200:
+            raise ValueError("at most 200 characters (a phone number, an email address, opening hours)")
         return v
 
     @field_validator("care_coordination_fhir_url")

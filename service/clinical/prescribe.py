@@ -116,6 +116,11 @@ AVOID_TEXT = {
     "seizure-risk": "No swimming alone, cycling on roads or climbing to heights (seizure risk)",
 }
 
+# The latest results sent with every referral (ServiceRequest.supportingInfo): fitness, heart, function, blood
+# counts and current activity, so the exercise service sees the data behind the plan with dates and values.
+DATA_BEHIND = ("ecog", "karnofsky", "six-minute-walk", "sit-to-stand", "tug", "grip-right", "grip-left", "resting-hr",
+               "bp-systolic", "hemoglobin", "platelets", "anc", "evs-minutes-per-week")
+
 UNREADABLE_ADVICE = {
     "defer": "Check the result in the record (or repeat the test): exercise is deferred until a clinician clears it.",
     "clearance": "Check the result in the record: clearance is required before exercise starts.",
@@ -240,6 +245,10 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
             if ref not in supporting:
                 supporting.append(ref)
 
+    for measure in DATA_BEHIND:  # the results an exercise professional checks first, whether or not a rule fired
+        m = snapshot.latest.get(measure)
+        if m is not None and m.ref not in supporting:
+            supporting.append(m.ref)
     # Present-but-unreadable results come first: each is named with its resource so a clinician can find it.
     missing = [MissingData(u.measure, f"{u.what} result present but unreadable ({u.ref}): {u.problem}",
                            UNREADABLE_ADVICE[u.requires], u.ref) for u in snapshot.unreadable] + missing

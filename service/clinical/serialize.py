@@ -21,6 +21,7 @@ from service.clinical.model import (
     Reason,
     Target,
 )
+from service.terminology import setting_name
 
 COMPONENT_TYPES = ("aerobic", "resistance", "flexibility", "balance")
 DAY_NAMES = {"mon": "mon", "monday": "mon", "tue": "tue", "tues": "tue", "tuesday": "tue", "wed": "wed",
@@ -254,12 +255,6 @@ def prescription_from_json(d: Any) -> Prescription:
 
 # ------------------------------------------------------------------------------------------------ text
 
-SETTING_TEXT = {
-    "home-based": "Self-managed, home-based programme",
-    "community": "Community-based programme with a qualified exercise professional",
-    "supervised": "Clinically supervised exercise (exercise physiologist / physiotherapist)",
-    "defer": "Deferred: clinical review needed before starting exercise",
-}
 
 
 def _intensity_text(i: Intensity) -> str:
@@ -280,7 +275,7 @@ def prescription_to_text(p: Prescription) -> str:
         out += [f"  - {r.finding} [{r.rule}]" for r in p.rationale]
         out += [f"  {n}" for n in p.notes]
         return "\n".join(out) + "\n"
-    out.append(f"Setting: {SETTING_TEXT[p.setting]}")
+    out.append(f"Setting: {setting_name(p.setting)}")
     out.append(f"Medical clearance required: {'yes' if p.clearance_required else 'no'}")
     if p.red_flags:
         out.append("")

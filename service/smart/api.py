@@ -153,6 +153,7 @@ def _banner(patient: dict[str, Any] | None, patient_id: str) -> dict[str, Any]:
 
 def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> dict[str, Any]:
     from service.clinical.serialize import prescription_to_json
+    from service.terminology import setting_name
 
     snap = loaded.snapshot
     stale_keys = set(snap.stale)
@@ -216,6 +217,7 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
         },
         "notes": loaded.notes,
         "signed": signed,
+        "settingName": setting_name(draft.prescription.setting),
         "openReferrals": [o.summary() for o in loaded.open_referrals],
         "clearance": {"canRecord": rx.get("setting") == "defer" and bool(rx.get("redFlags"))
                       and bool(sess.get("requester")) and not signed,

@@ -56,7 +56,7 @@ def test_referral_card_contents() -> None:
     card = plan.card
     assert plan.kind == "referral" and card is not None
     assert find_empty(card) == []
-    assert card["summary"] == "Exercise referral suggested: home-based programme, 2 precautions"
+    assert card["summary"] == "Exercise referral suggested: self-managed at home, 2 precautions"
     assert len(card["summary"]) < 140
     assert card["indicator"] == "info"
     uuid.UUID(card["uuid"])
@@ -97,7 +97,7 @@ def test_defer_and_clearance_summaries() -> None:
     assert deferred["summary"].startswith("Exercise referral: medical clearance needed first")
     supervised = decide(rx(setting="supervised", clearance_required=True), snap(), CTX).card
     assert supervised is not None
-    assert supervised["summary"] == "Exercise referral suggested: supervised programme, 2 precautions, clearance first"
+    assert supervised["summary"] == "Exercise referral suggested: clinically supervised, 2 precautions, clearance first"
 
 
 def test_warning_card_for_red_flags_has_no_suggestion() -> None:
