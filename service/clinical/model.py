@@ -240,3 +240,4 @@ class Prescription:
     notes: tuple[str, ...] = ()
     targets: tuple[Target, ...] = ()
     to_resolve: tuple[str, ...] = ()  # a deferred plan: what the clinician must resolve before clearing it
+    progression_step_weeks: int = 1  # aerobic build-up: +5 min per session every N weeks (2 when progression is slow)
