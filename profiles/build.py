@@ -210,7 +210,9 @@ def compile_profile(entity: fsh.Entity, layer_base: str, names: Names, invariant
     }
     if entity.fields.get("Description"):
         sd["description"] = entity.fields["Description"]
-    sd["differential"] = {"element": [v for v in elements.values() if len(v) > 2 or v["id"] == rtype]}
+    kept = [v for v in elements.values() if len(v) > 2 or v["id"] == rtype]
+    kept.sort(key=lambda v: v["id"] != rtype)  # the root element first (R4 sdf-8a)
+    sd["differential"] = {"element": kept}
     if why:
         sd["extension"] = [{"url": f"{OURS}/StructureDefinition/rule-reason",
                             "extension": [{"url": k, "valueString": v} for k, v in w.items()]} for w in why]

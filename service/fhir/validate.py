@@ -116,6 +116,7 @@ def warm_up() -> None:
     _schema_defs()
     _validator_for("ServiceRequest")
     _profiles()
+    _core_invariants()
     _model_class("ServiceRequest")
 
 
@@ -444,8 +445,9 @@ def _check_value(path: str, value: Any, name: str, d: dict[str, Any], prof: _Pro
         if ref_type and allowed_types and ref_type not in allowed_types:
             issues.append(Issue("error", f"{path}.reference",
                                 f"must reference {' or '.join(sorted(allowed_types))}, not {ref_type}", prof.id))
-    for url in (u for t in types for u in t.get("profile", []) if t.get("code") != "Extension"):
-        issues += _datatype_issues(path, value, url)
+    if isinstance(value, dict) and not any("not allowed here" in i.message for i in issues):
+        for url in (u for t in types for u in t.get("profile", []) if t.get("code") != "Extension"):
+            issues += _datatype_issues(path, value, url)
     binding = d.get("binding")
     if binding and binding.get("strength") == "required" and binding.get("valueSet"):
         issues += _check_binding(path, value, binding["valueSet"], prof)
@@ -554,6 +556,15 @@ def _holds(fn: Callable[..., list[Any]], value: Any, resource: dict[str, Any]) -
     return result == [True]
 
 
+def _fails(fn: Callable[..., list[Any]], value: Any, resource: dict[str, Any]) -> bool:
+    """A core invariant fails only when it evaluates to false (empty: nothing to check, as in the spec's
+    validators); an expression that cannot run here is not reported."""
+    try:
+        return fn(value, {"resource": resource, "rootResource": resource}) == [False]
+    except Exception:  # noqa: BLE001
+        return False
+
+
 _REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 
@@ -599,6 +610,8 @@ def _references(node: Any, path: str) -> Iterable[tuple[str, str]]:
 def _validate_one(resource: dict[str, Any]) -> list[Issue]:
     issues = _schema_issues(resource)
     issues += _dedupe(issues, _model_issues(resource))
+    if not errors(issues):  # invariants assume a well-formed resource
+        issues += _core_invariant_issues(resource)
     try:
         # one report per problem: a profile finding at a path the schema/model already flagged adds nothing
         flagged = {i.path for i in issues} - {resource["resourceType"]}
@@ -615,6 +628,57 @@ def _validate_one(resource: dict[str, Any]) -> list[Issue]:
             if isinstance(c, dict):
                 issues += [_prefixed(x, f"{resource['resourceType']}.contained[{i}]", c.get("resourceType"))
                            for x in validate_resource(c)]
+    return issues
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer 4: FHIR R4 core invariants (tim-4, per-1, Task inv-1 ...) on every element of their type
+# ---------------------------------------------------------------------------------------------------------
+
+CORE_INVARIANTS_PATH = Path(__file__).with_name("r4-invariants.json")
+_Check = tuple[str, str, Callable[[Any], list[Any]]]
+
+
+@lru_cache(maxsize=1)
+def _core_invariants() -> dict[str, list[tuple[list[str], list[_Check]]]]:
+    """type -> [(element path below the type, [(key, human, compiled expression)])], from r4-invariants.json
+    (extracted from the R4 core StructureDefinitions by profiles/core_invariants.py)."""
+    import fhirpathpy
+    from fhirpathpy.models import models
+
+    raw = json.loads(CORE_INVARIANTS_PATH.read_text(encoding="utf-8"))
+    return {t: [(path.split(".")[1:], [(k, h, _compile(e, fhirpathpy, models["r4"])) for k, h, e in checks])
+                for path, checks in paths.items()] for t, paths in raw.items()}
+
+
+def _core_invariant_issues(resource: dict[str, Any]) -> list[Issue]:
+    """Walk the resource with the JSON Schema's types; evaluate each type's invariants where it occurs."""
+    table, defs = _core_invariants(), _schema_defs()
+    issues: list[Issue] = []
+
+    def visit(node: dict[str, Any], type_name: str, path: str) -> None:
+        for segs, checks in table.get(type_name, ()):
+            targets = [(path, node)]
+            for seg in segs:
+                targets = [c for p, v in targets for c in _children(p, v, seg)]
+            for p, v in targets:
+                for key, human, fn in checks:
+                    if _fails(fn, v, resource):
+                        issues.append(Issue("error", p, f"{key}: {human}", f"core:{key}"))
+        props = defs.get(type_name, {}).get("properties", {})
+        for name, value in node.items():
+            prop = props.get(name)
+            if prop is None or name in ("contained", "resource"):
+                continue  # nested resources are validated on their own
+            child = prop.get("items", prop).get("$ref", "").rsplit("/", 1)[-1]
+            if child not in defs or "properties" not in defs[child]:
+                continue
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    visit(item, child, f"{path}.{name}" + (f"[{i}]" if isinstance(value, list) else ""))
+
+    visit(resource, resource["resourceType"], resource["resourceType"])
     return issues
 
 
