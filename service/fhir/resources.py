@@ -455,8 +455,10 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
     notes += list(extra_notes)
     notes += [n for n in p.notes if not n.startswith(CLINICIAN_NOTE_PREFIX)]
     notes += [f"Missing data: {m.text} {m.recommendation}".strip() for m in p.missing_data]
-    # the clinician's own words first, then what the service adds (all authored by the signer, who signs them)
-    own = [n[len(CLINICIAN_NOTE_PREFIX):].strip() for n in p.notes if n.startswith(CLINICIAN_NOTE_PREFIX)]
+    # the clinician's own words first, then what the service adds: all authored by the signer, who signs them
+    # (PA IG), so the prefix is what tells the filler which words are the clinician's own
+    own = [n.strip() for n in p.notes
+           if n.startswith(CLINICIAN_NOTE_PREFIX) and n[len(CLINICIAN_NOTE_PREFIX):].strip()]
     sr: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "meta": _meta("onco-exercise-referral"),

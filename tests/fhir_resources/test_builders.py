@@ -138,7 +138,7 @@ def test_clinician_note_is_an_authored_referral_note():
     entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
     referral = next(e["resource"] for e in entries if e["resource"]["identifier"][0]["value"].endswith("-referral"))
     # every note is authored (by the signer) and timed, as the PA IG requires; the clinician's own words first
-    assert referral["note"][0] == {"text": "Prefers mornings.", "time": "2026-03-02T09:30:00Z",
+    assert referral["note"][0] == {"text": "Clinician note: Prefers mornings.", "time": "2026-03-02T09:30:00Z",
                                    "authorReference": {"reference": "Practitioner/sandbox-clinician",
                                                        "display": "Dr Ada Example"}}
     assert all(n["authorReference"] and n["time"] for n in referral["note"])

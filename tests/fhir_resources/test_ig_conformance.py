@@ -127,6 +127,12 @@ def test_pertains_to_goal_must_be_a_resolvable_reference(by_role):
     only_error(sr, "ServiceRequest.extension[0].valueReference.reference", "missing required element")
 
 
+def test_care_plan_narrative_status_is_us_core(by_role):
+    cp = by_role["careplan"]
+    cp["text"]["status"] = "empty"  # US Core 3.1.1 (the PA CarePlan's parent): generated | additional
+    only_error(cp, "CarePlan.text.status", "us-core-narrative-status")
+
+
 # --- IG-valid data is accepted (our old profiles rejected it) --------------------------------------------
 
 
