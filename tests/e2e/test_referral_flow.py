@@ -270,7 +270,8 @@ def test_sign_with_unsaved_edits_saves_them_first_or_refuses(page: Page, sandbox
     written = [[c.strip() for c in r.locator("td").all_inner_texts()] for r in rows.all()]
     with sandbox.fhir() as fhir:
         srs = [fhir.get(f"ServiceRequest/{rid}").json() for rtype, rid, *_ in written if rtype == "ServiceRequest"]
-    [aerobic_sr] = [sr for sr in srs if sr.get("code", {}).get("text", "").lower().startswith("aerobic")]
+    [aerobic_sr] = [sr for sr in srs if sr["identifier"][0]["value"].endswith("-rx-aerobic")]
     assert aerobic_sr["occurrenceTiming"]["repeat"]["duration"] == new_minutes
     [referral] = [sr for sr in srs if "occurrencePeriod" in sr]
-    assert any(n.get("text") == "Signed without pressing Update." for n in referral.get("note", [])), referral["note"]
+    assert any(n.get("text") == "Clinician note: Signed without pressing Update."
+               for n in referral.get("note", [])), referral["note"]

@@ -10,7 +10,6 @@ the whole list and returns Medplum's issues per resource.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from tests.launcher.build import cache_root, node_major
+from tests.launcher.build import build_once, cache_root, node_major
 
 HERE = Path(__file__).resolve().parent
 FILES = ("package.json", "validate.mjs")
@@ -62,32 +61,21 @@ def ensure_installed() -> Path:
         raise OracleUnavailable(f"Medplum's validator needs Node.js >= {MIN_NODE_MAJOR}")
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    target = root / f"medplum-{_key()}"
-    done = target / ".onco-exercise-installed"
-    if done.is_file():
-        return target
-    with (root / f"{target.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test processes: one installs, the others wait
-        if done.is_file():
-            return target
-        work = root / f"{target.name}.tmp-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir()
-        for name in FILES:
-            shutil.copy2(HERE / name, work / name)
-        env = {**os.environ, "npm_config_fund": "false", "npm_config_audit": "false",
-               "npm_config_update_notifier": "false"}
-        try:
-            subprocess.run(["npm", "install", "--loglevel=error", "--no-package-lock"], cwd=work, env=env,
-                           capture_output=True, text=True, timeout=NPM_TIMEOUT, check=True)
-        except (OSError, subprocess.SubprocessError) as exc:
-            shutil.rmtree(work, ignore_errors=True)
-            detail = getattr(exc, "stderr", "") or str(exc)
-            raise OracleUnavailable(f"npm install of Medplum failed: {detail[-800:]}") from None
-        shutil.rmtree(target, ignore_errors=True)
-        work.rename(target)
-        done.write_text("installed\n")
-    return target
+    return build_once(root / f"medplum-{_key()}", _install)
+
+
+def _install(work: Path) -> None:
+    work.mkdir()
+    for name in FILES:
+        shutil.copy2(HERE / name, work / name)
+    env = {**os.environ, "npm_config_fund": "false", "npm_config_audit": "false",
+           "npm_config_update_notifier": "false"}
+    try:
+        subprocess.run(["npm", "install", "--loglevel=error", "--no-package-lock"], cwd=work, env=env,
+                       capture_output=True, text=True, timeout=NPM_TIMEOUT, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise OracleUnavailable(f"npm install of Medplum failed: {detail[-800:]}") from None
 
 
 def validate(resources: Iterable[dict[str, Any]]) -> list[list[OracleIssue]]:
