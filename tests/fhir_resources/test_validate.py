@@ -286,3 +286,10 @@ def test_narrative_must_be_safe_xhtml(by_role, div, message):
 async def test_warm_up_lifespan_part():
     async with V.warm_up_lifespan(None):
         assert V._schema_defs.cache_info().currsize == 1 and V._profiles.cache_info().currsize == 1
+
+
+def test_examples_are_what_the_builders_write():
+    from tests.fhir_resources.examples import examples
+
+    stale = [p.name for p, resource in examples().items() if load(p) != resource]
+    assert stale == [], "run: python -m tests.fhir_resources.examples"
