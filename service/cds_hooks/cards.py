@@ -238,8 +238,9 @@ def _referral_card(p: Prescription, s: PatientSnapshot, ctx: CardContext, not_re
                  {"setting": p.setting, "rulesetVersion": p.ruleset_version})
     card["overrideReasons"] = list(override_reasons())
     sugg_uuid = str(uuid.uuid4())
-    if p.setting != "defer":
-        sr = build_draft_referral(p, s, ctx.exercise_service_ref, _practitioner(ctx.user_ref))
+    requester = _practitioner(ctx.user_ref)
+    if p.setting != "defer" and requester:  # a draft order needs a clinician as its requester (PA IG)
+        sr = build_draft_referral(p, s, ctx.exercise_service_ref, requester)
         card["suggestions"] = [{
             "label": shorten(f"Create draft exercise referral ({setting})", 80),
             "uuid": sugg_uuid,

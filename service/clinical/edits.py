@@ -373,6 +373,7 @@ class _Editor:
             edited,
             rationale=(*p.rationale, *recorded, *self.overrides_used),
             targets=targets,
+            progression_step_weeks=2 if lim.slow else 1,
             progression=progression_for(setting, components, targets, slow=lim.slow,
                                         resistance_cap=lim.resistance, max_intensity=lim.max_intensity),
         )

@@ -168,16 +168,29 @@ def _intensity(level: Level, plan: Limits, snapshot: PatientSnapshot, hrr: bool)
 
 
 def _hr_targets(level: Level, snapshot: PatientSnapshot) -> str | None:
+    lo_pct, hi_pct = HRR_BANDS[level]
+    bpm = _karvonen(snapshot, lo_pct, hi_pct)
+    if bpm is None:
+        return None
+    return (f"Target heart rate {bpm[0]}-{bpm[1]} beats/min ({lo_pct}-{hi_pct}% of heart-rate reserve; RPE takes "
+            "precedence).")
+
+
+def target_heart_rate(intensity: Intensity, snapshot: PatientSnapshot) -> tuple[int, int] | None:
+    """The intensity's heart-rate-reserve band in beats/min for this patient (Karvonen), for structured targets;
+    None when the intensity has no HRR band or the resting heart rate or age is unknown."""
+    if intensity.hrr_low_pct is None or intensity.hrr_high_pct is None:
+        return None
+    return _karvonen(snapshot, intensity.hrr_low_pct, intensity.hrr_high_pct)
+
+
+def _karvonen(snapshot: PatientSnapshot, lo_pct: float, hi_pct: float) -> tuple[int, int] | None:
     rest = snapshot.latest.get("resting-hr")
     age = snapshot.age
     if rest is None or age is None:
         return None
-    hr_max = 220 - age
-    reserve = hr_max - rest.value
-    lo_pct, hi_pct = HRR_BANDS[level]
-    lo = round(rest.value + reserve * lo_pct / 100)
-    hi = round(rest.value + reserve * hi_pct / 100)
-    return f"Target heart rate {lo}-{hi} beats/min ({lo_pct}-{hi_pct}% of heart-rate reserve; RPE takes precedence)."
+    reserve = 220 - age - rest.value
+    return round(rest.value + reserve * lo_pct / 100), round(rest.value + reserve * hi_pct / 100)
 
 
 def _allowed(activity: str, plan: Limits) -> str | None:
@@ -283,6 +296,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         precautions=tuple(precautions.values()),
         missing_data=tuple(missing),
         rationale=tuple(rationale),
+        progression_step_weeks=2 if plan.slow else 1,
         progression=progression_for(setting, components, targets, slow=plan.slow,
                                     resistance_cap=plan.resistance, max_intensity=plan.max_intensity),
         stop_rules=tuple(stop_rules),

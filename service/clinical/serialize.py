@@ -77,6 +77,7 @@ def prescription_to_json(p: Prescription, resources: list[dict[str, Any]] | None
                          **({"unreadable": True, "source": m.source} if m.source else {})} for m in p.missing_data],
         "rationale": [reason_to_json(r) for r in p.rationale],
         "progression": list(p.progression),
+        "progressionStepWeeks": p.progression_step_weeks,
         "stopRules": list(p.stop_rules),
         "redFlags": [reason_to_json(r) for r in p.red_flags],
         "notes": list(p.notes),
@@ -237,6 +238,7 @@ def prescription_from_json(d: Any) -> Prescription:
             _req(x, "source", str, w) if x.get("unreadable") else None)),
         rationale=objects("rationale", _reason_from_json),
         progression=_strs(d.get("progression"), "progression"),
+        progression_step_weeks=_step_weeks(d.get("progressionStepWeeks")),
         stop_rules=_strs(d.get("stopRules"), "stopRules"),
         red_flags=objects("redFlags", _reason_from_json),
         ruleset_version=_req(d, "rulesetVersion", str, "prescription"),
@@ -310,3 +312,12 @@ def prescription_to_text(p: Prescription) -> str:
     out.append("")
     out.append(f"Ruleset {p.ruleset_version}, generated {p.generated_at.isoformat()}")
     return "\n".join(out) + "\n"
+
+
+def _step_weeks(value: Any) -> int:
+    """progressionStepWeeks: 1 or 2 (absent in prescriptions stored before it existed: 1)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2):
+        raise ValueError(f"prescription.progressionStepWeeks must be 1 or 2, not {value!r}")
+    return value

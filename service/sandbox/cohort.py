@@ -915,8 +915,10 @@ class _PatientBuilder:
                 "supportingInfo": observations,
             })
         setting_code, setting_label = plan["setting"]
-        notes = [{"text": n, "time": authored, "authorReference": clinician} for n in plan.get("clinician_notes", [])]
-        notes += [{"text": n} for n in [f"Requested setting: {setting_label}."] + plan["notes"]]
+        # as the product writes them: every note authored and timed (PA IG), the clinician's own words prefixed
+        texts = [f"Clinician note: {n}" for n in plan.get("clinician_notes", [])]
+        texts += [f"Requested setting: {setting_label}."] + plan["notes"]
+        notes = [{"authorReference": clinician, "time": authored, "text": n} for n in texts]
         self.add({
             "resourceType": "ServiceRequest", "id": f"{s.id}-referral",
             "meta": {"profile": [sd_url("onco-exercise-referral"), pa_sd_url("pa-servicerequest")]},

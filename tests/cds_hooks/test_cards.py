@@ -91,6 +91,17 @@ def test_draft_referral_is_valid_against_our_profiles() -> None:
     assert errors(validate_resource(sr)) == []
 
 
+def test_a_draft_order_needs_a_clinician_user() -> None:
+    """PA IG: a ServiceRequest's requester is a Practitioner or PractitionerRole reference, never a bare name;
+    a card shown to a patient (patient-view) still links to the app but suggests no draft order."""
+    for user in ("Practitioner/onc-1", "PractitionerRole/onc-role-1"):
+        card = decide(rx(), snap(), replace(CTX, user_ref=user)).card
+        assert card is not None
+        assert card["suggestions"][0]["actions"][0]["resource"]["requester"] == {"reference": user}
+    card = decide(rx(), snap(), replace(CTX, user_ref="Patient/p1")).card
+    assert card is not None and "suggestions" not in card and card["links"]
+
+
 def test_defer_and_clearance_summaries() -> None:
     deferred = decide(rx(setting="defer", clearance_required=True), snap(), CTX).card
     assert deferred is not None and "suggestions" not in deferred and "selectionBehavior" not in deferred
