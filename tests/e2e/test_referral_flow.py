@@ -106,7 +106,7 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     expect(handout.locator("#handout-what")).not_to_contain_text("swimming")
     expect(handout.locator("#handout-care")).to_contain_text("No swimming")
     expect(handout.locator("#handout-goals")).to_contain_text("150 minutes")
-    expect(handout.locator("#handout-what")).to_contain_text(f"{new_minutes} min at")  # "Building up" follows the edit
+    expect(handout.locator("#handout-building-up")).to_contain_text(f"{new_minutes} minutes each time")  # follows the edit
     shot(handout, "app-handout")
     handout.close()
 

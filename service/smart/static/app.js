@@ -380,7 +380,7 @@
     $("requester").textContent = r.reference
       ? "Signing as " + (r.display && r.display !== r.reference ? r.display + " (" + r.reference + ")" : r.reference)
       : "The EHR did not identify the signed-in clinician.";
-    $("strategy").textContent = wb.strategy ? "Writes back to the EHR (" + wb.strategy + "): details"
+    $("strategy").textContent = wb.strategy ? "Write-back: " + wb.strategy + " (what and why)"
       : "Write-back: not possible in this session.";
     var ul = clear($("strategy-why"));
     if (wb.target) ul.appendChild(el("li", "Target: " + wb.target));
