@@ -539,7 +539,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
                       exercise_service_ref=settings.exercise_service_ref,
                       exercise_service_name=settings.exercise_service_name,
                       encounter_ref=f"Encounter/{sess['encounter']}" if sess.get("encounter") else None,
-                      ruleset_version=RULESET_VERSION)
+                      ruleset_version=RULESET_VERSION, note_author_ref=loaded.note_author)
     entries: list[dict[str, Any]] = []
     document: Any = None
     if strategy in ("full", "care-coordination"):
