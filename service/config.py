@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     exercise_services: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
     notify_max_attempts: int = 8  # deliveries of one notification before it is given up (recorded as failed)
     notify_retry_seconds: float = 5.0  # first retry delay; doubled per attempt, at most 15 minutes
+    exercise_service_contact: str = ""  # how patients reach it (phone, email), printed on the handout
+    care_team_contact: str = ""  # how patients reach their cancer team, printed on the handout
 
     hook_budget_seconds: float = 2.0
     card_repeat_hours: float = 12.0  # a shown suggestion stays quiet this long (patient-view offers the app)
@@ -156,6 +158,14 @@ class Settings(BaseSettings):
     def _check_positive(cls, v: int) -> int:
         if v <= 0:
             raise ValueError("must be a positive number")
+        return v
+
+    @field_validator("exercise_service_contact", "care_team_contact")
+    @classmethod
+    def _check_contact(cls, v: str) -> str:
+        v = " ".join(v.split())
+        if len(v) > 200:
+            raise ValueError("at most 200 characters (a phone number, an email address, opening hours)")
         return v
 
     @field_validator("care_coordination_fhir_url")

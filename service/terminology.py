@@ -326,6 +326,14 @@ class Terminology:
         concept = self._code_systems.get(system, {}).get(code)
         return concept.get("definition") if concept else None
 
+    def designation(self, system: str, code: str, use: str) -> str | None:
+        """A concept's designation for `use` (a code of our designation-use CodeSystem, e.g. "patient")."""
+        concept = self._code_systems.get(system, {}).get(code) or {}
+        for d in concept.get("designation") or ():
+            if isinstance(d, dict) and (d.get("use") or {}).get("code") == use and isinstance(d.get("value"), str):
+                return d["value"]
+        return None
+
     def code_system_codes(self, url: str) -> list[str]:
         return list(self._code_systems.get(url, {}))
 
@@ -440,3 +448,11 @@ def load_terminology(directory: Path) -> Terminology:
 def get_terminology() -> Terminology:
     """The process-wide Terminology, loaded once from TERMINOLOGY_DIR."""
     return load_terminology(TERMINOLOGY_DIR)
+
+
+def setting_name(setting: str) -> str:
+    """The one name of a setting that card, app, handout, inbox and FHIR text use (the setting CodeSystem's
+    display), or the code itself when it is not one of ours."""
+    from service import canonical
+
+    return get_terminology().display(canonical.CS_SETTING, setting) or setting

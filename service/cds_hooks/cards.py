@@ -28,7 +28,7 @@ from service.canonical import SNOMED
 from service.clinical.facts import fmt_value
 from service.clinical.model import Measurement, PatientSnapshot, Prescription, Referral
 from service.fhir.resources import build_draft_referral
-from service.terminology import get_terminology
+from service.terminology import get_terminology, setting_name
 
 from .mdtext import md
 
@@ -44,12 +44,6 @@ SOURCE_URL = "https://doi.org/10.1249/MSS.0000000000002116"
 TOPIC_CODE = "390893007"  # SNOMED CT, member of the exercise-servicerequest-code value set
 TOPIC_DISPLAY_FALLBACK = "Referral to physical activity program"
 
-SETTING_PHRASE = {
-    "home-based": "home-based programme",
-    "community": "community programme",
-    "supervised": "supervised programme",
-    "defer": "clearance first",
-}
 
 # Referral / Task statuses meaning "a referral is in place" (anything else: suggest a new one).
 REFERRAL_IN_PLACE = frozenset({"draft", "active", "on-hold", "completed"})
@@ -217,7 +211,7 @@ def _card(ctx: CardContext, kind: str, indicator: str, summary: str, lines: list
 
 
 def _referral_card(p: Prescription, s: PatientSnapshot, ctx: CardContext, not_read: list[str]) -> CardPlan:
-    setting = SETTING_PHRASE.get(p.setting, p.setting)
+    setting = setting_name(p.setting).lower()
     n = len(p.precautions)
     if p.setting == "defer":
         summary = f"Exercise referral: medical clearance needed first, {_plural(n, 'precaution')}"
@@ -244,8 +238,9 @@ def _referral_card(p: Prescription, s: PatientSnapshot, ctx: CardContext, not_re
                  {"setting": p.setting, "rulesetVersion": p.ruleset_version})
     card["overrideReasons"] = list(override_reasons())
     sugg_uuid = str(uuid.uuid4())
-    if p.setting != "defer":
-        sr = build_draft_referral(p, s, ctx.exercise_service_ref, _practitioner(ctx.user_ref))
+    requester = _practitioner(ctx.user_ref)
+    if p.setting != "defer" and requester:  # a draft order needs a clinician as its requester (PA IG)
+        sr = build_draft_referral(p, s, ctx.exercise_service_ref, requester)
         card["suggestions"] = [{
             "label": shorten(f"Create draft exercise referral ({setting})", 80),
             "uuid": sugg_uuid,

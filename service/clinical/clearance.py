@@ -27,20 +27,25 @@ def record_clearance(deferred: Prescription, *, by: str, at: datetime, reviewed:
         raise ClearanceError("Nothing to clear: this plan is not deferred.")
     if not by:
         raise ClearanceError("The EHR did not say which clinician is signed in, so a clearance cannot be recorded.")
-    if not isinstance(note, str) or not note.strip():
-        raise ClearanceError("Say what you reviewed and found (for example the repeat result), so the clearance "
-                             "can be read later.")
-    if len(note) > MAX_NOTE:
-        raise ClearanceError(f"The clearance note is too long (at most {MAX_NOTE} characters).")
-    items = [x for x in reviewed] if isinstance(reviewed, (list, tuple)) else None
+    problems = []
+    items = list(reviewed) if isinstance(reviewed, (list, tuple)) else None
     if items is None or not all(isinstance(x, str) for x in items):
-        raise ClearanceError("The reviewed items must be a list of the lines to resolve.")
-    unknown = [x for x in items if x not in deferred.to_resolve]
-    if unknown:
-        raise ClearanceError("These were not among what the plan asks to resolve: " + "; ".join(unknown))
-    missing = [x for x in deferred.to_resolve if x not in items]
-    if missing:
-        raise ClearanceError("Confirm each item before clearing: " + "; ".join(missing))
+        problems.append("The reviewed items must be a list of the lines to resolve.")
+    else:
+        unknown = [x for x in items if x not in deferred.to_resolve]
+        if unknown:
+            problems.append("These were not among what the plan asks to resolve: " + "; ".join(unknown))
+        missing = [x for x in deferred.to_resolve if x not in items]
+        if missing:
+            problems.append("Confirm each item before clearing: " + "; ".join(missing))
+    if not isinstance(note, str) or not note.strip():
+        problems.append("Say what you reviewed and found (for example the repeat result), so the clearance can be "
+                        "read later.")
+    elif len(note) > MAX_NOTE:
+        problems.append(f"The clearance note is too long (at most {MAX_NOTE} characters).")
+    if problems:
+        raise ClearanceError(" ".join(problems))
+    assert isinstance(note, str)
     rules = tuple(dict.fromkeys(r.rule for r in deferred.red_flags))
     if not rules:
         raise ClearanceError("Nothing to clear: no red flag defers this plan.")

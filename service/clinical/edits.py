@@ -43,15 +43,13 @@ from service.clinical.prescribe import (
 from service.canonical import CS_CLINICAL_OVERRIDE_REASON, CS_PRECAUTION
 from service.clinical.limits import limits_of, rule_title
 from service.clinical.rules import LEVELS, RULES_BY_ID
-from service.terminology import get_terminology
+from service.terminology import get_terminology, setting_name
 from service.clinical.serialize import COMPONENT_TYPES
 
 MIN_FREQ, MAX_FREQ = 1, 7
 MIN_MINUTES, MAX_MINUTES = 5, 120
 EDIT_KEYS = {"components", "setting", "notes", "removePrecautions", "overrideReasons"}
 MAX_REASON_TEXT = 500
-SETTING_WORDS = {"home-based": "home-based", "community": "community", "supervised": "clinically supervised",
-                 "defer": "deferred"}
 COMPONENT_KEYS = {"type", "frequencyPerWeek", "minutesPerSession", "intensity", "activities", "sets", "repetitions",
                   "notes"}
 
@@ -307,9 +305,9 @@ class _Editor:
                                  "adjusted.")
                 elif SETTING_ORDER.index(new) < SETTING_ORDER.index(floor):
                     why = "; ".join(rule_title(r) for r in self.limits.floor_rules) or "the safety rules"
-                    self.guarded("setting", f"A {SETTING_WORDS[new]} plan is less than the {SETTING_WORDS[floor]} "
-                                 f"setting the rules require ({why}).", f"{SETTING_WORDS[new]} setting instead of "
-                                 f"{SETTING_WORDS[floor]} ({why})")
+                    self.guarded("setting", f"The setting “{setting_name(new)}” is less than the “{setting_name(floor)}” "
+                                 f"setting the rules require ({why}).", f"{setting_name(new).lower()} setting instead "
+                                 f"of {setting_name(floor).lower()} ({why})")
                 elif new == "community" and self.limits.no_public:
                     why = rule_title(self.limits.no_public)
                     self.guarded("setting", f"Community facilities (gyms, pools, classes) are ruled out ({why}).",
@@ -375,6 +373,7 @@ class _Editor:
             edited,
             rationale=(*p.rationale, *recorded, *self.overrides_used),
             targets=targets,
+            progression_step_weeks=2 if lim.slow else 1,
             progression=progression_for(setting, components, targets, slow=lim.slow,
                                         resistance_cap=lim.resistance, max_intensity=lim.max_intensity),
         )

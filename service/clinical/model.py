@@ -264,3 +264,4 @@ class Prescription:
     targets: tuple[Target, ...] = ()
     to_resolve: tuple[str, ...] = ()  # a deferred plan: what the clinician must resolve before clearing it
     clearance: Clearance | None = None  # the clearance this plan was generated under (no longer deferred)
+    progression_step_weeks: int = 1  # aerobic build-up: +5 min per session every N weeks (2 when progression is slow)

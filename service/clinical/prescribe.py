@@ -116,6 +116,11 @@ AVOID_TEXT = {
     "seizure-risk": "No swimming alone, cycling on roads or climbing to heights (seizure risk)",
 }
 
+# The latest results sent with every referral (ServiceRequest.supportingInfo): fitness, heart, function, blood
+# counts and current activity, so the exercise service sees the data behind the plan with dates and values.
+DATA_BEHIND = ("ecog", "karnofsky", "six-minute-walk", "sit-to-stand", "tug", "grip-right", "grip-left", "resting-hr",
+               "bp-systolic", "hemoglobin", "platelets", "anc", "evs-minutes-per-week")
+
 UNREADABLE_ADVICE = {
     "defer": "Check the result in the record (or repeat the test): exercise is deferred until a clinician clears it.",
     "clearance": "Check the result in the record: clearance is required before exercise starts.",
@@ -163,16 +168,29 @@ def _intensity(level: Level, plan: Limits, snapshot: PatientSnapshot, hrr: bool)
 
 
 def _hr_targets(level: Level, snapshot: PatientSnapshot) -> str | None:
+    lo_pct, hi_pct = HRR_BANDS[level]
+    bpm = _karvonen(snapshot, lo_pct, hi_pct)
+    if bpm is None:
+        return None
+    return (f"Target heart rate {bpm[0]}-{bpm[1]} beats/min ({lo_pct}-{hi_pct}% of heart-rate reserve; RPE takes "
+            "precedence).")
+
+
+def target_heart_rate(intensity: Intensity, snapshot: PatientSnapshot) -> tuple[int, int] | None:
+    """The intensity's heart-rate-reserve band in beats/min for this patient (Karvonen), for structured targets;
+    None when the intensity has no HRR band or the resting heart rate or age is unknown."""
+    if intensity.hrr_low_pct is None or intensity.hrr_high_pct is None:
+        return None
+    return _karvonen(snapshot, intensity.hrr_low_pct, intensity.hrr_high_pct)
+
+
+def _karvonen(snapshot: PatientSnapshot, lo_pct: float, hi_pct: float) -> tuple[int, int] | None:
     rest = snapshot.latest.get("resting-hr")
     age = snapshot.age
     if rest is None or age is None:
         return None
-    hr_max = 220 - age
-    reserve = hr_max - rest.value
-    lo_pct, hi_pct = HRR_BANDS[level]
-    lo = round(rest.value + reserve * lo_pct / 100)
-    hi = round(rest.value + reserve * hi_pct / 100)
-    return f"Target heart rate {lo}-{hi} beats/min ({lo_pct}-{hi_pct}% of heart-rate reserve; RPE takes precedence)."
+    reserve = 220 - age - rest.value
+    return round(rest.value + reserve * lo_pct / 100), round(rest.value + reserve * hi_pct / 100)
 
 
 def _allowed(activity: str, plan: Limits) -> str | None:
@@ -240,6 +258,10 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
             if ref not in supporting:
                 supporting.append(ref)
 
+    for measure in DATA_BEHIND:  # the results an exercise professional checks first, whether or not a rule fired
+        m = snapshot.latest.get(measure)
+        if m is not None and m.ref not in supporting:
+            supporting.append(m.ref)
     # Present-but-unreadable results come first: each is named with its resource so a clinician can find it.
     missing = [MissingData(u.measure, f"{u.what} result present but unreadable ({u.ref}): {u.problem}",
                            UNREADABLE_ADVICE[u.requires], u.ref) for u in snapshot.unreadable] + missing
@@ -274,6 +296,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         precautions=tuple(precautions.values()),
         missing_data=tuple(missing),
         rationale=tuple(rationale),
+        progression_step_weeks=2 if plan.slow else 1,
         progression=progression_for(setting, components, targets, slow=plan.slow,
                                     resistance_cap=plan.resistance, max_intensity=plan.max_intensity),
         stop_rules=tuple(stop_rules),

@@ -21,6 +21,7 @@ from service.clinical.model import (
     Reason,
     Target,
 )
+from service.terminology import setting_name
 
 COMPONENT_TYPES = ("aerobic", "resistance", "flexibility", "balance")
 DAY_NAMES = {"mon": "mon", "monday": "mon", "tue": "tue", "tues": "tue", "tuesday": "tue", "wed": "wed",
@@ -76,6 +77,7 @@ def prescription_to_json(p: Prescription, resources: list[dict[str, Any]] | None
                          **({"unreadable": True, "source": m.source} if m.source else {})} for m in p.missing_data],
         "rationale": [reason_to_json(r) for r in p.rationale],
         "progression": list(p.progression),
+        "progressionStepWeeks": p.progression_step_weeks,
         "stopRules": list(p.stop_rules),
         "redFlags": [reason_to_json(r) for r in p.red_flags],
         "notes": list(p.notes),
@@ -236,6 +238,7 @@ def prescription_from_json(d: Any) -> Prescription:
             _req(x, "source", str, w) if x.get("unreadable") else None)),
         rationale=objects("rationale", _reason_from_json),
         progression=_strs(d.get("progression"), "progression"),
+        progression_step_weeks=_step_weeks(d.get("progressionStepWeeks")),
         stop_rules=_strs(d.get("stopRules"), "stopRules"),
         red_flags=objects("redFlags", _reason_from_json),
         ruleset_version=_req(d, "rulesetVersion", str, "prescription"),
@@ -254,12 +257,6 @@ def prescription_from_json(d: Any) -> Prescription:
 
 # ------------------------------------------------------------------------------------------------ text
 
-SETTING_TEXT = {
-    "home-based": "Self-managed, home-based programme",
-    "community": "Community-based programme with a qualified exercise professional",
-    "supervised": "Clinically supervised exercise (exercise physiologist / physiotherapist)",
-    "defer": "Deferred: clinical review needed before starting exercise",
-}
 
 
 def _intensity_text(i: Intensity) -> str:
@@ -280,7 +277,7 @@ def prescription_to_text(p: Prescription) -> str:
         out += [f"  - {r.finding} [{r.rule}]" for r in p.rationale]
         out += [f"  {n}" for n in p.notes]
         return "\n".join(out) + "\n"
-    out.append(f"Setting: {SETTING_TEXT[p.setting]}")
+    out.append(f"Setting: {setting_name(p.setting)}")
     out.append(f"Medical clearance required: {'yes' if p.clearance_required else 'no'}")
     if p.red_flags:
         out.append("")
@@ -315,3 +312,12 @@ def prescription_to_text(p: Prescription) -> str:
     out.append("")
     out.append(f"Ruleset {p.ruleset_version}, generated {p.generated_at.isoformat()}")
     return "\n".join(out) + "\n"
+
+
+def _step_weeks(value: Any) -> int:
+    """progressionStepWeeks: 1 or 2 (absent in prescriptions stored before it existed: 1)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2):
+        raise ValueError(f"prescription.progressionStepWeeks must be 1 or 2, not {value!r}")
+    return value

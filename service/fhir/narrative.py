@@ -12,12 +12,6 @@ from service.clinical.model import Component, Intensity, PatientSnapshot, Prescr
 
 XHTML_NS = "http://www.w3.org/1999/xhtml"
 
-SETTING_LABELS: dict[str, str] = {
-    "home-based": "Self-managed, home-based programme",
-    "community": "Supervised community-based programme",
-    "supervised": "Clinically supervised exercise (exercise physiologist / physiotherapist)",
-    "defer": "Defer exercise until medical clearance",
-}
 
 COMPONENT_LABELS: dict[str, str] = {
     "aerobic": "Aerobic",
@@ -28,7 +22,9 @@ COMPONENT_LABELS: dict[str, str] = {
 
 
 def setting_label(setting: str) -> str:
-    return SETTING_LABELS.get(setting, setting)
+    from service.terminology import setting_name
+
+    return setting_name(setting)
 
 
 def intensity_text(intensity: Intensity) -> str:

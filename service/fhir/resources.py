@@ -15,7 +15,9 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from service import canonical
-from service.clinical.model import Component, PatientSnapshot, Prescription
+from service.clinical.model import CodedFact, Component, PatientSnapshot, Prescription
+from service.clinical.phases import PLAN_WEEKS, Phase, phase_text, phases_for
+from service.clinical.prescribe import target_heart_rate
 from service.clinical.units import human_unit
 from service.fhir import narrative
 from service.fhir.signing import Signing
@@ -39,6 +41,8 @@ CODES: dict[str, tuple[str, str, str]] = {
     "fulfill": (TASK_CODE, "fulfill", "Fulfill the focal request"),
     "approve": (TASK_CODE, "approve", "Activate/approve the focal resource"),
     "aerobic-min-week": (canonical.LOINC, "82290-8", "Frequency of moderate to vigorous aerobic physical activity"),
+    "heart-rate": (canonical.LOINC, "8867-4", "Heart rate"),
+    "rpe-6-20": (canonical.CS_LOCAL_OBSERVATION, "rpe-6-20", "Borg rating of perceived exertion, 6-20 scale"),
     "strength-days-week": (canonical.LOINC, "82291-6", "Frequency of muscle-strengthening physical activity"),
     "plan-of-care-note": (canonical.LOINC, "18776-5", "Plan of care note"),
     "clinical-note": (DOC_CATEGORY, "clinical-note", "Clinical Note"),
@@ -64,7 +68,6 @@ GUIDELINE_AEROBIC_MIN_WEEK, GUIDELINE_STRENGTH_DAYS_WEEK = 150, 2  # fallback go
 STOP_RULES_HEADING = "Stop and seek advice:"
 CLINICIAN_NOTE_PREFIX = "Clinician note: "
 
-PLAN_WEEKS = 12  # ACSM 2019: benefits shown for programmes of at least 8-12 weeks; the plan is reviewed after
 
 _UUID_NS = uuid.uuid5(uuid.NAMESPACE_URL, canonical.ID_PRESCRIPTION)
 
@@ -91,7 +94,7 @@ def build_prescription_resources(prescription: Prescription, snapshot: PatientSn
     """
     ctx = _Context(prescription, snapshot, signing)
     goals = _goals(ctx)
-    rx = [_component_request(ctx, c, goals) for c in _unique_components(prescription.components)]
+    rx = [_component_request(ctx, role, ph, goals) for role, ph in _phased_components(ctx)]
     referral = _referral(ctx, [e["fullUrl"] for e in rx], goals, careplan=True, status=ctx.request_status)
     careplan = _careplan(ctx, goals, rx + [referral])
     for e in rx + [referral]:
@@ -106,7 +109,7 @@ def build_service_request_only(prescription: Prescription, snapshot: PatientSnap
     ServiceRequests (patientInstruction, note) and the referral's note, plus the printable DocumentReference.
     A deferred plan's referral is `on-hold` (there is no Task to hold back with this strategy)."""
     ctx = _Context(prescription, snapshot, signing)
-    rx = [_component_request(ctx, c, []) for c in _unique_components(prescription.components)]
+    rx = [_component_request(ctx, role, ph, []) for role, ph in _phased_components(ctx)]
     referral = _referral(ctx, [e["fullUrl"] for e in rx], [], careplan=False, status=ctx.request_status)
     doc = build_document_reference(prescription, snapshot, signing, [e["fullUrl"] for e in rx + [referral]])
     return [*rx, referral, doc]
@@ -156,20 +159,23 @@ def build_document_reference(prescription: Prescription, snapshot: PatientSnapsh
 
 
 def build_draft_referral(prescription: Prescription, snapshot: PatientSnapshot, exercise_service_ref: str,
-                         practitioner_ref: str | None) -> dict[str, Any]:
+                         practitioner_ref: str) -> dict[str, Any]:
     """A draft referral ServiceRequest (a resource, not an entry) for a CDS card suggestion.
 
     No signing yet: the identifier derives from the patient, rule set and generation time, so the same
-    card offers the same draft. Without a known clinician the requester is a logical (display-only)
-    reference, which the PA IG allows; the EHR replaces it when the clinician accepts.
+    card offers the same draft. The requester is the clinician using the EHR (a Practitioner or
+    PractitionerRole reference: the only requesters the PA IG allows), so a card shown to anyone else offers
+    no draft. A PractitionerRole cannot author notes under the IG: its draft carries none (the card says it all).
     """
     seed = f"{prescription.patient_ref or snapshot.patient_ref}|{prescription.ruleset_version}|" \
            f"{_instant(prescription.generated_at)}"
     key = "draft-" + hashlib.sha256(seed.encode()).hexdigest()[:20]
-    signing = Signing(key=key, practitioner_ref=practitioner_ref or "", signed_at=prescription.generated_at,
+    signing = Signing(key=key, practitioner_ref=practitioner_ref, signed_at=prescription.generated_at,
                       exercise_service_ref=exercise_service_ref)
     ctx = _Context(prescription, snapshot, signing)
     rx_summary = [narrative.component_summary(c) for c in prescription.components]
+    rx_summary += [phase_text_for(ph) for c in prescription.components
+                   for ph in phases_for(c, prescription.targets, prescription.progression_step_weeks) if ph.of > 1]
     entry = _referral(ctx, [], [], careplan=False, status="draft", extra_notes=rx_summary)
     return entry["resource"]
 
@@ -228,16 +234,20 @@ class _Context:
         start = _utc(signing.signed_at).date()
         self.start = start
         self.period = {"start": start.isoformat(), "end": (start + timedelta(weeks=PLAN_WEEKS)).isoformat()}
-        if signing.practitioner_ref:
-            self.practitioner: dict[str, Any] = {"reference": signing.practitioner_ref}
-            if signing.practitioner_display:
-                self.practitioner["display"] = signing.practitioner_display
-        else:
-            self.practitioner = {"display": signing.practitioner_display or "Ordering clinician"}
+        if not signing.practitioner_ref:  # PA IG (PA-ident-1): the requester is a reference, never a bare name
+            raise ValueError("the signing names no clinician: a Practitioner or PractitionerRole reference is needed")
+        self.practitioner: dict[str, Any] = {"reference": signing.practitioner_ref}
+        if signing.practitioner_display:
+            self.practitioner["display"] = signing.practitioner_display
+        author = signing.practitioner_ref if _ref_type(signing.practitioner_ref) == "Practitioner" \
+            else signing.note_author_ref
+        self.note_author = ({**self.practitioner, "reference": author} if author == signing.practitioner_ref
+                            else {"reference": author}) if author else None
         self.service = {"reference": signing.exercise_service_ref, "display": signing.exercise_service_name}
         self.ruleset = signing.ruleset_version or prescription.ruleset_version
         self.pending = is_pending_clearance(prescription)
         self.request_status = "on-hold" if self.pending else "active"
+        self.shown: dict[str, str] = {}  # reference -> display of what this signing writes (for supportingInfo)
 
     def identifier(self, role: str) -> dict[str, str]:
         return {"system": canonical.ID_PRESCRIPTION, "value": identifier_value(self.signing.key, role)}
@@ -250,16 +260,37 @@ class _Context:
             search = f"identifier={canonical.ID_PRESCRIPTION}|{value}"
         return {"fullUrl": full_url(canonical.ID_PRESCRIPTION, value), "resource": resource, "ifNoneExist": search}
 
+    def notes(self, texts: Iterable[str]) -> list[dict[str, Any]]:
+        """Annotations authored by the signer at signing time (the PA IG requires author and time); none when
+        no IG-allowed author is known (a PractitionerRole signer without its Practitioner)."""
+        if self.note_author is None:
+            return []
+        return [{"authorReference": dict(self.note_author), "time": self.signed_at, "text": t}
+                for t in texts if t.strip()]
+
     def reasons(self) -> dict[str, Any]:
-        """reasonReference to the cancer Condition(s); reasonCode from the snapshot when no reference."""
-        if self.p.cancer_refs:
-            return {"reasonReference": [{"reference": r} for r in self.p.cancer_refs]}
+        """The diagnosis both ways: reasonCode (codes and name, readable without access to the EHR) and
+        reasonReference (with its name) to the cancer Condition(s) when known."""
+        facts = self.facts()
+        refs = [{"reference": r, **({"display": facts[r].display} if r in facts else {})} for r in self.p.cancer_refs]
+        coded = [facts[r] for r in self.p.cancer_refs if r in facts] or list(self.snapshot.cancers)
         codes = [{"coding": [{"system": c.system, "code": c.code, "display": c.display}], "text": c.display}
-                 for c in self.snapshot.cancers]
-        return {"reasonCode": codes or [{"text": "Cancer (exercise oncology)"}]}
+                 for c in coded if c.code]
+        out: dict[str, Any] = {"reasonCode": codes or [{"text": "Cancer (exercise oncology)"}]}
+        if refs:
+            out["reasonReference"] = refs
+        return out
+
+    def facts(self) -> dict[str, CodedFact]:
+        s = self.snapshot
+        groups = [s.cancers, s.metastases, s.bone_metastases, s.brain_metastases, s.regional_nodes,
+                  s.cancer_history, *s.comorbidities.values()]
+        return {f.ref: f for g in groups for f in g}
 
     def supporting(self) -> list[dict[str, str]]:
-        return [{"reference": r} for r in self.p.supporting_refs]
+        """References to the data the plan used, each with a display saying what and when."""
+        shown = {**_data_displays(self.snapshot), **{r: f.display for r, f in self.facts().items()}}
+        return [{"reference": r, **({"display": shown[r]} if r in shown else {})} for r in self.p.supporting_refs]
 
 
 def _goals(ctx: _Context) -> list[Entry]:
@@ -286,6 +317,7 @@ def _goals(ctx: _Context) -> list[Entry]:
         value = max(GUIDELINE_STRENGTH_DAYS_WEEK, strength)
         goals.append(_goal(ctx, "goal-strength", "strength-days-week", value, "d/wk",
                            f"Muscle-strengthening exercise on {value} days per week"))
+    goals += _intensity_goals(ctx)
     if not goals:
         text = ("Obtain medical clearance, then start a gentle exercise programme" if ctx.p.clearance_required
                 or ctx.p.setting == "defer" else "Stay active within the limits of the exercise plan")
@@ -320,24 +352,70 @@ def _goal(ctx: _Context, role: str, measure: str | None, value: int, unit: str, 
     return ctx.entry(role, goal)
 
 
-def _unique_components(components: tuple[Component, ...]) -> list[tuple[str, Component]]:
-    """(role, component): role `rx-<type>`, suffixed with a counter when a type occurs twice."""
+def _intensity_goals(ctx: _Context) -> list[Entry]:
+    """In-session intensity of the aerobic component as Goal targets the service can measure against:
+    heart rate (LOINC 8867-4, beats/min, from the heart-rate-reserve band when resting HR and age are known)
+    and perceived exertion (Borg 6-20). Each range is two targets (>= low, <= high): the PA Goal profile wants
+    a Quantity target."""
+    c = next((c for c in ctx.p.components if c.type == "aerobic" and c.frequency_per_week > 0), None)
+    if c is None:
+        return []
+    targets: list[tuple[str, float, float, str]] = []
+    if c.intensity.low is not None and c.intensity.high is not None and "6-20" in c.intensity.scale:
+        targets.append(("rpe-6-20", c.intensity.low, c.intensity.high, "{score}"))
+    bpm = target_heart_rate(c.intensity, ctx.snapshot)
+    if bpm:
+        targets.append(("heart-rate", bpm[0], bpm[1], "/min"))
+    if not targets:
+        return []
+    text = f"During aerobic sessions: {narrative.intensity_text(c.intensity)}"
+    if bpm:
+        text += f"; heart rate {bpm[0]}-{bpm[1]} beats/min (RPE takes precedence)"
+    goal = _goal(ctx, "goal-aerobic-intensity", None, 0, "", text)
+    goal["resource"]["target"] = [
+        {"measure": _cc(key),
+         "detailQuantity": {"value": value, "comparator": comparator, "unit": human_unit(unit) or "score",
+                            "system": canonical.UCUM, "code": unit},
+         "dueDate": ctx.period["end"]}
+        for key, low, high, unit in targets for value, comparator in ((_num(low), ">="), (_num(high), "<="))]
+    return [goal]
+
+
+def _phased_components(ctx: _Context) -> list[tuple[str, Phase]]:
+    """(role, phase) for every phase of every component: role `rx-<type>` for the first phase (suffixed with a
+    counter when a type occurs twice) and `rx-<type>-phase-<n>` for the later ones."""
     seen: dict[str, int] = {}
     out = []
-    for c in components:
+    for c in ctx.p.components:
         if c.frequency_per_week <= 0:  # nothing to schedule (and Timing.frequency must be positive)
             continue
         n = seen.get(c.type, 0) + 1
         seen[c.type] = n
-        out.append((f"rx-{c.type}" + (f"-{n}" if n > 1 else ""), c))
+        role = f"rx-{c.type}" + (f"-{n}" if n > 1 else "")
+        for ph in phases_for(c, ctx.p.targets, ctx.p.progression_step_weeks):
+            out.append((role if ph.number == 1 else f"{role}-phase-{ph.number}", ph))
     return out
 
 
-def _component_request(ctx: _Context, rc: tuple[str, Component], goals: list[Entry]) -> Entry:
-    role, c = rc
+def phase_text_for(ph: Phase) -> str:
+    """A phase in words, with the component's name: "Aerobic, phase 2 of 3 (weeks 3-8): build up: ..."."""
+    return f"{narrative.COMPONENT_LABELS.get(ph.component.type, ph.component.type)}: {phase_text(ph)}"
+
+
+def _component_request(ctx: _Context, role: str, ph: Phase, goals: list[Entry]) -> Entry:
+    c = ph.component
     summary = narrative.component_summary(c)
-    instructions = [summary]  # the stop rules travel once, in the referral (not repeated per component)
+    instructions = [summary] if ph.of == 1 else [summary, phase_text_for(ph)]  # stop rules: once, in the referral
     notes = list(c.notes) + list(ctx.p.progression)
+    start = ctx.start + timedelta(weeks=ph.first_week - 1)
+    end = min(ctx.start + timedelta(weeks=ph.last_week), date.fromisoformat(ctx.period["end"]))
+    repeat: dict[str, Any] = {"boundsPeriod": {"start": start.isoformat(), "end": end.isoformat()},
+                              "frequency": ph.frequency, "period": 1, "periodUnit": "wk",
+                              "duration": ph.minutes, "durationUnit": "min"}
+    if ph.frequency_max:
+        repeat["frequencyMax"] = ph.frequency_max
+    if ph.minutes_max:
+        repeat["durationMax"] = ph.minutes_max
     sr: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "meta": _meta("onco-exercise-prescription"),
@@ -349,11 +427,7 @@ def _component_request(ctx: _Context, rc: tuple[str, Component], goals: list[Ent
         "code": _cc("exercise-therapy", text=f"{narrative.COMPONENT_LABELS.get(c.type, c.type)} exercise"),
         "orderDetail": _order_details(ctx, c),
         "subject": {"reference": ctx.patient_ref},
-        "occurrenceTiming": {"repeat": {
-            "boundsPeriod": dict(ctx.period),
-            "frequency": c.frequency_per_week, "period": 1, "periodUnit": "wk",
-            "duration": c.minutes_per_session, "durationUnit": "min",
-        }},
+        "occurrenceTiming": {"repeat": repeat},
         "authoredOn": ctx.signed_at,
         "requester": ctx.practitioner,
         "performer": [{"reference": ctx.patient_ref}],
@@ -367,9 +441,11 @@ def _component_request(ctx: _Context, rc: tuple[str, Component], goals: list[Ent
         sr["encounter"] = {"reference": ctx.signing.encounter_ref}
     if ctx.p.supporting_refs:
         sr["supportingInfo"] = ctx.supporting()
-    if notes:
-        sr["note"] = [{"text": n} for n in notes]
-    return ctx.entry(role, _ordered(sr))
+    if ctx.notes(notes):
+        sr["note"] = ctx.notes(notes)
+    entry = ctx.entry(role, _ordered(sr))
+    ctx.shown[entry["fullUrl"]] = f"Exercise prescription: {phase_text_for(ph)}"
+    return entry
 
 
 def _order_details(ctx: _Context, c: Component | None) -> list[dict[str, Any]]:
@@ -397,14 +473,15 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
         notes.append("Medical clearance is required before starting.")
     if not careplan:  # the plan has no CarePlan to live in: it travels here
         notes += [narrative.component_summary(c) for c in p.components]
+        notes += [phase_text_for(ph) for _, ph in _phased_components(ctx) if ph.of > 1]
         notes += list(p.progression)
     notes += list(extra_notes)
     notes += [n for n in p.notes if not n.startswith(CLINICIAN_NOTE_PREFIX)]
     notes += [f"Missing data: {m.text} {m.recommendation}".strip() for m in p.missing_data]
-    annotations: list[dict[str, Any]] = []
-    for n in p.notes:  # the clinician's own words: authored by them, so the filler can tell them apart
-        if n.startswith(CLINICIAN_NOTE_PREFIX) and n[len(CLINICIAN_NOTE_PREFIX):].strip():
-            annotations.append(_annotation(ctx.practitioner, n[len(CLINICIAN_NOTE_PREFIX):].strip(), ctx.signed_at))
+    # the clinician's own words first, then what the service adds: all authored by the signer, who signs them
+    # (PA IG), so the prefix is what tells the filler which words are the clinician's own
+    own = [n.strip() for n in p.notes
+           if n.startswith(CLINICIAN_NOTE_PREFIX) and n[len(CLINICIAN_NOTE_PREFIX):].strip()]
     sr: dict[str, Any] = {
         "resourceType": "ServiceRequest",
         "meta": _meta("onco-exercise-referral"),
@@ -421,11 +498,13 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
         "requester": ctx.practitioner,
         "performer": [ctx.service],
         **ctx.reasons(),
-        "note": annotations + [{"text": n} for n in notes],
     }
+    if ctx.notes(own + notes):
+        sr["note"] = ctx.notes(own + notes)
     if p.stop_rules:
         sr["patientInstruction"] = stop_rules_text(p.stop_rules)
-    supporting = [{"reference": r} for r in rx_refs] + ctx.supporting()
+    supporting = [{"reference": r, **({"display": ctx.shown[r]} if r in ctx.shown else {})} for r in rx_refs]
+    supporting += ctx.supporting()
     if supporting:
         sr["supportingInfo"] = supporting
     if goals:
@@ -534,13 +613,8 @@ def _person(ref: str, display: str | None) -> dict[str, Any]:
 
 
 def _annotation(author: dict[str, Any], text: str, time: str) -> dict[str, Any]:
-    """An Annotation by `author` (a Reference when there is one, else the name as authorString)."""
-    note: dict[str, Any] = {"text": text, "time": time}
-    if author.get("reference"):
-        note["authorReference"] = dict(author)
-    else:
-        note["authorString"] = author.get("display", "Ordering clinician")
-    return note
+    """An Annotation by `author` (a Reference: the PA IG allows no name-only author) at `time`."""
+    return {"authorReference": dict(author), "time": time, "text": text}
 
 
 def _provenance(ctx: _Context, entries: list[Entry]) -> Entry:
@@ -565,6 +639,38 @@ def _provenance(ctx: _Context, entries: list[Entry]) -> Entry:
 
 
 # --- small helpers ---------------------------------------------------------------------------------------
+
+
+def _ref_type(reference: str) -> str | None:
+    """Resource type of a relative or absolute reference ("Practitioner/1", "https://x/fhir/PractitionerRole/2")."""
+    parts = reference.rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 2 else None
+
+
+def _num(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+def _data_displays(snapshot: PatientSnapshot) -> dict[str, str]:
+    """reference -> "Platelets 42 x10^3/uL (2026-03-02)" for every measurement the snapshot holds."""
+    out: dict[str, str] = {}
+    groups = [snapshot.latest.values(), snapshot.stale.values(), *snapshot.history.values()]
+    for m in (m for g in groups for m in g):
+        if m.ref and m.ref not in out:
+            out[m.ref] = " ".join(x for x in (_measure_label(m.measure), f"{_num(round(m.value, 2))}",
+                                              human_unit(m.unit), f"({_utc(m.effective).date().isoformat()})") if x)
+    for t in snapshot.treatments:
+        out.setdefault(t.ref, t.display)
+    return out
+
+
+def _measure_label(measure: str) -> str:
+    try:
+        from service.terminology import get_terminology
+
+        return get_terminology().measure(measure).display
+    except Exception:  # an unknown measure still gets a readable name
+        return measure.replace("-", " ").capitalize()
 
 
 def _meta(profile_id: str) -> dict[str, Any]:

@@ -22,3 +22,6 @@ class Signing:
     exercise_service_name: str = "Exercise oncology service"
     encounter_ref: str | None = None
     ruleset_version: str | None = None
+    # Who authors the written notes when the signer is not a Practitioner: the PA IG allows only a Practitioner
+    # or an Organization as a note's author (e.g. the Practitioner behind a PractitionerRole signer).
+    note_author_ref: str | None = None

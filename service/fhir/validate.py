@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Severity = Literal["error", "warning", "information"]
 SCHEMA_PATH = Path(__file__).with_name("r4-schema") / "fhir.schema.json.gz"
+IG_DIR = PROFILES_DIR / "ig"  # the PA IG and US Core layers our profiles derive from (profiles/build.py)
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ def warm_up() -> None:
     _schema_defs()
     _validator_for("ServiceRequest")
     _profiles()
+    _core_invariants()
     _model_class("ServiceRequest")
 
 
@@ -241,15 +243,17 @@ class _Element:
     segments: list[tuple[str, str | None]]  # (name, slice name)
     definition: dict[str, Any]
     constraints: list[tuple[dict[str, Any], Callable[[Any], list[Any]]]]
+    undecidable: bool = False  # a slice discriminated by profile/type: membership is not checked
 
 
-@dataclass
+@dataclass(eq=False)
 class _Profile:
     id: str
     url: str
     type: str
     elements: list[_Element]
     by_id: dict[str, _Element]
+    base: str | None = None
 
 
 @lru_cache(maxsize=1)
@@ -258,7 +262,8 @@ def _profiles() -> dict[str, _Profile]:
     from fhirpathpy.models import models
 
     out: dict[str, _Profile] = {}
-    for f in sorted(PROFILES_DIR.glob("StructureDefinition-*.json")):
+    files = sorted(PROFILES_DIR.glob("StructureDefinition-*.json")) + sorted(IG_DIR.glob("StructureDefinition-*.json"))
+    for f in files:
         sd = json.loads(f.read_text(encoding="utf-8"))
         elements = []
         for d in sd.get("differential", {}).get("element", []):
@@ -269,7 +274,27 @@ def _profiles() -> dict[str, _Profile]:
             compiled = [(c, _compile(c["expression"], fhirpathpy, models["r4"]))
                         for c in d.get("constraint", []) if c.get("expression")]
             elements.append(_Element(d["id"], segs, d, compiled))
-        out[sd["url"]] = _Profile(sd["id"], sd["url"], sd["type"], elements, {e.id: e for e in elements})
+        out[sd["url"]] = _Profile(sd["id"], sd["url"], sd["type"], elements, {e.id: e for e in elements},
+                                  sd.get("baseDefinition"))
+    for prof in out.values():  # slices whose membership needs resolve() or a type test cannot be decided here
+        for el in prof.elements:
+            base = prof.by_id.get(el.id.rsplit(":", 1)[0]) if ":" in el.id.rsplit(".", 1)[-1] else None
+            kinds = {d.get("type") for d in (base.definition.get("slicing", {}).get("discriminator", [])
+                                             if base else [])}
+            el.undecidable = bool(kinds & {"profile", "type"})
+        for el in prof.elements:  # ... nor the rules inside such a slice
+            el.undecidable = el.undecidable or any(o.undecidable and el.id.startswith(o.id + ".")
+                                                   for o in prof.elements)
+    return out
+
+
+def _chain(url: str) -> list[_Profile]:
+    """The profile and the profiles it derives from (ours -> PA IG -> US Core), as far as they are known."""
+    out: list[_Profile] = []
+    prof = _profiles().get(url)
+    while prof is not None and prof not in out:
+        out.append(prof)
+        prof = _profiles().get(prof.base or "")
     return out
 
 
@@ -339,6 +364,7 @@ def _profile_issues(resource: dict[str, Any]) -> list[Issue]:
     claimed = resource.get("meta", {}).get("profile", []) if isinstance(resource.get("meta"), dict) else []
     issues: list[Issue] = []
     rt = resource["resourceType"]
+    seen: set[str] = set()
     for url in claimed if isinstance(claimed, list) else []:
         prof = profiles.get(url.split("|", 1)[0]) if isinstance(url, str) else None
         if prof is None:
@@ -347,14 +373,20 @@ def _profile_issues(resource: dict[str, Any]) -> list[Issue]:
             issues.append(Issue("error", f"{rt}.meta.profile", f"profile {prof.id} is for {prof.type}, not {rt}",
                                 prof.id))
             continue
-        for el in prof.elements:
-            issues += _check_element(resource, rt, prof, el)
+        for layer in _chain(prof.url):  # a profile's rules include its base profiles' rules
+            if layer.url in seen:
+                continue
+            seen.add(layer.url)
+            for el in layer.elements:
+                issues += _check_element(resource, rt, layer, el)
     return issues
 
 
 def _check_element(resource: dict[str, Any], rt: str, prof: _Profile, el: _Element) -> list[Issue]:
     d = el.definition
     issues: list[Issue] = []
+    if el.undecidable:
+        return issues
     if not el.segments:  # the resource itself: invariants only
         for c, fn in el.constraints:
             if not _holds(fn, resource, resource):
@@ -413,9 +445,21 @@ def _check_value(path: str, value: Any, name: str, d: dict[str, Any], prof: _Pro
         if ref_type and allowed_types and ref_type not in allowed_types:
             issues.append(Issue("error", f"{path}.reference",
                                 f"must reference {' or '.join(sorted(allowed_types))}, not {ref_type}", prof.id))
+    if isinstance(value, dict) and not any("not allowed here" in i.message for i in issues):
+        for url in (u for t in types for u in t.get("profile", []) if t.get("code") != "Extension"):
+            issues += _datatype_issues(path, value, url)
     binding = d.get("binding")
     if binding and binding.get("strength") == "required" and binding.get("valueSet"):
         issues += _check_binding(path, value, binding["valueSet"], prof)
+    return issues
+
+
+def _datatype_issues(path: str, value: Any, url: str) -> list[Issue]:
+    """A data type profile (e.g. the PA IG's reference-rest) applied to one value at `path`."""
+    issues: list[Issue] = []
+    for layer in _chain(url):
+        for el in layer.elements:
+            issues += _check_element(value, path, layer, el)
     return issues
 
 
@@ -480,7 +524,11 @@ def _children(path: str, node: Any, name: str) -> list[tuple[str, Any]]:
 
 
 def _member(d: dict[str, Any], value: Any) -> bool:
-    """Slice membership: the slice's pattern (discriminator type pattern), else its value set binding."""
+    """Slice membership: an extension's url, the slice's pattern (discriminator type pattern), else its value set
+    binding."""
+    ext = [u for t in d.get("type") or [] if t.get("code") == "Extension" for u in t.get("profile", [])]
+    if ext:
+        return isinstance(value, dict) and value.get("url") in ext
     for key, pattern in d.items():
         if key.startswith("pattern") or key.startswith("fixed"):
             return _matches(pattern, value)
@@ -508,6 +556,15 @@ def _holds(fn: Callable[..., list[Any]], value: Any, resource: dict[str, Any]) -
     return result == [True]
 
 
+def _fails(fn: Callable[..., list[Any]], value: Any, resource: dict[str, Any]) -> bool:
+    """A core invariant fails only when it evaluates to false (empty: nothing to check, as in the spec's
+    validators); an expression that cannot run here is not reported."""
+    try:
+        return fn(value, {"resource": resource, "rootResource": resource}) == [False]
+    except Exception:  # noqa: BLE001
+        return False
+
+
 _REF = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 
@@ -522,7 +579,14 @@ def _profile_type(url: str) -> str | None:
     if url.startswith("http://hl7.org/fhir/StructureDefinition/"):
         return url.rsplit("/", 1)[-1]
     prof = _profiles().get(url)
-    return prof.type if prof else None
+    return prof.type if prof else _profile_types().get(url)
+
+
+@lru_cache(maxsize=1)
+def _profile_types() -> dict[str, str]:
+    """Resource type of every profile the IG names (US Core, PA IG), written by profiles/build.py."""
+    path = IG_DIR / "profile-types.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _references(node: Any, path: str) -> Iterable[tuple[str, str]]:
@@ -546,6 +610,8 @@ def _references(node: Any, path: str) -> Iterable[tuple[str, str]]:
 def _validate_one(resource: dict[str, Any]) -> list[Issue]:
     issues = _schema_issues(resource)
     issues += _dedupe(issues, _model_issues(resource))
+    if not errors(issues):  # invariants assume a well-formed resource
+        issues += _core_invariant_issues(resource)
     try:
         # one report per problem: a profile finding at a path the schema/model already flagged adds nothing
         flagged = {i.path for i in issues} - {resource["resourceType"]}
@@ -562,6 +628,57 @@ def _validate_one(resource: dict[str, Any]) -> list[Issue]:
             if isinstance(c, dict):
                 issues += [_prefixed(x, f"{resource['resourceType']}.contained[{i}]", c.get("resourceType"))
                            for x in validate_resource(c)]
+    return issues
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layer 4: FHIR R4 core invariants (tim-4, per-1, Task inv-1 ...) on every element of their type
+# ---------------------------------------------------------------------------------------------------------
+
+CORE_INVARIANTS_PATH = Path(__file__).with_name("r4-invariants.json")
+_Check = tuple[str, str, Callable[[Any], list[Any]]]
+
+
+@lru_cache(maxsize=1)
+def _core_invariants() -> dict[str, list[tuple[list[str], list[_Check]]]]:
+    """type -> [(element path below the type, [(key, human, compiled expression)])], from r4-invariants.json
+    (extracted from the R4 core StructureDefinitions by profiles/core_invariants.py)."""
+    import fhirpathpy
+    from fhirpathpy.models import models
+
+    raw = json.loads(CORE_INVARIANTS_PATH.read_text(encoding="utf-8"))
+    return {t: [(path.split(".")[1:], [(k, h, _compile(e, fhirpathpy, models["r4"])) for k, h, e in checks])
+                for path, checks in paths.items()] for t, paths in raw.items()}
+
+
+def _core_invariant_issues(resource: dict[str, Any]) -> list[Issue]:
+    """Walk the resource with the JSON Schema's types; evaluate each type's invariants where it occurs."""
+    table, defs = _core_invariants(), _schema_defs()
+    issues: list[Issue] = []
+
+    def visit(node: dict[str, Any], type_name: str, path: str) -> None:
+        for segs, checks in table.get(type_name, ()):
+            targets = [(path, node)]
+            for seg in segs:
+                targets = [c for p, v in targets for c in _children(p, v, seg)]
+            for p, v in targets:
+                for key, human, fn in checks:
+                    if _fails(fn, v, resource):
+                        issues.append(Issue("error", p, f"{key}: {human}", f"core:{key}"))
+        props = defs.get(type_name, {}).get("properties", {})
+        for name, value in node.items():
+            prop = props.get(name)
+            if prop is None or name in ("contained", "resource"):
+                continue  # nested resources are validated on their own
+            child = prop.get("items", prop).get("$ref", "").rsplit("/", 1)[-1]
+            if child not in defs or "properties" not in defs[child]:
+                continue
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                if isinstance(item, dict):
+                    visit(item, child, f"{path}.{name}" + (f"[{i}]" if isinstance(value, list) else ""))
+
+    visit(resource, resource["resourceType"], resource["resourceType"])
     return issues
 
 

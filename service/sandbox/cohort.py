@@ -481,7 +481,7 @@ ORGANIZATIONS = (
 # Pre-existing referrals (by the Task status they have reached), so the exercise-service inbox is not empty.
 REFERRALS: dict[str, dict[str, Any]] = {
     "requested": {
-        "days": 2, "setting": ("supervised", "Clinically supervised programme"),
+        "days": 2, "setting": ("supervised", "Clinically supervised"),
         "precautions": [("cardiac", "Cardiotoxic therapy (trastuzumab): medical clearance and a supervised start; "
                                     "stop for chest pain or breathlessness out of proportion."),
                         ("active-treatment", "On chemotherapy: expect lower tolerance in the days after "
@@ -493,7 +493,7 @@ REFERRALS: dict[str, dict[str, Any]] = {
         "business": "Awaiting review",
     },
     "accepted": {
-        "days": 6, "setting": ("supervised", "Clinically supervised programme"),
+        "days": 6, "setting": ("supervised", "Clinically supervised"),
         "precautions": [("bone-metastases", "Bone metastases (spine, pelvis): avoid high-impact and loaded spinal "
                                             "flexion/rotation; supervised resistance work."),
                         ("neutropenia", "ANC 1.3 x10^9/L: avoid public pools and crowded gyms; check "
@@ -504,7 +504,7 @@ REFERRALS: dict[str, dict[str, Any]] = {
         "business": "Accepted, booking an assessment",
     },
     "in-progress": {
-        "days": 20, "setting": ("supervised", "Clinically supervised programme"),
+        "days": 20, "setting": ("supervised", "Clinically supervised"),
         "precautions": [("anemia", "Haemoglobin 7.6 g/dL: short, symptom-limited sessions only."),
                         ("low-performance-status", "ECOG 3: clinically supervised rehabilitation, daily-activity "
                                                    "goals.")],
@@ -915,8 +915,10 @@ class _PatientBuilder:
                 "supportingInfo": observations,
             })
         setting_code, setting_label = plan["setting"]
-        notes = [{"text": n, "time": authored, "authorReference": clinician} for n in plan.get("clinician_notes", [])]
-        notes += [{"text": n} for n in [f"Requested setting: {setting_label}."] + plan["notes"]]
+        # as the product writes them: every note authored and timed (PA IG), the clinician's own words prefixed
+        texts = [f"Clinician note: {n}" for n in plan.get("clinician_notes", [])]
+        texts += [f"Requested setting: {setting_label}."] + plan["notes"]
+        notes = [{"authorReference": clinician, "time": authored, "text": n} for n in texts]
         self.add({
             "resourceType": "ServiceRequest", "id": f"{s.id}-referral",
             "meta": {"profile": [sd_url("onco-exercise-referral"), pa_sd_url("pa-servicerequest")]},

@@ -28,6 +28,7 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from service.fhir.resources import CLINICIAN_NOTE_PREFIX
 from service.sandbox.ehr import PageError, _value, check_csrf, fhir_client, html_errors, page
 
 router = APIRouter(prefix="/sandbox/exercise-service", include_in_schema=False)
@@ -294,9 +295,9 @@ async def referral_context(fhir: httpx.AsyncClient, tid: str) -> dict[str, Any]:
         "components": [{"sr": c, "fitt": _fitt(c), "instructions": own_instructions(
             c.get("patientInstruction"), focus.get("patientInstruction"))} for c in components],
         "stop_rules": stop_rule_list(focus.get("patientInstruction")),
-        "clinician_notes": [n for n in focus.get("note", []) if n.get("authorReference") or n.get("authorString")],
-        "referral_notes": [n for n in focus.get("note", [])
-                           if not (n.get("authorReference") or n.get("authorString"))],
+        "clinician_notes": [{**n, "text": n["text"][len(CLINICIAN_NOTE_PREFIX):]} for n in focus.get("note", [])
+                            if n.get("text", "").startswith(CLINICIAN_NOTE_PREFIX)],
+        "referral_notes": [n for n in focus.get("note", []) if not n.get("text", "").startswith(CLINICIAN_NOTE_PREFIX)],
         "data": [{"res": d, "value": _value(d) if d.get("resourceType") == "Observation" else ""} for d in data],
         "reasons": [r for r in reasons if r], "plans": plans, "goals": goals,
         "version": (task.get("meta") or {}).get("versionId"),

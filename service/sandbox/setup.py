@@ -72,11 +72,19 @@ def runtime_for(app: Any = None) -> SandboxRuntime:
     return _RUNNING[-1]
 
 
+SANDBOX_SERVICE_CONTACT = "+1-555-0210 or referrals@exercise-oncology.example (Monday to Friday, 9am to 5pm)"
+SANDBOX_CARE_TEAM_CONTACT = "Riverside Cancer Centre, +1-555-0199 (24-hour line for urgent problems)"
+
+
 def prepare_settings(settings: Settings) -> None:
-    """Allowlist the sandbox FHIR base, trust the sandbox CDS client and, unless configured otherwise, refer to
-    the sandbox's two exercise services (idempotent)."""
+    """Allowlist the sandbox FHIR base, trust the sandbox CDS client, give the handout the cohort's contacts and,
+    unless configured otherwise, refer to the sandbox's two exercise services (idempotent)."""
     if settings.sandbox_fhir_base not in settings.fhir_servers:
         settings.fhir_servers.append(settings.sandbox_fhir_base)
+    if not settings.exercise_service_contact:  # the cohort's exercise service (service/sandbox/cohort.py)
+        settings.exercise_service_contact = SANDBOX_SERVICE_CONTACT
+    if not settings.care_team_contact:
+        settings.care_team_contact = SANDBOX_CARE_TEAM_CONTACT
     if not settings.exercise_services:  # the inbox's light service (the default) and the receiver's full one
         from service.sandbox.receiver import service_entry
 

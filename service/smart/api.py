@@ -172,6 +172,7 @@ def _programme(snap: Any) -> dict[str, Any] | None:
 def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft,
                services: list[Any] | None = None) -> dict[str, Any]:
     from service.clinical.serialize import prescription_to_json
+    from service.terminology import setting_name
 
     snap = loaded.snapshot
     stale_keys = set(snap.stale)
@@ -235,6 +236,7 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft,
         },
         "notes": loaded.notes,
         "signed": signed,
+        "settingName": setting_name(draft.prescription.setting),
         "openReferrals": [o.summary() for o in loaded.open_referrals],
         "exerciseProgramme": _programme(snap),
         "exerciseServices": [x.to_json() for x in services or ()],
@@ -576,7 +578,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
                       practitioner_display=sess.get("requester_display") or loaded.requester_display,
                       exercise_service_ref=service.reference, exercise_service_name=service.name,
                       encounter_ref=f"Encounter/{sess['encounter']}" if sess.get("encounter") else None,
-                      ruleset_version=RULESET_VERSION)
+                      ruleset_version=RULESET_VERSION, note_author_ref=loaded.note_author)
     entries: list[dict[str, Any]] = []
     document: Any = None
     if strategy in ("full", "care-coordination"):

@@ -51,6 +51,7 @@ class Loaded:
     requests: int = 0
     requester_display: str | None = None  # the signed-in clinician's name, from their Practitioner resource
     open_referrals: list[Any] = field(default_factory=list)  # service.fhir.open_referrals.OpenReferral
+    note_author: str | None = None  # the Practitioner behind a PractitionerRole signer (authors the notes)
 
 
 def keeper_for(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> TokenKeeper:
@@ -179,7 +180,8 @@ def _build(rt: SmartRuntime, sess: dict[str, Any], data: dict[str, Any], capabil
                   complete=data.get("complete", True), failures=list(data.get("failures") or []),
                   truncated=list(data.get("truncated") or []), capability=capability,
                   strategy=strategy, strategy_why=why, notes=notes, requests=data.get("requests", 0),
-                  requester_display=data.get("requesterDisplay"), open_referrals=open_referrals(resources))
+                  requester_display=data.get("requesterDisplay"), open_referrals=open_referrals(resources),
+                  note_author=data.get("noteAuthor"))
 
 
 def _capability_from(raw: dict[str, Any] | None) -> Any:
@@ -209,21 +211,25 @@ def practitioner_name(resource: dict[str, Any] | None) -> str | None:
     return None
 
 
-async def _requester_name(client: Any, sess: dict[str, Any]) -> str | None:
-    """Read the Practitioner named by fhirUser (when it lives on this EHR); None when it cannot be read."""
+async def _requester_name(client: Any, sess: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Read the Practitioner (or PractitionerRole) named by fhirUser, when it lives on this EHR: the signer's
+    name, and for a PractitionerRole the Practitioner behind it (the PA IG lets only a Practitioner or an
+    Organization author notes). (None, None) when it cannot be read."""
     ref = sess.get("requester") or ""
     parts = ref.split("/")
     if ref.startswith(("http://", "https://")) or len(parts) != 2 or parts[0] not in ("Practitioner",
                                                                                       "PractitionerRole"):
-        return None
+        return None, None
     try:
         resource = await client.read(parts[0], parts[1])
     except Exception:  # noqa: BLE001 - a display name is cosmetic: fall back to the reference
         log.info("smart load: the signed-in clinician's %s could not be read", parts[0])
-        return None
+        return None, None
     if parts[0] == "PractitionerRole":
-        return (resource.get("practitioner") or {}).get("display") if isinstance(resource, dict) else None
-    return practitioner_name(resource)
+        who = (resource.get("practitioner") or {}) if isinstance(resource, dict) else {}
+        behind = who.get("reference") if isinstance(who.get("reference"), str) else None
+        return who.get("display"), (behind if behind and behind.startswith("Practitioner/") else None)
+    return practitioner_name(resource), None
 
 
 async def _fetch(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> dict[str, Any]:
@@ -241,7 +247,7 @@ async def _fetch(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -
         except FhirError:
             raw_cap = None
         data = await data_task
-        requester_display = await name_task
+        requester_display, note_author = await name_task
     if _patient_of(data.resources, sess["patient"]) is None:
         tokens = await store.get(TOKEN_NS, sid)
         if tokens is None or tokens.get("refresh_failed"):
@@ -253,7 +259,7 @@ async def _fetch(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -
              (time.perf_counter() - started) * 1000)
     return {"resources": data.resources, "complete": data.complete, "failures": data.failures,
             "truncated": data.truncated, "requests": data.requests, "capability": raw_cap,
-            "requesterDisplay": requester_display, "loadedAt": now.isoformat()}
+            "requesterDisplay": requester_display, "noteAuthor": note_author, "loadedAt": now.isoformat()}
 
 
 async def ensure_loaded(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> Loaded:

@@ -262,7 +262,10 @@ async def app_page(request: Request, s: str | None = None) -> Response:
     rt = of(request)
     if s in rt.cache:  # ready: embed the view so the page needs no second round trip
         initial = await api.view_or_none(request, s, sess)
-    return render("app.html", sid=s, csrf=sess["csrf"],
+    from service.clinical.model import SETTING_ORDER
+    from service.terminology import setting_name
+
+    return render("app.html", sid=s, csrf=sess["csrf"], setting_names=[(c, setting_name(c)) for c in SETTING_ORDER],
                   initial=json_for_script(initial) if initial is not None else None)
 
 
@@ -276,4 +279,15 @@ async def handout(request: Request, s: str | None = None) -> Response:
     if view is None:
         return error_page(502, "The prescription is not available",
                           "The patient's data could not be loaded from the EHR.", relaunch=True)
-    return render("handout.html", view=view, sid=s)
+    return render("handout.html", view=view, sid=s, h=_handout(view["prescription"], request.app.state.settings))
+
+
+def _handout(rx_json: dict[str, Any], settings: Any) -> Any:
+    from service.clinical.handout import handout_for, patient_wording
+    from service.clinical.serialize import prescription_from_json
+
+    p = prescription_from_json(rx_json)
+    return handout_for(p, service_name=settings.exercise_service_name,
+                       service_contact=settings.exercise_service_contact,
+                       care_team_contact=settings.care_team_contact,
+                       precaution_text=patient_wording([x.code for x in p.precautions]))

@@ -56,7 +56,7 @@ def test_referral_card_contents() -> None:
     card = plan.card
     assert plan.kind == "referral" and card is not None
     assert find_empty(card) == []
-    assert card["summary"] == "Exercise referral suggested: home-based programme, 2 precautions"
+    assert card["summary"] == "Exercise referral suggested: self-managed at home, 2 precautions"
     assert len(card["summary"]) < 140
     assert card["indicator"] == "info"
     uuid.UUID(card["uuid"])
@@ -91,13 +91,24 @@ def test_draft_referral_is_valid_against_our_profiles() -> None:
     assert errors(validate_resource(sr)) == []
 
 
+def test_a_draft_order_needs_a_clinician_user() -> None:
+    """PA IG: a ServiceRequest's requester is a Practitioner or PractitionerRole reference, never a bare name;
+    a card shown to a patient (patient-view) still links to the app but suggests no draft order."""
+    for user in ("Practitioner/onc-1", "PractitionerRole/onc-role-1"):
+        card = decide(rx(), snap(), replace(CTX, user_ref=user)).card
+        assert card is not None
+        assert card["suggestions"][0]["actions"][0]["resource"]["requester"] == {"reference": user}
+    card = decide(rx(), snap(), replace(CTX, user_ref="Patient/p1")).card
+    assert card is not None and "suggestions" not in card and card["links"]
+
+
 def test_defer_and_clearance_summaries() -> None:
     deferred = decide(rx(setting="defer", clearance_required=True), snap(), CTX).card
     assert deferred is not None and "suggestions" not in deferred and "selectionBehavior" not in deferred
     assert deferred["summary"].startswith("Exercise referral: medical clearance needed first")
     supervised = decide(rx(setting="supervised", clearance_required=True), snap(), CTX).card
     assert supervised is not None
-    assert supervised["summary"] == "Exercise referral suggested: supervised programme, 2 precautions, clearance first"
+    assert supervised["summary"] == "Exercise referral suggested: clinically supervised, 2 precautions, clearance first"
 
 
 def test_warning_card_for_red_flags_has_no_suggestion() -> None:

@@ -192,7 +192,7 @@ def test_neutropenic_fever_warning_card(service: Service) -> None:
 def test_survivorship_home_based(service: Service) -> None:
     [card] = cards_for(service, patients.survivorship(_pid("surv")))
     assert card["indicator"] == "info"
-    assert "home-based" in card["summary"]
+    assert "self-managed at home" in card["summary"]
     assert card["suggestions"][0]["actions"][0]["type"] == "create"
     assert json.loads(card["links"][0]["appContext"])["setting"] == "home-based"
 
@@ -318,7 +318,7 @@ def test_a_survivor_or_nodes_only_patient_gets_a_card(service: Service, code: st
     p.condition(patients.ICD10, code, display, onset_days=1500)
     p.labs(platelets=250, hb=13.5, anc=4.0, temp=36.6, days_ago=10)
     cards = call(service, ES, hook_body(ENCOUNTER_START_ID, p.prefetch(), p.pid)).json()["cards"]
-    assert len(cards) == 1 and cards[0]["summary"].startswith("Exercise referral suggested: home-based")
+    assert len(cards) == 1 and cards[0]["summary"].startswith("Exercise referral suggested: self-managed at home")
 
 
 def test_the_repeat_window_is_a_setting(tmp_path: Any, keys: dict[str, Any], clock: Clock) -> None:

@@ -81,7 +81,7 @@ def test_less_restrictive_setting_needs_reason() -> None:
     result = apply_edits(p, {"setting": "home-based", "overrideReasons": {
         "setting": reason("seen by physio, stable", "supervised-by-professional")}}, EDIT_TIME)
     assert result.problems == [] and result.prescription.setting == "home-based"
-    assert any(r.rule == "CLINICIAN-OVERRIDE" and r.finding.startswith("home-based setting instead of")
+    assert any(r.rule == "CLINICIAN-OVERRIDE" and r.finding.startswith("self-managed at home setting instead of")
                for r in result.prescription.rationale)
 
 

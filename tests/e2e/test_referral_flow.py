@@ -106,7 +106,7 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     expect(handout.locator("#handout-what")).not_to_contain_text("swimming")
     expect(handout.locator("#handout-care")).to_contain_text("No swimming")
     expect(handout.locator("#handout-goals")).to_contain_text("150 minutes")
-    expect(handout.locator("#handout-what")).to_contain_text(f"{new_minutes} min at")  # "Building up" follows the edit
+    expect(handout.locator("#handout-building-up")).to_contain_text(f"{new_minutes} minutes each time")  # follows the edit
     shot(handout, "app-handout")
     handout.close()
 
@@ -146,9 +146,8 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     [task] = resources["Task"]
     assert task["status"] == "requested"
     assert task["for"]["reference"].endswith(f"Patient/{SIGN_PATIENT}")
-    # The edit reached the EHR: the aerobic exercise ServiceRequest carries the new minutes.
-    [aerobic_sr] = [sr for sr in resources["ServiceRequest"]
-                    if sr.get("code", {}).get("text", "").lower().startswith("aerobic")]
+    # The edit reached the EHR: the aerobic exercise ServiceRequest (its first phase) carries the new minutes.
+    [aerobic_sr] = [sr for sr in resources["ServiceRequest"] if sr["identifier"][0]["value"].endswith("-rx-aerobic")]
     assert aerobic_sr["occurrenceTiming"]["repeat"]["duration"] == new_minutes, aerobic_sr["occurrenceTiming"]
     # The Goal is the long-term target (150 min/week), not the edited starting dose.
     aerobic_goal = next(g for g in resources["Goal"] if g["identifier"][0]["value"].endswith("-goal-aerobic"))
@@ -271,7 +270,8 @@ def test_sign_with_unsaved_edits_saves_them_first_or_refuses(page: Page, sandbox
     written = [[c.strip() for c in r.locator("td").all_inner_texts()] for r in rows.all()]
     with sandbox.fhir() as fhir:
         srs = [fhir.get(f"ServiceRequest/{rid}").json() for rtype, rid, *_ in written if rtype == "ServiceRequest"]
-    [aerobic_sr] = [sr for sr in srs if sr.get("code", {}).get("text", "").lower().startswith("aerobic")]
+    [aerobic_sr] = [sr for sr in srs if sr["identifier"][0]["value"].endswith("-rx-aerobic")]
     assert aerobic_sr["occurrenceTiming"]["repeat"]["duration"] == new_minutes
     [referral] = [sr for sr in srs if "occurrencePeriod" in sr]
-    assert any(n.get("text") == "Signed without pressing Update." for n in referral.get("note", [])), referral["note"]
+    assert any(n.get("text") == "Clinician note: Signed without pressing Update."
+               for n in referral.get("note", [])), referral["note"]

@@ -20,8 +20,8 @@ def _errors(resource):
 
 def test_full_set_has_each_resource_and_all_validate(entries):
     types = [e["resource"]["resourceType"] for e in entries]
-    assert types == ["CarePlan", "Goal", "Goal", "ServiceRequest", "ServiceRequest", "ServiceRequest", "Task",
-                     "Provenance"]
+    # goals: aerobic, strength, in-session intensity; aerobic, resistance, the referral
+    assert types == ["CarePlan", "Goal", "Goal", "Goal"] + ["ServiceRequest"] * 3 + ["Task", "Provenance"]
     for e in entries:
         assert _errors(e["resource"]) == [], e["resource"]["resourceType"]
     assert [str(i) for i in validate_bundle(R.transaction_bundle(entries))] == []
@@ -77,7 +77,8 @@ def test_references_resolve_within_the_bundle(entries):
 def test_careplan_links_goals_and_requests(by_role, full):
     cp = by_role["careplan"]
     assert cp["intent"] == "plan" and cp["status"] == "active"
-    assert [g["reference"] for g in cp["goal"]] == [full["Goal:goal-aerobic"], full["Goal:goal-strength"]]
+    assert [g["reference"] for g in cp["goal"]] == [full["Goal:goal-aerobic"], full["Goal:goal-strength"],
+                                                    full["Goal:goal-aerobic-intensity"]]
     assert [a["reference"]["reference"] for a in cp["activity"]] == [
         full["ServiceRequest:rx-aerobic"], full["ServiceRequest:rx-resistance"], full["ServiceRequest:referral"]]
     assert cp["text"]["div"].startswith('<div xmlns="http://www.w3.org/1999/xhtml">')
@@ -117,7 +118,8 @@ def test_goal_fallback_never_below_the_guideline_or_the_starting_dose():
 
     big = Component("aerobic", 5, 45, Intensity("moderate", "RPE 6-20", 12, 13))
     entries = R.build_prescription_resources(F.prescription(components=(big,)), F.snapshot(), F.signing())
-    [aero] = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Goal"]
+    [aero] = [e["resource"] for e in entries if e["resource"]["resourceType"] == "Goal"
+              and e["resource"]["identifier"][0]["value"].endswith("-goal-aerobic")]
     assert aero["target"][0]["detailQuantity"]["value"] == 225
 
 
@@ -137,10 +139,11 @@ def test_clinician_note_is_an_authored_referral_note():
                               "Clinician note: Prefers mornings."))
     entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
     referral = next(e["resource"] for e in entries if e["resource"]["identifier"][0]["value"].endswith("-referral"))
-    authored = [n for n in referral["note"] if "authorReference" in n]
-    assert authored == [{"text": "Prefers mornings.", "time": "2026-03-02T09:30:00Z",
-                         "authorReference": {"reference": "Practitioner/sandbox-clinician",
-                                             "display": "Dr Ada Example"}}]
+    # every note is authored (by the signer) and timed, as the PA IG requires; the clinician's own words first
+    assert referral["note"][0] == {"text": "Clinician note: Prefers mornings.", "time": "2026-03-02T09:30:00Z",
+                                   "authorReference": {"reference": "Practitioner/sandbox-clinician",
+                                                       "display": "Dr Ada Example"}}
+    assert all(n["authorReference"] and n["time"] for n in referral["note"])
     assert any(n["text"].startswith("No swimming") for n in referral["note"])
     assert _errors(referral) == []
 
@@ -153,11 +156,15 @@ def test_exercise_prescription_request(by_role):
     rep = sr["occurrenceTiming"]["repeat"]
     assert (rep["frequency"], rep["period"], rep["periodUnit"], rep["duration"], rep["durationUnit"]) == \
         (3, 1, "wk", 30, "min")
+    assert rep["boundsPeriod"] == {"start": "2026-03-02", "end": "2026-05-25"}  # no weekly target: one phase
     assert sr["orderDetail"][0]["text"].startswith("Intensity: moderate")
     assert sr["orderDetail"][1]["coding"][0]["system"] == canonical.CS_PRECAUTION
     assert sr["orderDetail"][1]["coding"][0]["code"] == "thrombocytopenia"
-    assert sr["reasonReference"] == [{"reference": "Condition/breast-1"}]
-    assert sr["supportingInfo"] == [{"reference": "Observation/plt-1"}]
+    assert sr["reasonReference"] == [{"reference": "Condition/breast-1", "display": "Malignant neoplasm of breast"}]
+    assert sr["reasonCode"] == [{"coding": [{"system": canonical.SNOMED, "code": "254837009",
+                                             "display": "Malignant neoplasm of breast"}],
+                                 "text": "Malignant neoplasm of breast"}]
+    assert sr["supportingInfo"] == [{"reference": "Observation/plt-1", "display": "Platelets 42 ×10³/µL (2026-03-02)"}]
     assert "dizziness or fainting" not in sr["patientInstruction"]  # stop rules: once, in the referral
     assert sr["requester"]["reference"] == "Practitioner/sandbox-clinician"
     assert sr["meta"]["profile"] == [canonical.sd_url("onco-exercise-prescription"),
@@ -172,7 +179,9 @@ def test_referral_task_and_provenance(by_role, entries, full):
     assert ref["performer"][0]["reference"] == "Organization/exercise-oncology-service"
     setting = [d for d in ref["orderDetail"] if d.get("coding", [{}])[0].get("system") == canonical.CS_SETTING]
     assert [d["coding"][0]["code"] for d in setting] == ["home-based"]
-    assert {"reference": full["ServiceRequest:rx-aerobic"]} in ref["supportingInfo"]
+    shown = {s["reference"]: s.get("display") for s in ref["supportingInfo"]}
+    assert shown[full["ServiceRequest:rx-aerobic"]] == \
+        "Exercise prescription: Aerobic: Weeks 1-12: keep 3 days/week, 30 min per session"
     task = by_role["task"]
     assert (task["status"], task["intent"], task["code"]["coding"][0]["code"]) == ("requested", "order", "fulfill")
     assert task["focus"] == {"reference": full["ServiceRequest:referral"]}
@@ -217,7 +226,7 @@ def test_service_request_only_variant_carries_the_plan():
     assert validate_bundle(R.transaction_bundle(entries)) == []
 
 
-@pytest.mark.parametrize("practitioner", ["Practitioner/sandbox-clinician", None])
+@pytest.mark.parametrize("practitioner", ["Practitioner/sandbox-clinician", "PractitionerRole/oncologist"])
 def test_draft_referral_validates(practitioner):
     sr = R.build_draft_referral(F.prescription(), F.snapshot(), "Organization/exercise-oncology-service",
                                 practitioner)
@@ -226,8 +235,14 @@ def test_draft_referral_validates(practitioner):
     again = R.build_draft_referral(F.prescription(), F.snapshot(), "Organization/exercise-oncology-service",
                                    practitioner)
     assert again["identifier"] == sr["identifier"]
-    if practitioner is None:
-        assert "reference" not in sr["requester"]
+    assert sr["requester"] == {"reference": practitioner}
+    # the PA IG lets only a Practitioner or an Organization author a note: a role's draft carries none
+    assert bool(sr.get("note")) is practitioner.startswith("Practitioner/")
+
+
+def test_draft_referral_needs_a_clinician_reference():
+    with pytest.raises(ValueError, match="names no clinician"):
+        R.build_draft_referral(F.prescription(), F.snapshot(), "Organization/exercise-oncology-service", "")
 
 
 def test_deferred_plan_is_written_pending_clearance():
@@ -271,13 +286,13 @@ def test_a_cleared_plan_carries_its_clearance_as_a_completed_task():
     assert validate_bundle(R.transaction_bundle(entries)) == []
     broken = copy.deepcopy(task)
     del broken["output"]
-    assert any("onco-clear-1" in i.source for i in validate_resource(broken))
+    assert any("oe-clear-1" in i.source for i in validate_resource(broken))
 
 
 def test_without_condition_reference_the_reason_is_coded():
     p = F.prescription(cancer_refs=())
     entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
-    sr = entries[3]["resource"]
+    sr = next(e["resource"] for e in entries if e["resource"]["identifier"][0]["value"].endswith("-rx-aerobic"))
     assert "reasonReference" not in sr
     assert sr["reasonCode"][0]["coding"][0]["code"] == "254837009"
     assert validate_bundle(R.transaction_bundle(entries)) == []
@@ -308,3 +323,42 @@ def test_components_without_sessions_are_not_scheduled():
     roles = [e["ifNoneExist"].rsplit("-", 1)[-1] for e in entries]
     assert "aerobic" not in roles and "resistance" in roles
     assert validate_bundle(R.transaction_bundle(entries)) == []
+
+
+def test_aerobic_plan_is_phased_towards_the_weekly_target():
+    """Start (weeks 1-2), build up (+5 min per session, days up to 5), keep: one prescription per phase, each
+    with its own Timing, so the service schedules the progression instead of 12 weeks of the starting dose."""
+    from service.clinical.model import Target
+
+    p = F.prescription(targets=(Target("aerobic-minutes-per-week", 150, "Build up to 150 min/week"),),
+                       progression_step_weeks=2)
+    entries = R.build_prescription_resources(p, F.snapshot(), F.signing())
+    srs = {e["resource"]["identifier"][0]["value"].split("sig-4f2a9c-")[1]: e["resource"]
+           for e in entries if e["resource"]["resourceType"] == "ServiceRequest"}
+    phases = [srs[r]["occurrenceTiming"]["repeat"] for r in ("rx-aerobic", "rx-aerobic-phase-2", "rx-aerobic-phase-3")]
+    assert [(t["boundsPeriod"]["start"], t["boundsPeriod"]["end"]) for t in phases] == [
+        ("2026-03-02", "2026-03-16"), ("2026-03-16", "2026-04-13"), ("2026-04-13", "2026-05-25")]
+    assert (phases[0]["frequency"], phases[0]["duration"]) == (3, 30)
+    assert (phases[1]["frequency"], phases[1]["frequencyMax"], phases[1]["duration"]) == (4, 5, 30)
+    assert (phases[2]["frequency"], phases[2]["duration"]) == (5, 30)  # 5 x 30 = the 150 min/week target
+    assert "Phase 2 of 3 (weeks 3-6): build up: 4 to 5 days/week" in srs["rx-aerobic-phase-2"]["patientInstruction"]
+    assert "rx-resistance-phase-2" not in srs  # resistance progresses by load and sets (notes), not by schedule
+    assert validate_bundle(R.transaction_bundle(entries)) == []
+
+
+def test_intensity_is_a_goal_with_heart_rate_and_rpe_targets():
+    from service.clinical.model import Measurement
+
+    rest = Measurement("resting-hr", 70, "/min", F.NOW, "Observation/hr-1", "40443-4")
+    snap = F.snapshot()
+    snap = replace(snap, latest={**snap.latest, "resting-hr": rest})
+    entries = R.build_prescription_resources(F.prescription(), snap, F.signing())
+    goal = next(e["resource"] for e in entries if e["resource"]["resourceType"] == "Goal"
+                and e["resource"]["identifier"][0]["value"].endswith("-goal-aerobic-intensity"))
+    got = {(t["measure"]["coding"][0]["code"], t["detailQuantity"]["comparator"]):
+           (t["detailQuantity"]["value"], t["detailQuantity"]["code"]) for t in goal["target"]}
+    # age 55 at 2026-03-02: HRmax 165, reserve 95; 40-59 % -> 108-126 beats/min
+    assert got == {("rpe-6-20", ">="): (12, "{score}"), ("rpe-6-20", "<="): (13, "{score}"),
+                   ("8867-4", ">="): (108, "/min"), ("8867-4", "<="): (126, "/min")}
+    assert _errors(goal) == []
+

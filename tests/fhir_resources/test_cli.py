@@ -29,17 +29,18 @@ def test_valid_files_and_bundles_exit_0(tmp_path):
 
 def test_errors_exit_1_with_file_and_path(tmp_path):
     entries = R.build_prescription_resources(F.prescription(), F.snapshot(), F.signing())
-    task = entries[6]["resource"]
+    task = next(e["resource"] for e in entries if e["resource"]["resourceType"] == "Task")
     task["status"] = "rejected"  # without statusReason: pa-taskrm-1
     bad = tmp_path / "task.json"
     bad.write_text(json.dumps(task))
     bundle = tmp_path / "bundle.json"
-    del entries[3]["resource"]["subject"]
+    sr = next(i for i, e in enumerate(entries) if e["resource"]["resourceType"] == "ServiceRequest")
+    del entries[sr]["resource"]["subject"]
     bundle.write_text(json.dumps(R.transaction_bundle(entries)))
     out = run(EXAMPLES[0], bad, bundle)
     assert out.returncode == 1, out.stdout + out.stderr
     assert f"{bad}: error: Task: pa-taskrm-1" in out.stdout
-    assert f"{bundle}: error: Bundle.entry[3].resource.subject: missing required element" in out.stdout
+    assert f"{bundle}: error: Bundle.entry[{sr}].resource.subject: missing required element" in out.stdout
     assert "3 file(s) checked:" in out.stdout.splitlines()[-1]
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 NPM_CI_TIMEOUT = 20 * 60
@@ -90,6 +91,30 @@ def _build_into(src: Path, work: Path, log: Path) -> None:
         raise LauncherUnavailable(f"the launcher's React build produced no build/index.html; log: {log}")
 
 
+def build_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """`target`, filled by `fill(work_dir)` the first time only: another process may be filling the same
+    target, so a file lock makes one do it and the others wait; a half-built copy is never left as `target`."""
+    done = target / ".onco-exercise-built"
+    if done.is_file():
+        return target
+    with (target.parent / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return target
+        work = target.parent / f"{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(work, ignore_errors=True)
+        started = time.monotonic()
+        try:
+            fill(work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        shutil.rmtree(target, ignore_errors=True)
+        work.rename(target)
+        done.write_text(f"built in {time.monotonic() - started:.0f} s\n")
+    return target
+
+
 def ensure_built(verbose: bool = False) -> Path:
     """The folder of a built launcher (built now if this copy has not been built before)."""
     src = vendor_dir()
@@ -98,34 +123,15 @@ def ensure_built(verbose: bool = False) -> Path:
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"smart-launcher-{source_key(src)}"
-    done = target / ".onco-exercise-built"
-    if done.is_file():
-        return target
-    with (root / f"{target.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same copy: wait for it
-        if done.is_file():
-            return target
-        work = root / f"{target.name}.tmp-{os.getpid()}"
-        shutil.rmtree(work, ignore_errors=True)
-        log = root / f"{target.name}.log"
+    log = root / f"{target.name}.log"
+
+    def fill(work: Path) -> None:
         log.write_text(f"building the SMART launcher from {src}\n")
-        started = time.monotonic()
         if verbose:
             print(f"building the reference SMART launcher (log: {log}) ...", file=sys.stderr)
-        try:
-            _build_into(src, work, log)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        shutil.rmtree(target, ignore_errors=True)
-        work.rename(target)
-        seconds = time.monotonic() - started
-        done.write_text(f"built in {seconds:.0f} s\n")
-        with log.open("a") as out:
-            out.write(f"built in {seconds:.0f} s\n")
-        if verbose:
-            print(f"built in {seconds:.0f} s", file=sys.stderr)
-    return target
+        _build_into(src, work, log)
+
+    return build_once(target, fill)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,8 @@ def test_goal_and_progression_after_an_edit(sandbox: Sandbox):
         assert rx["progression"][0].startswith("Weeks 1-2: aerobic 2x/week, 25 min")
         assert any(x["rule"] == "CLINICIAN-EDIT" and "-> 2x/week x 25 min" in x["finding"] for x in rx["rationale"])
         html = b.get("/smart/handout", params={"s": got.sid}).text
-        assert "2x/week, 25 min" in html
+        assert "Weeks 1 and 2: 2 times a week, 25 minutes each time." in html  # the handout says the edited dose
+        assert "Tuesday" in html and "Saturday" in html
 
 
 def test_sign_signs_exactly_the_draft_version_shown(sandbox: Sandbox):

@@ -71,12 +71,9 @@
     $("banner-details").textContent = bits.join(" · ");
   }
 
-  var SETTING_WORDS = { "home-based": "Home-based, self-managed", community: "Community programme",
-    supervised: "Clinically supervised", defer: "Deferred: pending medical clearance" };
-
   function renderDecision(v) {
     var rx = v.prescription;
-    $("setting").textContent = SETTING_WORDS[rx.setting] || rx.settingLabel || rx.setting;
+    $("setting").textContent = v.settingName || rx.setting;
     var cl = $("clearance");
     if (rx.clearance) {
       cl.textContent = "Cleared by " + (rx.clearance.byDisplay || rx.clearance.by) + " on " + day(rx.clearance.at) +
@@ -102,8 +99,8 @@
       tr.appendChild(el("th", TYPE_LABELS[c.type] || c.type));
       tr.lastChild.scope = "row";
       tr.appendChild(el("td", c.frequencyPerWeek + (c.frequencyPerWeek === 1 ? " day" : " days") + " a week"));
-      tr.appendChild(el("td", (it.label || "") + (it.low !== null && it.low !== undefined && it.scale
-        ? " (" + it.scale + " " + num(it.low) + "-" + num(it.high) + ")" : "")));
+      tr.appendChild(el("td", (it.label || "") + (it.low !== null && it.low !== undefined
+        ? " (RPE " + num(it.low) + "-" + num(it.high) + ")" : "")));
       tr.appendChild(el("td", c.minutesPerSession + " min" + (c.sets ? ", " + c.sets + (c.sets === 1 ? " set" : " sets") +
         (c.repetitions ? " of " + c.repetitions : "") : "")));
       tr.appendChild(el("td", (c.activities || []).join(", ")));
@@ -145,9 +142,7 @@
       if (o.toResolve && o.toResolve.length) {
         box.appendChild(el("p", "To resolve: " + o.toResolve.join(" ")));
       }
-      box.appendChild(el("p", o.ours
-        ? "Signing replaces it: the old referral is revoked and its task cancelled, so there is one open referral."
-        : "It was not written by onco-exercise and is not changed by signing.", "hint"));
+      if (!o.ours) box.appendChild(el("p", "It was not written by onco-exercise and is not changed by signing.", "hint"));
     });
   }
 
@@ -206,7 +201,8 @@
     $("sign-hint").textContent = rx.setting === "defer"
       ? "Sign & send records the plan pending medical clearance: CarePlan and referral on hold, a to-do for you, nothing for the exercise service."
       : ((v.openReferrals || []).some(function (o) { return o.ours; })
-        ? "Sign & send replaces the open referral with this plan." : "Sign & send writes the plan and the referral to the EHR.");
+        ? "Sign & send replaces the open referral with this plan: the old one is revoked and its task cancelled, so there is one open referral."
+        : "Sign & send writes the plan and the referral to the EHR.");
   }
 
   $("clearance-form").addEventListener("submit", function (ev) {
@@ -422,7 +418,7 @@
     $("requester").textContent = r.reference
       ? "Signing as " + (r.display && r.display !== r.reference ? r.display + " (" + r.reference + ")" : r.reference)
       : "The EHR did not identify the signed-in clinician.";
-    $("strategy").textContent = wb.strategy ? "Writes back to the EHR (" + wb.strategy + "): details"
+    $("strategy").textContent = wb.strategy ? "Write-back: " + wb.strategy + " (what and why)"
       : "Write-back: not possible in this session.";
     var ul = clear($("strategy-why"));
     if (wb.target) ul.appendChild(el("li", "Target: " + wb.target));

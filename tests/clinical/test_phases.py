@@ -1,0 +1,39 @@
+"""The plan's phases (start, build up, keep) follow the weekly target and the progression speed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from service.clinical.model import Component, Intensity, Target
+from service.clinical.phases import phase_text, phases_for
+from service.clinical.serialize import prescription_from_json, prescription_to_json
+from tests.fhir_resources import factories as F
+
+AEROBIC = Component("aerobic", 3, 20, Intensity("moderate", "Borg RPE 6-20", 12, 13))
+GOAL = (Target("aerobic-minutes-per-week", 150, "150 min/week"),)
+
+
+@pytest.mark.parametrize("step,build_weeks", [(1, (3, 6)), (2, (3, 10))])  # 4 steps: +2 days, +10 min
+def test_aerobic_builds_up_to_the_target_then_keeps_it(step, build_weeks):
+    start, build, keep = phases_for(AEROBIC, GOAL, step)
+    assert (start.first_week, start.last_week, start.frequency, start.minutes) == (1, 2, 3, 20)
+    assert (build.first_week, build.last_week) == build_weeks
+    assert (build.frequency, build.frequency_max, build.minutes, build.minutes_max) == (4, 5, 25, 30)
+    assert (keep.first_week, keep.last_week, keep.frequency * keep.minutes) == (build_weeks[1] + 1, 12, 150)
+    assert phase_text(build).startswith("Phase 2 of 3 (weeks 3-")
+
+
+def test_one_phase_when_already_at_target_or_not_aerobic():
+    assert len(phases_for(replace(AEROBIC, frequency_per_week=5, minutes_per_session=30), GOAL, 1)) == 1
+    assert len(phases_for(replace(AEROBIC, type="resistance"), GOAL, 1)) == 1
+    assert len(phases_for(AEROBIC, (), 1)) == 1  # no weekly target known
+
+
+def test_progression_step_round_trips_in_json():
+    p = F.prescription(progression_step_weeks=2)
+    assert prescription_from_json(prescription_to_json(p)).progression_step_weeks == 2
+    legacy = prescription_to_json(F.prescription())
+    del legacy["progressionStepWeeks"]
+    assert prescription_from_json(legacy).progression_step_weeks == 1
