@@ -129,3 +129,39 @@ def test_subscription_on_a_server_that_offers_the_task_topic(tmp_path: Path) -> 
                 await store.close()
 
         asyncio.run(scenario())
+
+
+def test_a_server_that_refuses_the_subscription_falls_back_to_our_notification(tmp_path: Path) -> None:
+    import respx
+
+    from service.fhir.capability import TOPIC_CANONICAL, parse_capability
+
+    base = "https://ehr.example/fhir"
+    cap = parse_capability({"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "resource": [
+        {"type": "Subscription", "interaction": [{"code": "create"}, {"code": "search-type"}],
+         "extension": [{"url": TOPIC_CANONICAL, "valueCanonical": TASK_TOPIC}]}]}]})
+    assert cap.supports_topic(TASK_TOPIC)
+    settings = Settings(public_url="http://127.0.0.1:9", data_dir=tmp_path, exercise_services=[
+        {"reference": OWNER, "name": "Moving Forward", "endpoint": "http://127.0.0.1:9/hook"}])
+    task = _task("requested", 1)
+    entries = [{"fullUrl": "urn:uuid:t1", "resource": task}]
+    written = [{"resourceType": "Task", "id": "t1", "reference": "Task/t1", "url": f"{base}/Task/t1",
+                "status": "created"}]
+
+    async def scenario() -> dict[str, Any]:
+        store = SQLiteStore(tmp_path / "state.db")
+        fhir = FhirClient(base, timeout=5)
+        try:
+            with respx.mock(assert_all_called=False) as mock:
+                mock.get(f"{base}/Subscription").respond(403, json={"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "error", "code": "forbidden"}]})
+                [summary] = await notify_after_write(settings=settings, store=store,
+                                                     keys=load_or_create_keys(settings), entries=entries,
+                                                     written=written, previous_status={}, ehr=fhir, capability=cap)
+            return summary
+        finally:
+            await fhir.aclose()
+            await store.close()
+
+    summary = asyncio.run(scenario())
+    assert (summary["channel"], summary["status"]) == ("direct", "queued") and "403" in summary["note"]
