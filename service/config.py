@@ -37,6 +37,21 @@ def _normalise_base(url: str) -> str:
     return url
 
 
+def json_list(v: Any, setting: str, shape: str) -> Any:
+    """A setting given as JSON text -> its value (empty text: []); it must be a list. Non-text passes through
+    unchanged when it is a list (set in code)."""
+    if isinstance(v, str):
+        if not v.strip():
+            return []
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{setting} is not valid JSON: {exc.msg}") from None
+    if not isinstance(v, list):
+        raise ValueError(f"{setting} must be a JSON list of {shape}")
+    return v
+
+
 class Settings(BaseSettings):
     """All configuration. Field names map to ONCO_EXERCISE_<NAME> (upper case)."""
 
@@ -103,15 +118,7 @@ class Settings(BaseSettings):
     @field_validator("cds_clients", mode="before")
     @classmethod
     def _parse_clients(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if not v.strip():
-                return []
-            try:
-                v = json.loads(v)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"ONCO_EXERCISE_CDS_CLIENTS is not valid JSON: {exc.msg}") from None
-        if not isinstance(v, list):
-            raise ValueError("ONCO_EXERCISE_CDS_CLIENTS must be a JSON list of {iss, jwks_url | jwks}")
+        v = json_list(v, "ONCO_EXERCISE_CDS_CLIENTS", "{iss, jwks_url | jwks}")
         for i, c in enumerate(v):
             if not isinstance(c, dict) or not isinstance(c.get("iss"), str) or not c["iss"]:
                 raise ValueError(f"CDS client #{i}: needs a non-empty string 'iss'")
@@ -130,6 +137,7 @@ class Settings(BaseSettings):
     def _parse_services(cls, v: Any) -> Any:
         from service.exercise_services import parse_services
 
+        v = json_list(v, "ONCO_EXERCISE_EXERCISE_SERVICES", "{reference, name, endpoint}")
         try:
             return [{"reference": s.reference, "name": s.name, "endpoint": s.endpoint} for s in parse_services(v)]
         except ValueError as exc:

@@ -9,7 +9,6 @@ empty the older single-service settings (…_EXERCISE_SERVICE_REF / …_NAME) ma
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -46,17 +45,9 @@ def _endpoint(value: Any, where: str) -> str:
     return value.strip()
 
 
-def parse_services(raw: Any) -> list[ExerciseService]:
-    """JSON text or a list of `{reference, name, endpoint?}` -> services; ValueError with a readable message."""
-    if isinstance(raw, str):
-        if not raw.strip():
-            return []
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not valid JSON: {exc.msg}") from None
-    if not isinstance(raw, list):
-        raise ValueError("must be a JSON list of {\"reference\", \"name\", \"endpoint\"}")
+def parse_services(raw: list[Any]) -> list[ExerciseService]:
+    """A list of `{reference, name, endpoint?}` (the setting's JSON, parsed) -> services; ValueError with a
+    readable message."""
     if len(raw) > MAX_SERVICES:
         raise ValueError(f"at most {MAX_SERVICES} exercise services")
     out: list[ExerciseService] = []
