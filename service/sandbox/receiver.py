@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
@@ -78,7 +79,8 @@ async def _jwks(public_url: str, refresh: bool = False) -> dict[str, Any]:
 
 async def _log(request: Request, entry: dict[str, Any]) -> None:
     key = f"{time.time():017.6f}-{uuid.uuid4().hex[:8]}"
-    await request.app.state.store.put(NS_LOG, key, {"at": time.time(), **entry}, ttl=KEEP)
+    at = datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    await request.app.state.store.put(NS_LOG, key, {"at": at, **entry}, ttl=KEEP)
 
 
 def _ok(message: str) -> JSONResponse:

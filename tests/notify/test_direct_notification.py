@@ -27,6 +27,9 @@ def test_signed_referral_reaches_the_full_service_once(sandbox: Sandbox) -> None
     task = next(w for w in answer["written"] if w["resourceType"] == "Task")
     assert ev["task"] == task["reference"] and ev["status"] == "requested" and ev["owner"] == FULL
     assert ev["referral"].startswith("ServiceRequest/") and ev["referralStatus"] == "active"
+    with sandbox.browser() as b:  # the receiver's log, as the sandbox UI shows it
+        page = b.get("/sandbox/exercise-receiver/")
+    assert page.status_code == 200 and note["notificationId"] in page.text and "JWT verified" in page.text
 
 
 def _outbox(sandbox: Sandbox, nid: str) -> dict:
