@@ -27,6 +27,8 @@ from typing import Any
 from service.canonical import SNOMED
 from service.clinical.facts import fmt_value
 from service.clinical.model import Measurement, PatientSnapshot, Prescription, Referral
+from service.clinical.programme import FUNCTIONAL as FUNCTIONAL_FOR_FOLLOW_UP  # the tests quoted, first found wins
+from service.clinical.programme import changes
 from service.fhir.resources import build_draft_referral
 from service.terminology import get_terminology, setting_name
 
@@ -35,8 +37,6 @@ from .mdtext import md
 SUMMARY_MAX = 139  # the spec: "under 140 characters"
 EVS_MEASURE = "evs-minutes-per-week"
 GUIDELINE_MINUTES = 150
-# What the follow-up card quotes as the programme's effect, first found wins.
-FUNCTIONAL_FOR_FOLLOW_UP = ("six-minute-walk", "sit-to-stand", "tug", "grip-right", "grip-left")
 
 # The source every card names: the ACSM 2019 roundtable the prescription follows (Campbell et al.).
 SOURCE_LABEL = "onco-exercise (ACSM 2019 exercise guidelines for cancer survivors)"
@@ -339,7 +339,8 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
         lines.append(f"- **Reason given**: {md(_clip(ref.task_reason))}")
     if ref.task_note:
         lines.append(f"- **Latest report from the service**: {md(_clip(ref.task_note))}")
-    change = functional_change(s, ref.authored)
+    # the programme's before -> after lines (below) already say it; otherwise the newest test on its own
+    change = None if changes(s, ref.authored) else functional_change(s, ref.authored)
     if change is not None:
         last, before = change
         text = f"{md(_label(last.measure))} {md(fmt_value(last))} on {last.effective.date().isoformat()}"
@@ -363,7 +364,7 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
 
 def programme_lines(ref: Referral, s: PatientSnapshot) -> list[str]:
     """What the exercise service reported back: attendance, each measure before -> after, its report."""
-    from service.clinical.programme import attendance, changes
+    from service.clinical.programme import attendance
 
     lines = []
     att = attendance(s, ref.authored)
