@@ -289,7 +289,8 @@ class _Context:
 
     def supporting(self) -> list[dict[str, str]]:
         """References to the data the plan used, each with a display saying what and when."""
-        shown = {**_data_displays(self.snapshot), **{r: f.display for r, f in self.facts().items()}}
+        wanted = set(self.p.supporting_refs)
+        shown = {**_data_displays(self.snapshot, wanted), **{r: f.display for r, f in self.facts().items()}}
         return [{"reference": r, **({"display": shown[r]} if r in shown else {})} for r in self.p.supporting_refs]
 
 
@@ -651,16 +652,18 @@ def _num(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
 
 
-def _data_displays(snapshot: PatientSnapshot) -> dict[str, str]:
-    """reference -> "Platelets 42 x10^3/uL (2026-03-02)" for every measurement the snapshot holds."""
+def _data_displays(snapshot: PatientSnapshot, wanted: set[str]) -> dict[str, str]:
+    """reference -> "Platelets 42 x10^3/uL (2026-03-02)" for the `wanted` measurements (a card's draft is built
+    on every hook call: only what the referral cites is worded)."""
     out: dict[str, str] = {}
     groups = [snapshot.latest.values(), snapshot.stale.values(), *snapshot.history.values()]
     for m in (m for g in groups for m in g):
-        if m.ref and m.ref not in out:
+        if m.ref in wanted and m.ref not in out:
             out[m.ref] = " ".join(x for x in (_measure_label(m.measure), f"{_num(round(m.value, 2))}",
                                               human_unit(m.unit), f"({_utc(m.effective).date().isoformat()})") if x)
     for t in snapshot.treatments:
-        out.setdefault(t.ref, t.display)
+        if t.ref in wanted:
+            out.setdefault(t.ref, t.display)
     return out
 
 
