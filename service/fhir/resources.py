@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from service import canonical
 from service.clinical.model import CodedFact, Component, PatientSnapshot, Prescription
-from service.clinical.phases import PLAN_WEEKS, Phase, phase_text, phases_for
+from service.fhir.phases import PLAN_WEEKS, Phase, phase_text, phases_for
 from service.clinical.prescribe import target_heart_rate
 from service.clinical.units import human_unit
 from service.fhir import narrative

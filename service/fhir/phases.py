@@ -1,11 +1,13 @@
 """The 12-week plan as phases an exercise service can schedule: start, build up, keep.
 
-Why structured: one FITT for 12 weeks would fix the starting dose while the advice says to progress. Each
+Why structured: one Timing for 12 weeks would fix the starting dose while the advice says to progress. Each
 component gets its own phases (weeks, sessions per week, minutes per session, with the upper bounds a
-build-up phase moves towards), derived from the same numbers as the progression text (prescribe.progression_for):
-aerobic starts for 2 weeks at the prescribed dose, then adds 5 minutes per session (and days, up to 5) every
-`step_weeks` towards the weekly target, then keeps it. Other components keep their dose for the whole plan (they
-progress by load and sets, which the notes describe). Pure: no I/O.
+build-up phase moves towards). They are derived on the FHIR side from what the Prescription holds, with the
+same numbers as the clinical core's progression advice (prescribe.progression_for): the starting dose
+(`components`), the weekly target (`targets`) and the build-up speed (`progression_step_weeks`). Aerobic starts
+for 2 weeks at the prescribed dose, then adds 5 minutes per session (and days, up to 5) every `step_weeks`
+towards the weekly target, then keeps it. Other components keep their dose for the whole plan (they progress
+by load and sets, which the notes describe). Pure: no I/O.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from service.clinical.model import Component, Intensity, Target
-from service.clinical.phases import phase_text, phases_for
 from service.clinical.serialize import prescription_from_json, prescription_to_json
+from service.fhir.phases import phase_text, phases_for, plan_phases
 from tests.fhir_resources import factories as F
 
 AEROBIC = Component("aerobic", 3, 20, Intensity("moderate", "Borg RPE 6-20", 12, 13))
@@ -37,3 +37,25 @@ def test_progression_step_round_trips_in_json():
     legacy = prescription_to_json(F.prescription())
     del legacy["progressionStepWeeks"]
     assert prescription_from_json(legacy).progression_step_weeks == 1
+
+
+def test_the_build_up_speed_is_the_one_the_progression_advice_states():
+    """For every cohort patient the step the phases use is the step the clinical core's advice names."""
+    import json
+
+    from service.clinical.prescribe import prescribe
+    from service.clinical.snapshot import build_snapshot
+    from service.sandbox import cohort
+
+    steps = set()
+    for pid in (x["id"] for x in cohort.load_index()):
+        p = prescribe(build_snapshot(json.loads((cohort.COHORT_DIR / f"{pid}.json").read_text()), cohort.ANCHOR),
+                      cohort.ANCHOR)
+        advice = " ".join(p.progression)
+        if "add 5 minutes per session" in advice:
+            said = 2 if "every 2 weeks" in advice else 1
+            assert p.progression_step_weeks == said, pid
+            steps.add(said)
+            aerobic = plan_phases(p)[[c.type for c in p.components].index("aerobic")]
+            assert aerobic[0].first_week == 1 and aerobic[-1].last_week == 12, pid
+    assert steps == {1, 2}  # the cohort has both speeds
