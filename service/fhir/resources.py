@@ -178,6 +178,18 @@ def build_draft_referral(prescription: Prescription, snapshot: PatientSnapshot, 
     return entry["resource"]
 
 
+def note_author(signing: Signing) -> dict[str, Any] | None:
+    """Who authors the written notes: the signer when a Practitioner, else `Signing.note_author_ref` (the
+    Practitioner or Organization behind a PractitionerRole signer); None when no author the PA IG allows for a
+    ServiceRequest/Task note (Practitioner or Organization) is known: the notes are then left out."""
+    if signing.practitioner_ref and _ref_type(signing.practitioner_ref) == "Practitioner":
+        return {"reference": signing.practitioner_ref,
+                **({"display": signing.practitioner_display} if signing.practitioner_display else {})}
+    if signing.note_author_ref and _ref_type(signing.note_author_ref) in ("Practitioner", "Organization"):
+        return {"reference": signing.note_author_ref}
+    return None
+
+
 def stop_rules_text(stop_rules: Iterable[str]) -> str:
     """The stop rules as one patientInstruction: a heading and one rule per line (each a full sentence)."""
     return "\n".join([STOP_RULES_HEADING, *(f"- {r.strip()}" for r in stop_rules if r.strip())])
@@ -237,10 +249,7 @@ class _Context:
         self.practitioner: dict[str, Any] = {"reference": signing.practitioner_ref}
         if signing.practitioner_display:
             self.practitioner["display"] = signing.practitioner_display
-        author = signing.practitioner_ref if _ref_type(signing.practitioner_ref) == "Practitioner" \
-            else signing.note_author_ref
-        self.note_author = ({**self.practitioner, "reference": author} if author == signing.practitioner_ref
-                            else {"reference": author}) if author else None
+        self.note_author = note_author(signing)
         self.service = {"reference": signing.exercise_service_ref, "display": signing.exercise_service_name}
         self.ruleset = signing.ruleset_version or prescription.ruleset_version
         self.pending = is_pending_clearance(prescription)

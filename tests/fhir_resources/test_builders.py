@@ -388,3 +388,21 @@ def test_heart_rate_targets_say_what_the_clinical_core_s_note_says_for_every_coh
         assert (list(stated[0]) if stated else []) == hr, pid
         compared += bool(hr)
     assert compared >= 20
+
+
+@pytest.mark.parametrize("author,expected", [
+    ("Practitioner/dr-behind-role", "Practitioner/dr-behind-role"),  # the role's Practitioner signs the notes
+    ("Organization/oncology-dept", "Organization/oncology-dept"),  # else its Organization
+    (None, None),  # none known: no notes (the sign answer says so)
+    ("PractitionerRole/other", None),  # never an author the IG excludes
+])
+def test_a_practitioner_role_signer_s_notes_are_authored_as_the_ig_allows(author, expected):
+    signing = F.signing(practitioner_ref="PractitionerRole/oncologist", note_author_ref=author)
+    entries = R.build_prescription_resources(F.prescription(notes=("Clinician note: prefers mornings",)),
+                                             F.snapshot(), signing)
+    referral = next(e["resource"] for e in entries if e["ifNoneExist"].endswith("-referral"))
+    assert referral["requester"]["reference"] == "PractitionerRole/oncologist"
+    authors = {n["authorReference"]["reference"] for e in entries for n in e["resource"].get("note", [])}
+    assert authors == ({expected} if expected else set())
+    assert (R.note_author(signing) or {}).get("reference") == expected
+    assert validate_bundle(R.transaction_bundle(entries)) == []
