@@ -68,7 +68,7 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     expect(page.locator("#rationale li").first).to_be_visible()
     expect(page.locator("#data-used tbody tr").first).to_be_visible()
     expect(page.locator("#sign-button")).to_be_enabled()
-    expect(page.locator("#strategy")).to_contain_text("Write-back:")
+    expect(page.locator("#strategy")).to_contain_text("Writes back to the EHR (")
     # The signer is named from their Practitioner resource, once (not "ref (ref)").
     expect(page.locator("#requester")).to_have_text("Signing as Dr Alex Morgan (Practitioner/sandbox-clinician)")
     values = page.locator("#data-used tbody td:nth-child(2)").all_inner_texts()
@@ -106,7 +106,8 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     expect(handout.locator("#handout-what")).not_to_contain_text("swimming")
     expect(handout.locator("#handout-care")).to_contain_text("No swimming")
     expect(handout.locator("#handout-goals")).to_contain_text("150 minutes")
-    expect(handout.locator("#handout-what")).to_contain_text(f"{new_minutes} min at")  # "Building up" follows the edit
+    # "Building up" follows the edit
+    expect(handout.locator("#handout-building-up li").first).to_contain_text(f"{new_minutes} minutes each time")
     shot(handout, "app-handout")
     handout.close()
 
@@ -149,6 +150,10 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     # The edit reached the EHR: the aerobic exercise ServiceRequest (its first phase) carries the new minutes.
     [aerobic_sr] = [sr for sr in resources["ServiceRequest"] if sr["identifier"][0]["value"].endswith("-rx-aerobic")]
     assert aerobic_sr["occurrenceTiming"]["repeat"]["duration"] == new_minutes, aerobic_sr["occurrenceTiming"]
+    # The build-up phases stay within the two days the patient chose (Tue, Sat): more minutes, not more days.
+    phases = [sr["occurrenceTiming"]["repeat"] for sr in resources["ServiceRequest"]
+              if "-rx-aerobic" in sr["identifier"][0]["value"]]
+    assert len(phases) >= 2 and all(max(t["frequency"], t.get("frequencyMax", 0)) <= 2 for t in phases), phases
     # The Goal is the long-term target (150 min/week), not the edited starting dose.
     aerobic_goal = next(g for g in resources["Goal"] if g["identifier"][0]["value"].endswith("-goal-aerobic"))
     assert aerobic_goal["target"][0]["detailQuantity"]["value"] >= 150, aerobic_goal["target"]
