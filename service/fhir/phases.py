@@ -48,14 +48,17 @@ class Phase:
 
 
 def phases_for(c: Component, targets: tuple[Target, ...], step_weeks: int, weeks: int = PLAN_WEEKS,
-               ) -> tuple[Phase, ...]:
-    """The phases of one component over the plan."""
+               max_days: int = MAX_AEROBIC_DAYS) -> tuple[Phase, ...]:
+    """The phases of one component over the plan; `max_days`: the days a week the patient can exercise (the
+    build-up adds minutes rather than days beyond them)."""
     goal = next((t.value for t in targets if t.measure == "aerobic-minutes-per-week"), None)
     f, m = c.frequency_per_week, c.minutes_per_session
     if c.type != "aerobic" or goal is None or f * m >= goal or weeks <= START_WEEKS:
         return (Phase(c, 1, 1, 1, weeks, f, m),)
-    days = max(f, min(MAX_AEROBIC_DAYS, math.ceil(goal / max(m, 1))))
+    days = max(f, min(MAX_AEROBIC_DAYS, max_days, math.ceil(goal / max(m, 1))))
     minutes = max(m, min(MAX_SESSION_MINUTES, STEP_MINUTES * math.ceil(goal / days / STEP_MINUTES)))
+    if (days, minutes) == (f, m):  # no room to build up within the days and the session length: one phase
+        return (Phase(c, 1, 1, 1, weeks, f, m),)
     steps = max(1, (minutes - m) // STEP_MINUTES + (days - f))
     build_end = min(weeks, START_WEEKS + steps * max(1, step_weeks))
     build = dict(frequency=f if days == f else f + 1, minutes=min(minutes, m + STEP_MINUTES),
@@ -69,8 +72,11 @@ def phases_for(c: Component, targets: tuple[Target, ...], step_weeks: int, weeks
 
 
 def plan_phases(p: Prescription) -> tuple[tuple[Phase, ...], ...]:
-    """Phases for every component of the prescription (same order as `components`)."""
-    return tuple(phases_for(c, p.targets, p.progression_step_weeks) for c in p.components)
+    """Phases for every component of the prescription (same order as `components`), within the days the
+    patient said they can exercise."""
+    days = p.preferences.days_available if p.preferences is not None else ()
+    max_days = len(days) if days else MAX_AEROBIC_DAYS
+    return tuple(phases_for(c, p.targets, p.progression_step_weeks, max_days=max_days) for c in p.components)
 
 
 def phase_text(ph: Phase) -> str:

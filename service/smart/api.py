@@ -525,8 +525,8 @@ def _unauthored(signing: Any) -> list[str]:
         return []
     return ["The referral was written without its notes (your note, the requested setting, missing data): the "
             "HL7 Physical Activity IG needs a Practitioner or an Organization as their author, and the EHR's "
-            "record of your role could not be read. The plan's own text (CarePlan narrative or the attached prescription) "
-            "has them all."]
+            "record of your role could not be read. The plan's own text (CarePlan narrative or the attached "
+            "prescription) has them all."]
 
 
 async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dict[str, Any], loaded: Loaded,

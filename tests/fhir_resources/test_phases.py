@@ -29,6 +29,8 @@ def test_one_phase_when_already_at_target_or_not_aerobic():
     assert len(phases_for(replace(AEROBIC, frequency_per_week=5, minutes_per_session=30), GOAL, 1)) == 1
     assert len(phases_for(replace(AEROBIC, type="resistance"), GOAL, 1)) == 1
     assert len(phases_for(AEROBIC, (), 1)) == 1  # no weekly target known
+    # below the target but already at the most days and minutes allowed: nothing to build up
+    assert len(phases_for(replace(AEROBIC, frequency_per_week=2, minutes_per_session=60), GOAL, 1, max_days=2)) == 1
 
 
 def test_progression_step_round_trips_in_json():
@@ -59,3 +61,17 @@ def test_the_build_up_speed_is_the_one_the_progression_advice_states():
             aerobic = plan_phases(p)[[c.type for c in p.components].index("aerobic")]
             assert aerobic[0].first_week == 1 and aerobic[-1].last_week == 12, pid
     assert steps == {1, 2}  # the cohort has both speeds
+
+
+def test_the_build_up_stays_within_the_patient_s_days():
+    """Available on two days: the build-up adds minutes (up to 60 per session), never a third day."""
+    from service.clinical.model import Preferences
+    from tests.fhir_resources import factories as F
+
+    aerobic = Component("aerobic", 2, 35, Intensity("moderate", "Borg RPE 6-20", 12, 13))
+    p = F.prescription(components=(aerobic,), targets=GOAL, progression_step_weeks=1,
+                       preferences=Preferences(days_available=("tue", "sat")))
+    start, build, keep = plan_phases(p)[0]
+    assert (build.frequency, build.frequency_max, build.minutes, build.minutes_max) == (2, None, 40, 60)
+    assert (keep.frequency, keep.minutes, keep.first_week) == (2, 60, 8)
+    assert all(ph.frequency <= 2 and (ph.frequency_max or 0) <= 2 for ph in (start, build, keep))
