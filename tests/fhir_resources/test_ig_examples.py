@@ -176,6 +176,11 @@ BREAKS = [  # (example, change, the error it must give: path, message part)
      "not allowed"),
     ("Scen1ExerciseRx", lambda r: r["extension"][0].update(valueReference={"display": "a goal"}),
      "ServiceRequest.extension[0].valueReference.reference", "missing required"),  # pertainsToGoal: reference-rest
+    ("Scen1ExerciseRx", lambda r: r["extension"][0].update(valueReference={"reference": "Condition/c1"}),
+     "ServiceRequest.extension[0].valueReference.reference", "must reference Goal"),  # pertainsToGoal -> PAGoal
+    ("Scen1ExerciseRx", lambda r: (r.pop("occurrencePeriod"), r.update(occurrenceTiming={"repeat": {
+        "frequency": 3, "period": 1, "periodUnit": "wk", "duration": 30}})),
+     "ServiceRequest.occurrenceTiming.repeat", "tim-1"),  # R4 core: a duration needs its unit
 ]
 
 
