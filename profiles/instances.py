@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from profiles import build, fsh
+from service.fhir.validate import matches_pattern
 
 # the IG profiles our profiles derive from: their examples are the ones we can express and check
 EXAMPLE_PROFILES = ("PACarePlan", "PAGoal", "PAServiceRequest", "PATaskForReferralManagement")
@@ -238,7 +239,7 @@ class _Writer:
             raise FshInstanceError(f"{self.name}: unknown slice {slice_id}")
         template = self._slice_template(slice_id, definition)
         for i, item in enumerate(items):
-            if _matches(template, item):
+            if matches_pattern(template, item):
                 return i
         items.append(copy.deepcopy(template))
         return len(items) - 1
@@ -357,14 +358,6 @@ def _pattern(el: dict[str, Any]) -> Any:
         if key.startswith(("pattern", "fixed")):
             return copy.deepcopy(value)
     return None
-
-
-def _matches(pattern: Any, value: Any) -> bool:
-    if isinstance(pattern, dict):
-        return isinstance(value, dict) and all(_matches(v, value.get(k)) for k, v in pattern.items())
-    if isinstance(pattern, list):
-        return isinstance(value, list) and all(any(_matches(p, v) for v in value) for p in pattern)
-    return pattern == value
 
 
 def _string(text: str) -> str:
