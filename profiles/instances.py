@@ -50,14 +50,21 @@ def example_names() -> list[str]:
     return [e.name for e in src.of_kind("Instance") if e.fields.get("InstanceOf") in EXAMPLE_PROFILES]
 
 
-def export(name: str) -> dict[str, Any]:
-    """One IG instance as FHIR JSON (what SUSHI would write to the IG's package)."""
-    src, names, profiles = _context()
+def _instance(name: str) -> tuple[fsh.Entity, str | None, str]:
+    """(the Instance, the URL of its InstanceOf profile or None for a core type, its resource type)."""
+    src, names, _ = _context()
     entity = src.entities.get(name)
     if entity is None or entity.kind != "Instance":
         raise FshInstanceError(f"no Instance {name!r} in the IG's FSH")
     of = entity.fields["InstanceOf"]
     url, rtype = names.profiles.get(of, (None, of))
+    return entity, url, rtype
+
+
+def export(name: str) -> dict[str, Any]:
+    """One IG instance as FHIR JSON (what SUSHI would write to the IG's package)."""
+    src, names, profiles = _context()
+    entity, url, rtype = _instance(name)
     chain = _chain(url, profiles)
     resource: dict[str, Any] = {"resourceType": rtype, "id": name}
     if url:
@@ -297,14 +304,13 @@ class _Writer:
     def _reference(self, target: str) -> str:
         if "/" in target or ":" in target:
             return target  # literal: "Goal/ExampleGoal", "http://example.org/fhir/Patient/1"
-        src, names, _ = _context()
-        entity = src.entities.get(target)
-        if entity is None or entity.kind != "Instance":
-            raise FshInstanceError(f"{self.name}: Reference({target}) names no instance")
-        of = entity.fields["InstanceOf"]
-        rtype = names.profiles.get(of, (None, of))[1]
+        try:
+            entity, _, rtype = _instance(target)
+        except FshInstanceError:
+            raise FshInstanceError(f"{self.name}: Reference({target}) names no instance") from None
         if "resourceType" not in build._defs().get(rtype, {}).get("properties", {}):
-            raise FshInstanceError(f"{self.name}: Reference({target}): the resource type of {of} is not known here")
+            raise FshInstanceError(f"{self.name}: Reference({target}): the resource type of "
+                                   f"{entity.fields['InstanceOf']} is not known here")
         return f"{rtype}/{target}"
 
     def implied(self) -> None:
