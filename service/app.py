@@ -51,9 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         prepare_settings(settings)  # adds the sandbox FHIR base and CDS client to the allowlists
 
     from service.fhir.validate import warm_up_lifespan
+    from service.notify.outbox import retry_lifespan
 
-    # compile the validator before the first signing; load the UCUM parser before the first odd unit
-    parts: list[LifespanPart] = [warm_up_lifespan, warm_units_lifespan]
+    # compile the validator before the first signing; load the UCUM parser before the first odd unit; retry
+    # notifications to exercise services that are due (also those from before a restart)
+    parts: list[LifespanPart] = [warm_up_lifespan, warm_units_lifespan, retry_lifespan]
 
     app = FastAPI(
         title="onco-exercise",

@@ -42,19 +42,35 @@ def _strings(items: Iterable[Any]) -> list[str]:
     return [i if isinstance(i, str) else _reference(i) for i in items]
 
 
+def _started(event: str, now: datetime | None) -> tuple[datetime, dict[str, Any]]:
+    """The time (UTC) and the head of a record: which event, when."""
+    at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    return at, {"event": event, "at": at.isoformat().replace("+00:00", "Z")}
+
+
+async def _emit(store: Store | None, record: dict[str, Any], at: datetime, retention_days: int) -> None:
+    """Log the record and keep it in the store; a store failure is logged, never raised (what it records has
+    already happened)."""
+    audit_log.info(json.dumps(record, separators=(",", ":")), extra={"audit": True})
+    if store is not None:
+        key = f"{at.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:12]}"
+        try:
+            await store.put(AUDIT_NS, key, record, ttl=retention_days * 86400)
+        except Exception:  # noqa: BLE001 - see the docstring
+            logging.getLogger("onco_exercise.ops").exception("could not store audit record %s", key)
+
+
 async def record_writeback(store: Store | None, *, practitioner: str | None, patient_ref: str, strategy: str,
                            written: Iterable[Any], failed: Iterable[Any], request_id: str | None,
                            retention_days: int = DEFAULT_RETENTION_DAYS,
                            now: datetime | None = None) -> dict[str, Any]:
     """Log and store one audit record; returns it. A store failure is logged, never raised: the write-back
     itself has already happened and its caller must still answer the clinician."""
-    at = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    at, record = _started("writeback", now)
     written_refs = [_reference(w) for w in written]
     failed_items = _strings(failed)
     outcome = "failed" if not written_refs else ("partial" if failed_items else "success")
-    record: dict[str, Any] = {
-        "event": "writeback",
-        "at": at.isoformat().replace("+00:00", "Z"),
+    record.update({
         "practitioner": practitioner,
         "patient": patient_ref,
         "strategy": strategy,
@@ -62,14 +78,29 @@ async def record_writeback(store: Store | None, *, practitioner: str | None, pat
         "written": written_refs,
         "failed": failed_items,
         "requestId": request_id,
-    }
-    audit_log.info(json.dumps(record, separators=(",", ":")), extra={"audit": True})
-    if store is not None:
-        key = f"{at.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:12]}"
-        try:
-            await store.put(AUDIT_NS, key, record, ttl=retention_days * 86400)
-        except Exception:  # noqa: BLE001 - see docstring
-            logging.getLogger("onco_exercise.ops").exception("could not store audit record %s", key)
+    })
+    await _emit(store, record, at, retention_days)
+    return record
+
+
+async def record_notification(store: Store | None, *, service: str, channel: str, outcome: str,
+                              notification_id: str | None, tasks: Iterable[str], attempts: int = 0,
+                              detail: str | None = None, retention_days: int = DEFAULT_RETENTION_DAYS,
+                              now: datetime | None = None) -> dict[str, Any]:
+    """One audit record per notification outcome (delivered, failed, or handed to a Subscription / the
+    inbox): which service learnt about which Tasks, how and when. References only; never a token."""
+    at, record = _started("notification", now)
+    record.update({
+        "service": service,
+        "channel": channel,
+        "outcome": outcome,
+        "notificationId": notification_id,
+        "tasks": _strings(tasks),
+        "attempts": attempts,
+    })
+    if detail:
+        record["detail"] = detail[:300]
+    await _emit(store, record, at, retention_days)
     return record
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from service.exercise_services import ExerciseService
 
 Mode = Literal["serve", "sandbox"]
 Strategy = Literal["auto", "full", "service-request-only", "document", "care-coordination"]
@@ -32,6 +35,21 @@ def _normalise_base(url: str) -> str:
     if parts.query or parts.fragment:
         raise ValueError(f"a base URL has no query or fragment: {url!r}")
     return url
+
+
+def json_list(v: Any, setting: str, shape: str) -> Any:
+    """A setting given as JSON text -> its value (empty text: []); it must be a list. Non-text passes through
+    unchanged when it is a list (set in code)."""
+    if isinstance(v, str):
+        if not v.strip():
+            return []
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{setting} is not valid JSON: {exc.msg}") from None
+    if not isinstance(v, list):
+        raise ValueError(f"{setting} must be a JSON list of {shape}")
+    return v
 
 
 class Settings(BaseSettings):
@@ -57,6 +75,9 @@ class Settings(BaseSettings):
     care_coordination_fhir_url: str | None = None
     exercise_service_ref: str = "Organization/exercise-oncology-service"
     exercise_service_name: str = "Exercise oncology service"
+    exercise_services: Annotated[list[dict[str, Any]], NoDecode] = Field(default_factory=list)
+    notify_max_attempts: int = 8  # deliveries of one notification before it is given up (recorded as failed)
+    notify_retry_seconds: float = 5.0  # first retry delay; doubled per attempt, at most 15 minutes
     exercise_service_contact: str = ""  # how patients reach it (phone, email), printed on the handout
     care_team_contact: str = ""  # how patients reach their cancer team, printed on the handout
 
@@ -97,15 +118,7 @@ class Settings(BaseSettings):
     @field_validator("cds_clients", mode="before")
     @classmethod
     def _parse_clients(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            if not v.strip():
-                return []
-            try:
-                v = json.loads(v)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"ONCO_EXERCISE_CDS_CLIENTS is not valid JSON: {exc.msg}") from None
-        if not isinstance(v, list):
-            raise ValueError("ONCO_EXERCISE_CDS_CLIENTS must be a JSON list of {iss, jwks_url | jwks}")
+        v = json_list(v, "ONCO_EXERCISE_CDS_CLIENTS", "{iss, jwks_url | jwks}")
         for i, c in enumerate(v):
             if not isinstance(c, dict) or not isinstance(c.get("iss"), str) or not c["iss"]:
                 raise ValueError(f"CDS client #{i}: needs a non-empty string 'iss'")
@@ -118,6 +131,17 @@ class Settings(BaseSettings):
             elif not c["jwks"]["keys"] or not all(isinstance(k, dict) and k.get("kty") for k in c["jwks"]["keys"]):
                 raise ValueError(f"CDS client {c['iss']!r}: 'jwks' needs at least one key, each with 'kty'")
         return v
+
+    @field_validator("exercise_services", mode="before")
+    @classmethod
+    def _parse_services(cls, v: Any) -> Any:
+        from service.exercise_services import parse_services
+
+        v = json_list(v, "ONCO_EXERCISE_EXERCISE_SERVICES", "{reference, name, endpoint}")
+        try:
+            return [{"reference": s.reference, "name": s.name, "endpoint": s.endpoint} for s in parse_services(v)]
+        except ValueError as exc:
+            raise ValueError(f"ONCO_EXERCISE_EXERCISE_SERVICES: {exc}") from None
 
     @field_validator("storage_url")
     @classmethod
@@ -137,7 +161,7 @@ class Settings(BaseSettings):
         return v
 
     @field_validator("max_body_bytes", "session_ttl_seconds", "audit_retention_days",
-                     "sandbox_access_token_seconds")
+                     "sandbox_access_token_seconds", "notify_max_attempts")
     @classmethod
     def _check_positive(cls, v: int) -> int:
         if v <= 0:
@@ -164,6 +188,9 @@ class Settings(BaseSettings):
                              "ONCO_EXERCISE_CARE_COORDINATION_FHIR_URL")
         if self.hook_budget_seconds <= 0 or self.fhir_timeout_seconds <= 0:
             raise ValueError("time budgets must be positive")
+        if not 0 < self.notify_retry_seconds <= 3600 or self.notify_max_attempts > 50:
+            raise ValueError("ONCO_EXERCISE_NOTIFY_RETRY_SECONDS must be more than 0 and at most 3600, "
+                             "ONCO_EXERCISE_NOTIFY_MAX_ATTEMPTS at most 50")
         if not 0 < self.card_repeat_hours <= 24 * 90:
             raise ValueError("ONCO_EXERCISE_CARD_REPEAT_HOURS must be more than 0 and at most 2160 (90 days)")
         return self
@@ -182,6 +209,15 @@ class Settings(BaseSettings):
             return _normalise_base(url) in self.fhir_servers
         except ValueError:
             return False
+
+    def exercise_service_list(self) -> "list[ExerciseService]":
+        """The configured exercise services, the default (referrals go there unless the clinician picks
+        another) first; the single-service settings make the list when ONCO_EXERCISE_EXERCISE_SERVICES is empty."""
+        from service.exercise_services import ExerciseService, parse_services
+
+        if self.exercise_services:
+            return parse_services([{k: v for k, v in s.items() if v is not None} for s in self.exercise_services])
+        return [ExerciseService(self.exercise_service_ref, self.exercise_service_name)]
 
     def resolved_storage_url(self) -> str:
         return self.storage_url or f"sqlite:///{self.data_dir / 'state.db'}"

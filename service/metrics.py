@@ -22,3 +22,7 @@ FHIR_CALLS = Histogram("onco_fhir_call_seconds", "Outbound FHIR call latency by 
                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 FHIR_ERRORS = Counter("onco_fhir_errors_total", "Outbound FHIR call errors by kind", ["interaction", "kind"],
                       registry=REGISTRY)
+NOTIFICATIONS = Counter("onco_exercise_notifications_total",
+                        "Exercise-service notifications by channel (direct, subscription, inbox) and result "
+                        "(queued, delivered, retry, failed, duplicate, subscribed, fallback)",
+                        ["channel", "result"], registry=REGISTRY)

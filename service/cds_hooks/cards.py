@@ -27,6 +27,8 @@ from typing import Any
 from service.canonical import SNOMED
 from service.clinical.facts import fmt_value
 from service.clinical.model import Measurement, PatientSnapshot, Prescription, Referral
+from service.clinical.programme import FUNCTIONAL as FUNCTIONAL_FOR_FOLLOW_UP  # the tests quoted, first found wins
+from service.clinical.programme import changes
 from service.fhir.resources import build_draft_referral
 from service.terminology import get_terminology, setting_name
 
@@ -35,8 +37,6 @@ from .mdtext import md
 SUMMARY_MAX = 139  # the spec: "under 140 characters"
 EVS_MEASURE = "evs-minutes-per-week"
 GUIDELINE_MINUTES = 150
-# What the follow-up card quotes as the programme's effect, first found wins.
-FUNCTIONAL_FOR_FOLLOW_UP = ("six-minute-walk", "sit-to-stand", "tug", "grip-right", "grip-left")
 
 # The source every card names: the ACSM 2019 roundtable the prescription follows (Campbell et al.).
 SOURCE_LABEL = "onco-exercise (ACSM 2019 exercise guidelines for cancer survivors)"
@@ -339,13 +339,15 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
         lines.append(f"- **Reason given**: {md(_clip(ref.task_reason))}")
     if ref.task_note:
         lines.append(f"- **Latest report from the service**: {md(_clip(ref.task_note))}")
-    change = functional_change(s, ref.authored)
+    # the programme's before -> after lines (below) already say it; otherwise the newest test on its own
+    change = None if changes(s, ref.authored) else functional_change(s, ref.authored)
     if change is not None:
         last, before = change
         text = f"{md(_label(last.measure))} {md(fmt_value(last))} on {last.effective.date().isoformat()}"
         if before is not None:
             text += f" (before the referral: {md(fmt_value(before))} on {before.effective.date().isoformat()})"
         lines.append(f"- **Latest functional test**: {text}")
+    lines += programme_lines(ref, s)
     if evs is not None:
         gap = "meets" if evs.value >= GUIDELINE_MINUTES else "below"
         lines.append(f"- **Exercise vital sign**: {_num(evs.value)} min/week on {evs.effective.date().isoformat()}"
@@ -356,8 +358,26 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
                  {"referral": ref.ref})
     fp = _fp("follow-up", ref.ref, ref.status, ref.task_status, ref.task_business, ref.task_note,
              (evs.value, evs.effective.isoformat()) if evs else None,
-             (change[0].ref, change[0].value) if change else None)
+             (change[0].ref, change[0].value) if change else None, programme_lines(ref, s))
     return CardPlan("follow-up", prune(card), fp)
+
+
+def programme_lines(ref: Referral, s: PatientSnapshot) -> list[str]:
+    """What the exercise service reported back: attendance, each measure before -> after, its report."""
+    from service.clinical.programme import attendance
+
+    lines = []
+    att = attendance(s, ref.authored)
+    if att is not None:
+        of = f" of {_num(att.offered)}" if att.offered is not None else ""
+        lines.append(f"- **Attendance**: {_num(att.attended)}{of} sessions (reported "
+                     f"{att.when.date().isoformat()})")
+    for c in changes(s, ref.authored):
+        lines.append(f"- **{md(_label(c.measure))}**: {md(fmt_value(c.before))} → {md(fmt_value(c.after))} "
+                     f"({c.before.effective.date().isoformat()} → {c.after.effective.date().isoformat()})")
+    if ref.task_report:
+        lines.append(f"- **Programme report**: {md(ref.task_report.split('/_history')[0])}")
+    return lines
 
 
 def _clip(text: str, limit: int = 200) -> str:

@@ -100,6 +100,7 @@ class Referral:
     task_note: str | None = None  # the newest Task.note: what the exercise service reported
     task_updated: datetime | None = None
     to_resolve: tuple[str, ...] = ()  # on hold pending medical clearance: what the clinician must resolve
+    task_report: str | None = None  # the service's programme report (Task.output -> DiagnosticReport)
 
     @property
     def pending_clearance(self) -> bool:

@@ -694,7 +694,8 @@ class _Builder:
             t = task[4]
             referrals.append(Referral(sr_ref, status, authored, task[1], task[2], ident,
                                       concept_text(t.get("businessStatus")), concept_text(t.get("statusReason")),
-                                      _newest_note(t.get("note")), task[3], to_resolve=pending))
+                                      _newest_note(t.get("note")), task[3], to_resolve=pending,
+                                      task_report=_report_ref(t.get("output"))))
         return PatientSnapshot(
             as_of=self.now,
             patient_ref=self.patient_ref,
@@ -758,6 +759,14 @@ def concept_text(cc: Any) -> str | None:
         return cc["text"].strip()
     return next((c["display"] for c in cc.get("coding") or () if isinstance(c, dict) and isinstance(c.get("display"), str)),
                 None)
+
+
+def _report_ref(outputs: Any) -> str | None:
+    """The last DiagnosticReport a Task's output points at (the service's programme report)."""
+    refs = [((o.get("valueReference") or {}).get("reference")) for o in outputs or () if isinstance(o, dict)
+            and isinstance(o.get("valueReference"), dict)]
+    reports = [r for r in refs if isinstance(r, str) and "DiagnosticReport/" in r]
+    return reports[-1] if reports else None
 
 
 def _newest_note(notes: Any) -> str | None:

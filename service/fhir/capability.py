@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+# Subscriptions backport IG: the topics a server can notify about, listed on its Subscription resource entry
+TOPIC_CANONICAL = ("http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+                   "capabilitystatement-subscriptiontopic-canonical")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,11 @@ class Capability:
     system_interactions: frozenset[str] = frozenset()
     oauth_uris: dict[str, str] = field(default_factory=dict)
     software: str | None = None
+    subscription_topics: frozenset[str] = frozenset()
+
+    def supports_topic(self, topic: str) -> bool:
+        """The server creates topic-based (backport) Subscriptions on `topic` (a notification path)."""
+        return topic in self.subscription_topics and self.can_create("Subscription")
 
     def supports(self, resource_type: str, interaction: str) -> bool:
         r = self.resources.get(resource_type)
@@ -75,6 +83,7 @@ def parse_capability(statement: dict[str, Any]) -> Capability:
     rests = [r for r in statement.get("rest") or [] if isinstance(r, dict)]
     rest = next((r for r in rests if r.get("mode") == "server"), rests[0] if rests else {})
     resources: dict[str, ResourceCapability] = {}
+    topics: set[str] = set()
     for res in rest.get("resource") or []:
         if not isinstance(res, dict) or not isinstance(res.get("type"), str):
             continue
@@ -82,6 +91,9 @@ def parse_capability(statement: dict[str, Any]) -> Capability:
                                  if isinstance(i, dict) and isinstance(i.get("code"), str))
         params = frozenset(p.get("name") for p in res.get("searchParam") or []
                            if isinstance(p, dict) and isinstance(p.get("name"), str))
+        if res["type"] == "Subscription":
+            topics |= {e["valueCanonical"] for e in res.get("extension") or [] if isinstance(e, dict)
+                       and e.get("url") == TOPIC_CANONICAL and isinstance(e.get("valueCanonical"), str)}
         resources[res["type"]] = ResourceCapability(
             type=res["type"], interactions=interactions,
             conditional_create=res.get("conditionalCreate") is True, search_params=params)
@@ -95,4 +107,5 @@ def parse_capability(statement: dict[str, Any]) -> Capability:
                     oauth[sub["url"]] = sub["valueUri"]
     software = (statement.get("software") or {}).get("name") if isinstance(statement.get("software"), dict) else None
     return Capability(fhir_version=statement.get("fhirVersion"), resources=resources,
-                      system_interactions=system, oauth_uris=oauth, software=software)
+                      system_interactions=system, oauth_uris=oauth, software=software,
+                      subscription_topics=frozenset(topics))

@@ -205,11 +205,9 @@ class FhirClient:
         rtype = resource.get("resourceType")
         if not isinstance(rtype, str) or not rtype:
             raise ValueError("resource has no resourceType")
-        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
-        if if_none_exist:
-            headers["If-None-Exist"] = if_none_exist
         resp = await self._send("POST", f"{self.base_url}/{rtype}", interaction="create", rtype=rtype,
-                                content=json.dumps(resource).encode(), headers=headers, timeout=timeout)
+                                content=json.dumps(resource).encode(),
+                                headers=_write_headers("If-None-Exist", if_none_exist), timeout=timeout)
         location = resp.headers.get("location") or resp.headers.get("content-location")
         if resp.status_code < 400 and not resp.content.strip():
             # the server ignored Prefer: return=representation; read what it created
@@ -230,11 +228,9 @@ class FhirClient:
         rtype, rid = resource.get("resourceType"), resource.get("id")
         if not isinstance(rtype, str) or not rtype or not isinstance(rid, str) or not rid:
             raise ValueError("update needs a resource with resourceType and id")
-        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
-        if if_match:
-            headers["If-Match"] = if_match
         resp = await self._send("PUT", f"{self.base_url}/{rtype}/{rid}", interaction="update", rtype=rtype,
-                                content=json.dumps(resource).encode(), headers=headers, timeout=timeout)
+                                content=json.dumps(resource).encode(), headers=_write_headers("If-Match", if_match),
+                                timeout=timeout)
         if resp.status_code < 400 and not resp.content.strip():
             return await self.read(rtype, rid, timeout=timeout)
         return self._body(resp, "update", expect=rtype)
@@ -442,6 +438,14 @@ class FhirClient:
             except ValueError:
                 pass
         await asyncio.sleep(delay)
+
+
+def _write_headers(condition: str, value: str | None) -> dict[str, str]:
+    """Headers of a create or update: FHIR JSON, the resource back, and its condition (If-None-Exist, If-Match)."""
+    headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
+    if value:
+        headers[condition] = value
+    return headers
 
 
 def _id_from_location(location: str | None, rtype: str) -> str | None:

@@ -60,6 +60,8 @@ PROFILE_IDS: dict[str, tuple[str, str | None]] = {
     "onco-exercise-clearance-task": ("onco-exercise-clearance-task", None),
     "onco-exercise-provenance": ("onco-exercise-provenance", None),
     "onco-exercise-documentreference": ("onco-exercise-documentreference", None),
+    "onco-exercise-programme-observation": ("onco-exercise-programme-observation", None),
+    "onco-exercise-programme-report": ("onco-exercise-programme-report", "pa-diagnosticreport"),
 }
 
 GUIDELINE_AEROBIC_MIN_WEEK, GUIDELINE_STRENGTH_DAYS_WEEK = 150, 2  # fallback goals (ACSM 2019 / PAG 2018)

@@ -4,7 +4,10 @@ complete, written back to the Task as the HL7 Physical Activity IG describes (pa
 
 Task rules kept here (the filler's side of the IG workflow):
 - requested|received -> accepted | rejected; accepted -> in-progress | rejected; in-progress -> completed;
-  anything else is refused with a message, nothing written.
+  accepted|in-progress -> on-hold (with a reason) -> in-progress (resume); anything else is refused with a
+  message, nothing written.
+- reporting back (service.sandbox.inbox_report): measures and attendance as Observations while the programme
+  runs; completing it also writes the programme report (DiagnosticReport) and links it from Task.output.
 - pa-taskrm-1: `statusReason` present iff status is rejected/on-hold/cancelled/failed (set on reject, removed
   otherwise); `businessStatus.text` always says where the referral stands; `lastModified` is now;
   `executionPeriod` starts on start and ends on completion/rejection; completion adds an `output` typed
@@ -43,6 +46,8 @@ ACTIONS: dict[str, tuple[frozenset[str], str, str, str]] = {
     "reject": (frozenset({"requested", "received", "accepted"}), "rejected", "Referral declined", "Reject"),
     "start": (frozenset({"accepted"}), "in-progress", "Programme under way", "Start programme"),
     "complete": (frozenset({"in-progress"}), "completed", "Programme completed", "Complete"),
+    "hold": (frozenset({"accepted", "in-progress"}), "on-hold", "On hold", "Put on hold"),
+    "resume": (frozenset({"on-hold"}), "in-progress", "Programme under way again", "Resume"),
 }
 
 
@@ -52,7 +57,7 @@ class TransitionError(ValueError):
 
 def allowed_actions(status: str) -> list[str]:
     """Actions possible from `status`, the forward step first and reject last."""
-    order = ("accept", "start", "complete", "reject")
+    order = ("accept", "start", "resume", "complete", "hold", "reject")
     return [a for a in order if status in ACTIONS[a][0]]
 
 
@@ -73,6 +78,8 @@ def transition(task: dict[str, Any], action: str, text: str | None, now: datetim
     text = (text or "").strip()[:MAX_TEXT]
     if action == "reject" and not text:
         raise TransitionError("Give a reason for rejecting the referral: the referring clinician sees it.")
+    if action == "hold" and not text:
+        raise TransitionError("Give a reason for putting the referral on hold: the referring clinician sees it.")
     if action == "complete" and not text:
         raise TransitionError("Add a short outcome note (what the patient did, what changed).")
     when = _now_iso(now)
@@ -93,6 +100,8 @@ def transition(task: dict[str, Any], action: str, text: str | None, now: datetim
     period = out.setdefault("executionPeriod", {})
     if action == "start":
         period["start"] = when
+    elif action == "resume":
+        period.setdefault("start", when)
     elif action in ("complete", "reject"):
         period.setdefault("start", when)
         period["end"] = when
@@ -104,7 +113,7 @@ def transition(task: dict[str, Any], action: str, text: str | None, now: datetim
                                  "display": "Resulting Activity"}]},
             "valueCodeableConcept": {"text": text},
         })
-    if action in ("complete", "reject") or text:
+    if action in ("complete", "reject", "hold") or text:
         out.setdefault("note", []).append({"authorReference": {"reference": actor, "display": ACTOR_NAME},
                                            "time": when, "text": f"{label}: {text}" if text else label})
     return out
@@ -246,6 +255,12 @@ async def inbox(request: Request) -> HTMLResponse:
 async def task_detail(request: Request, tid: str) -> HTMLResponse:
     async with fhir_client(request) as fhir:
         ctx = await referral_context(fhir, tid)
+    from service.sandbox.inbox_report import REPORTING, measure_choices, programme_observations, reported_rows
+
+    async with fhir_client(request) as fhir:
+        observations = await programme_observations(fhir, ctx["task"].get("focus", {}).get("reference", ""))
+    ctx.update(reported=reported_rows(observations), measures=measure_choices(),
+               can_report=ctx["task"].get("status") in REPORTING, today=datetime.now(timezone.utc).date())
     return page(request, "inbox/task.html", {**ctx, "notice": request.query_params.get("notice"),
                                               "error": request.query_params.get("error"),
                                               "actions": allowed_actions(ctx["task"].get("status", "")),
@@ -350,10 +365,15 @@ async def act(request: Request, tid: str) -> Response:
         except TransitionError as exc:
             return RedirectResponse(back + "?" + urlencode({"error": str(exc)}), 303)
         assert taskrm_1_ok(updated)
-        headers = {"Content-Type": "application/fhir+json"}
-        if version:
-            headers["If-Match"] = f'W/"{version}"'
-        r = await fhir.put(f"Task/{tid}", json=updated, headers=headers)
+        if action == "complete":  # with the programme report, linked from Task.output, in one transaction
+            from service.sandbox.inbox_report import complete_with_report
+
+            r = await complete_with_report(fhir, {**updated, "id": tid}, version, datetime.now(timezone.utc))
+        else:
+            headers = {"Content-Type": "application/fhir+json"}
+            if version:
+                headers["If-Match"] = f'W/"{version}"'
+            r = await fhir.put(f"Task/{tid}", json=updated, headers=headers)
     if r.status_code == 412:
         return RedirectResponse(back + "?" + urlencode({"error": "Someone else updated this referral meanwhile; "
                                                         "review it and try again."}), 303)

@@ -77,14 +77,20 @@ SANDBOX_CARE_TEAM_CONTACT = "Riverside Cancer Centre, +1-555-0199 (24-hour line 
 
 
 def prepare_settings(settings: Settings) -> None:
-    """Allowlist the sandbox FHIR base, trust the sandbox CDS client and give the handout the cohort's contacts
-    (idempotent)."""
+    """Allowlist the sandbox FHIR base, trust the sandbox CDS client, give the handout the cohort's contacts and,
+    unless configured otherwise, refer to the sandbox's two exercise services (idempotent)."""
     if settings.sandbox_fhir_base not in settings.fhir_servers:
         settings.fhir_servers.append(settings.sandbox_fhir_base)
     if not settings.exercise_service_contact:  # the cohort's exercise service (service/sandbox/cohort.py)
         settings.exercise_service_contact = SANDBOX_SERVICE_CONTACT
     if not settings.care_team_contact:
         settings.care_team_contact = SANDBOX_CARE_TEAM_CONTACT
+    if not settings.exercise_services:  # the inbox's light service (the default) and the receiver's full one
+        from service.sandbox.receiver import service_entry
+
+        settings.exercise_services = [
+            {"reference": settings.exercise_service_ref, "name": settings.exercise_service_name, "endpoint": None},
+            service_entry(settings.public_url)]
     iss = f"{settings.public_url}/sandbox"
     if not any(c.get("iss") == iss for c in settings.cds_clients):
         settings.cds_clients.append({"iss": iss, "jwks_url": f"{settings.public_url}/sandbox/.well-known/jwks.json"})
@@ -124,7 +130,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     app.include_router(well_known_router(runtime))
     app.include_router(auth_router(runtime))
-    for module in ("service.sandbox.ehr", "service.sandbox.inbox"):
+    for module in ("service.sandbox.ehr", "service.sandbox.inbox", "service.sandbox.inbox_report",
+                   "service.sandbox.receiver"):
         router = _optional_router(module)
         if router is not None:
             app.include_router(router)

@@ -151,7 +151,26 @@ def _banner(patient: dict[str, Any] | None, patient_id: str) -> dict[str, Any]:
             "gender": patient.get("gender"), "identifier": ident}
 
 
-def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> dict[str, Any]:
+def _programme(snap: Any) -> dict[str, Any] | None:
+    """The referral in place and what its exercise service reported: status, attendance, before -> after."""
+    from service.cds_hooks.cards import referral_in_place
+    from service.clinical.programme import attendance, changes
+
+    ref = referral_in_place(snap)
+    if ref is None:
+        return None
+    att = attendance(snap, ref.authored)
+    return {"referral": ref.ref, "status": ref.status, "taskStatus": ref.task_status,
+            "businessStatus": ref.task_business, "reason": ref.task_reason, "latestNote": ref.task_note,
+            "report": ref.task_report,
+            "attendance": None if att is None else {"attended": att.attended, "offered": att.offered,
+                                                    "date": _iso(att.when)},
+            "changes": [{"measure": c.measure, "label": _label(c.measure), "before": _measurement(c.before),
+                         "after": _measurement(c.after)} for c in changes(snap, ref.authored)]}
+
+
+def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft,
+               services: list[Any] | None = None) -> dict[str, Any]:
     from service.clinical.serialize import prescription_to_json
     from service.terminology import setting_name
 
@@ -219,10 +238,16 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft) -> 
         "signed": signed,
         "settingName": setting_name(draft.prescription.setting),
         "openReferrals": [o.summary() for o in loaded.open_referrals],
+        "exerciseProgramme": _programme(snap),
+        "exerciseServices": [x.to_json() for x in services or ()],
         "clearance": {"canRecord": rx.get("setting") == "defer" and bool(rx.get("redFlags"))
                       and bool(sess.get("requester")) and not signed,
                       "toResolve": rx.get("toResolve") or [], "recorded": rx.get("clearance")},
     }
+
+
+def _services(request: Request) -> list[Any]:
+    return request.app.state.settings.exercise_service_list()
 
 
 async def _session(request: Request, s: str | None) -> dict[str, Any]:
@@ -236,7 +261,7 @@ async def view_or_none(request: Request, sid: str, sess: dict[str, Any], wait: b
         return None
     try:
         loaded = await ensure_loaded(rt, request.app.state.store, sid, sess)
-        return build_view(sid, sess, loaded, _current_draft(sid, sess, loaded))
+        return build_view(sid, sess, loaded, _current_draft(sid, sess, loaded), _services(request))
     except LoadError:
         return None
 
@@ -267,7 +292,8 @@ async def get_prescription(request: Request, s: str | None = None) -> Response:
     if isinstance(got, Response):
         return got
     sess, loaded = got
-    return no_store(JSONResponse(build_view(str(s), sess, loaded, _current_draft(str(s), sess, loaded))))
+    return no_store(JSONResponse(build_view(str(s), sess, loaded, _current_draft(str(s), sess, loaded),
+                                            _services(request))))
 
 
 async def _json_body(request: Request) -> dict[str, Any] | Response:
@@ -350,7 +376,7 @@ async def update_prescription(request: Request, s: str | None = None) -> Respons
     sess = await update_session(request.app.state.store, str(s), settings, draft=prescription_to_json(
         prescription), preferences=prefs_json, edits=edits, draft_version=new_version, clearance=clearance)
     _drafts[str(s)] = Draft(new_version, prescription, prefs_json, edits)
-    return no_store(JSONResponse(build_view(str(s), sess, loaded, _drafts[str(s)])))
+    return no_store(JSONResponse(build_view(str(s), sess, loaded, _drafts[str(s)], _services(request))))
 
 
 def _clearance(raw: Any, sess: dict[str, Any], loaded: Loaded, prefs: Any) -> dict[str, Any] | Response:
@@ -410,6 +436,10 @@ async def sign(request: Request, s: str | None = None) -> Response:
     if body.get("draftVersion") is not None and body.get("draftVersion") != version:
         return outcome(409, "The prescription changed since it was shown: review it again before signing.",
                        code="conflict")
+    service = _chosen_service(settings, body.get("exerciseService"))
+    if service is None:
+        return outcome(422, "That exercise service is not one this onco-exercise is configured to refer to.",
+                       code="value")
     key = signing_key(str(s), version, sess)
     if sess.get("signed") and sess["signed"].get("key") != key:
         return outcome(409, "This session's prescription has already been signed.", code="conflict")
@@ -427,7 +457,7 @@ async def sign(request: Request, s: str | None = None) -> Response:
                            ttl=settings.session_ttl_seconds):
         return await _wait_for_first(store, key)
     try:
-        answer, status = await _sign_and_send(request, of(request), str(s), sess, loaded, key)
+        answer, status = await _sign_and_send(request, of(request), str(s), sess, loaded, key, service)
     except BaseException:
         await store.delete(SIGN_NS, key)
         raise
@@ -439,6 +469,15 @@ async def sign(request: Request, s: str | None = None) -> Response:
         await update_session(store, str(s), settings, signed=answer)
     return no_store(JSONResponse(answer, status_code=status,
                                  media_type="application/fhir+json" if status >= 400 else None))
+
+
+def _chosen_service(settings: Any, reference: Any) -> Any:
+    """The configured exercise service the clinician picked (the default when none); None if not configured."""
+    from service.exercise_services import service_for
+
+    if reference is not None and (not isinstance(reference, str) or len(reference) > 200):
+        return None
+    return service_for(settings.exercise_service_list(), reference)
 
 
 async def _wait_for_first(store: Any, key: str) -> Response:
@@ -530,7 +569,7 @@ def _unauthored(signing: Any) -> list[str]:
 
 
 async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dict[str, Any], loaded: Loaded,
-                         key: str) -> tuple[dict[str, Any], int]:
+                         key: str, service: Any) -> tuple[dict[str, Any], int]:
     from service.audit import record_writeback
     from service.clinical.rules import RULESET_VERSION
     from service.fhir.client import FhirClient
@@ -539,6 +578,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
                                         build_service_request_only)
     from service.fhir.signing import Signing
     from service.fhir.writeback import WritebackError, write_back
+    from service.notify.dispatch import notify_after_write
 
     settings = rt.settings
     store = request.app.state.store
@@ -548,10 +588,9 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
     strategy = loaded.strategy or "document"
     signing = Signing(key=key, practitioner_ref=sess["requester"], signed_at=now,
                       practitioner_display=sess.get("requester_display") or loaded.requester_display,
-                      exercise_service_ref=settings.exercise_service_ref,
-                      exercise_service_name=settings.exercise_service_name,
+                      exercise_service_ref=service.reference, exercise_service_name=service.name,
                       encounter_ref=f"Encounter/{sess['encounter']}" if sess.get("encounter") else None,
-                      ruleset_version=RULESET_VERSION, note_author_ref=loaded.note_author_ref)
+                      ruleset_version=RULESET_VERSION, note_author_ref=loaded.note_author)
     entries: list[dict[str, Any]] = []
     document: Any = None
     if strategy in ("full", "care-coordination"):
@@ -578,6 +617,11 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
                 entries = await _revising(ehr, entries, existing, signing, sess.get("scope_granted"), ungranted)
             result = await write_back(ehr, entries, document, strategy=strategy, store=store, signing_key=key,
                                       care_coordination=cc, capability=loaded.capability)
+            if not result.failed:
+                answer["notifications"] = await notify_after_write(
+                    settings=settings, store=store, keys=rt.keys, entries=entries, written=result.written,
+                    previous_status={f"Task/{t.get('id')}": str(t.get("status")) for o in existing for t in o.tasks},
+                    ehr=ehr, capability=loaded.capability)
         answer["written"] = [_written_item(w, sess["iss"]) for w in result.written]
         answer["failed"] = list(result.failed)
         answer["notes"] = ungranted + list(result.notes) + _unauthored(signing)

@@ -50,8 +50,8 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
     requests: int = 0
     requester_display: str | None = None  # the signed-in clinician's name, from their Practitioner resource
-    note_author_ref: str | None = None  # a PractitionerRole's Practitioner (else Organization): authors the notes
     open_referrals: list[Any] = field(default_factory=list)  # service.fhir.open_referrals.OpenReferral
+    note_author: str | None = None  # who authors a PractitionerRole signer's notes: its Practitioner, else Organization
 
 
 def keeper_for(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> TokenKeeper:
@@ -180,8 +180,8 @@ def _build(rt: SmartRuntime, sess: dict[str, Any], data: dict[str, Any], capabil
                   complete=data.get("complete", True), failures=list(data.get("failures") or []),
                   truncated=list(data.get("truncated") or []), capability=capability,
                   strategy=strategy, strategy_why=why, notes=notes, requests=data.get("requests", 0),
-                  requester_display=data.get("requesterDisplay"), note_author_ref=data.get("noteAuthor"),
-                  open_referrals=open_referrals(resources))
+                  requester_display=data.get("requesterDisplay"), open_referrals=open_referrals(resources),
+                  note_author=data.get("noteAuthor"))
 
 
 def _capability_from(raw: dict[str, Any] | None) -> Any:
@@ -211,11 +211,10 @@ def practitioner_name(resource: dict[str, Any] | None) -> str | None:
     return None
 
 
-async def _requester(client: Any, sess: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(name, note author) of the clinician named by fhirUser, read from this EHR; (None, None) when unread.
-
-    The note author matters for a PractitionerRole: the PA IG lets only a Practitioner or an Organization author
-    the notes of a referral, so the role's Practitioner (else its Organization) signs them."""
+async def _requester_name(client: Any, sess: dict[str, Any]) -> tuple[str | None, str | None]:
+    """Read the Practitioner (or PractitionerRole) named by fhirUser, when it lives on this EHR: the signer's
+    name, and for a PractitionerRole who authors the notes: the Practitioner behind it, else its Organization
+    (the PA IG lets only a Practitioner or an Organization author notes). (None, None) when it cannot be read."""
     ref = sess.get("requester") or ""
     parts = ref.split("/")
     if ref.startswith(("http://", "https://")) or len(parts) != 2 or parts[0] not in ("Practitioner",
@@ -223,17 +222,16 @@ async def _requester(client: Any, sess: dict[str, Any]) -> tuple[str | None, str
         return None, None
     try:
         resource = await client.read(parts[0], parts[1])
-    except Exception:  # noqa: BLE001 - the name is cosmetic; a missing note author is said at signing
+    except Exception:  # noqa: BLE001 - a display name is cosmetic: fall back to the reference
         log.info("smart load: the signed-in clinician's %s could not be read", parts[0])
         return None, None
-    if not isinstance(resource, dict):
-        return None, None
     if parts[0] == "PractitionerRole":
-        who = resource.get("practitioner") if isinstance(resource.get("practitioner"), dict) else {}
-        org = resource.get("organization") if isinstance(resource.get("organization"), dict) else {}
-        author = next((r["reference"] for r in (who, org) if isinstance(r.get("reference"), str)
-                       and r["reference"].split("/")[-2:-1] in (["Practitioner"], ["Organization"])), None)
-        return who.get("display"), author
+        who = (resource.get("practitioner") or {}) if isinstance(resource, dict) else {}
+        org = (resource.get("organization") or {}) if isinstance(resource, dict) else {}
+        behind = next((r["reference"] for r, kind in ((who, "Practitioner/"), (org, "Organization/"))
+                       if isinstance(r, dict) and isinstance(r.get("reference"), str)
+                       and r["reference"].startswith(kind)), None)
+        return (who.get("display") if isinstance(who, dict) else None), behind
     return practitioner_name(resource), None
 
 
@@ -246,7 +244,7 @@ async def _fetch(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -
     async with fhir_client(rt, store, sid, sess) as client:
         data_task = asyncio.create_task(fetch_patient_data(client, sess["patient"], now,
                                                            budget_seconds=PATIENT_BUDGET_SECONDS))
-        name_task = asyncio.create_task(_requester(client, sess))
+        name_task = asyncio.create_task(_requester_name(client, sess))
         try:
             raw_cap: dict[str, Any] | None = await client.capability_statement()
         except FhirError:

@@ -363,7 +363,7 @@ def test_the_follow_up_card_says_what_happened(service: Service) -> None:
     assert "Task in-progress — Attending twice weekly" in detail
     assert "Week 6: 8 of 10 sessions attended; RPE 12-13" in detail  # the newest report
     assert "Week 2" not in detail
-    assert "6-minute walk distance 468 m" in detail and "before the referral: 410 m" in detail
+    assert "6-minute walk distance**: 410 m → 468 m" in detail  # before the referral → now, said once
     assert "95 min/week" in detail and "up from 60" in detail
 
 

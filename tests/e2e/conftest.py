@@ -3,9 +3,7 @@ Playwright with a fresh profile per test, and a screenshot helper writing to tes
 
 from __future__ import annotations
 
-import asyncio
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -16,6 +14,7 @@ import pytest
 
 from tests.conftest import running_sandbox
 from tests.support.browser import chromium_page, need_chromium, screenshot_taker
+from tests.support.stored import stored_rows
 
 
 @dataclass
@@ -38,20 +37,7 @@ class Sandbox:
 
     def stored(self, ns: str) -> list[dict[str, Any]]:
         """Rows of one namespace of the service's store, read from its SQLite file."""
-        from service.storage import SQLiteStore
-
-        path = self.app.state.settings.resolved_storage_url()[len("sqlite:///"):]
-
-        async def rows() -> list[dict[str, Any]]:
-            store = SQLiteStore(path)
-            try:
-                return [v for _, v in await store.scan(ns)]
-            finally:
-                await store.close()
-
-        # Playwright's sync API keeps an event loop running in this thread: read from another one.
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, rows()).result(timeout=30)
+        return [v for _, v in stored_rows(self.app, ns)]
 
 
 @pytest.fixture(scope="module")

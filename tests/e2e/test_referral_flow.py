@@ -68,7 +68,7 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     expect(page.locator("#rationale li").first).to_be_visible()
     expect(page.locator("#data-used tbody tr").first).to_be_visible()
     expect(page.locator("#sign-button")).to_be_enabled()
-    expect(page.locator("#strategy")).to_contain_text("Writes back to the EHR (")
+    expect(page.locator("#strategy")).to_contain_text("Write-back:")
     # The signer is named from their Practitioner resource, once (not "ref (ref)").
     expect(page.locator("#requester")).to_have_text("Signing as Dr Alex Morgan (Practitioner/sandbox-clinician)")
     values = page.locator("#data-used tbody td:nth-child(2)").all_inner_texts()
@@ -106,8 +106,7 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     expect(handout.locator("#handout-what")).not_to_contain_text("swimming")
     expect(handout.locator("#handout-care")).to_contain_text("No swimming")
     expect(handout.locator("#handout-goals")).to_contain_text("150 minutes")
-    # "Building up" follows the edit
-    expect(handout.locator("#handout-building-up li").first).to_contain_text(f"{new_minutes} minutes each time")
+    expect(handout.locator("#handout-building-up")).to_contain_text(f"{new_minutes} minutes each time")  # follows the edit
     shot(handout, "app-handout")
     handout.close()
 

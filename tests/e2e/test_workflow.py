@@ -135,3 +135,25 @@ def test_unsaved_changes_warn_before_leaving(page: Page, sandbox: Sandbox, shot:
     page.close(run_before_unload=True)
     page.wait_for_timeout(500)
     assert dialogs == ["beforeunload"]
+
+
+def test_an_unsafe_edit_needs_a_clinical_reason(page: Page, sandbox: Sandbox, shot: Callable[[Page, str], Any]) -> None:
+    """Bone metastases: a vigorous aerobic component is beyond the rules' cap; the refusal is in clinician
+    language (no rule ids, no JSON paths) and offers only the clinical override reasons."""
+    ehr_launch_page(page, sandbox, "onc-05")
+    page.locator("#component-0-intensity").select_option("vigorous")
+    page.locator("#update-button").click()
+    problems = page.locator("#problems")
+    expect(problems).to_contain_text("The changes were not accepted")
+    text = problems.inner_text()
+    assert not re.search(r"\b[A-Z]{2,}(-[A-Z0-9]+)+\b", text) and "components[" not in text, text
+    reasons = problems.locator("select option")
+    labels = [o.inner_text() for o in reasons.all()]
+    assert "Patient declined" not in " ".join(labels)  # the card-dismissal reasons are not offered here
+    shot(page, "unsafe-edit-refused")
+    problems.locator("select").first.select_option(index=1)
+    problems.locator("input[data-path]").first.fill("Supervised by the physiotherapist in clinic")
+    page.locator("#update-button").click()
+    expect(page.locator("#status")).to_have_text("Prescription updated.")
+    expect(page.locator("#overrides")).to_be_visible()
+    shot(page, "unsafe-edit-with-reason")

@@ -44,7 +44,25 @@ def examples() -> dict[Path, dict[str, Any]]:
             out[PROFILES_DIR / "examples" / f"{rtype}-example-{role}.json"] = \
                 {"resourceType": rtype, "id": f"example-{role}", **{k: v for k, v in resource.items()
                                                                       if k != "resourceType"}}
-    return out
+    return {**out, **report_examples()}
+
+
+def report_examples() -> dict[Path, dict[str, Any]]:
+    """What an exercise service reports back (service.fhir.reports): a 6-minute walk and the programme report."""
+    from service.fhir import reports
+
+    start, end = datetime(2026, 3, 2, 9, tzinfo=timezone.utc), datetime(2026, 5, 25, 9, tzinfo=timezone.utc)
+    who = {"patient_ref": "Patient/example-patient", "referral_ref": "ServiceRequest/example-referral",
+           "performer": {"reference": "Practitioner/exercise-physiologist", "display": "Jordan Blake"}}
+    walk = reports.outcome_observation(measure="six-minute-walk", value=452, when=end, **who)
+    report = reports.programme_report(**who, start=start, end=end, issued=end,
+                                      results=["Observation/example-six-minute-walk", "Observation/example-attendance"],
+                                      conclusion="Attended 10 of 12 sessions. 6-minute walk distance: 380 -> 452 m.")
+    folder = PROFILES_DIR / "examples"
+    return {folder / "Observation-example-six-minute-walk.json": {"resourceType": "Observation",
+                                                                  "id": "example-six-minute-walk", **walk},
+            folder / "DiagnosticReport-example-programme-report.json": {"resourceType": "DiagnosticReport",
+                                                                        "id": "example-programme-report", **report}}
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ def test_ehr_launch_public_client(page: Any, app: App, launcher: Launcher, sekme
     _ready(page)
     expect(page.locator("#patient-banner")).to_be_visible()  # the launcher asks for one outside its EHR frame
     expect(page.locator("#requester")).to_contain_text(f"Dr Alex Morgan (Practitioner/{PRACTITIONER})")
-    expect(page.locator("#strategy")).to_contain_text("Writes back to the EHR (service-request-only)")
+    expect(page.locator("#strategy")).to_contain_text("Write-back: service-request-only")
     shot(page, "ehr-launch-ready")
     written = _sign(page)
     kinds = _held_by_sekmet(sekmet, written, "onc-01")
@@ -112,7 +112,7 @@ def test_a_forced_full_strategy_the_server_cannot_take_writes_nothing(page: Any,
     with running_app(tmp_path / "app", launcher, writeback_strategy="full") as app:
         _open(page, launcher.launch_url(app.url, patient="onc-05", encounter="enc-onc-05"))
         _ready(page)
-        expect(page.locator("#strategy")).to_contain_text("Writes back to the EHR (full)")
+        expect(page.locator("#strategy")).to_contain_text("Write-back: full")
         page.locator("#sign-button").click()
         expect(page.locator("#sign-status")).to_contain_text("Not sent.")
         expect(page.locator("#sign-failed")).to_contain_text("does not support creating Goal")

@@ -116,7 +116,7 @@ def test_reject_and_complete_need_text() -> None:
         transition(base_task("in-progress"), "complete", None, now)
     with pytest.raises(TransitionError, match="Unknown action"):
         transition(base_task("requested"), "cancel", "x", now)
-    assert allowed_actions("completed") == [] and allowed_actions("accepted") == ["start", "reject"]
+    assert allowed_actions("completed") == [] and allowed_actions("accepted") == ["start", "hold", "reject"]
 
 
 def test_the_invariant_check_can_fail() -> None:

@@ -10,20 +10,11 @@ from typing import Any
 from service.cds_hooks.followup import CARD_NS, SHOWN_NS
 from service.storage import SQLiteStore
 from tests.conftest import running_sandbox
+from tests.support.stored import stored_rows
 
 
 def _rows(app: Any, ns: str) -> list[str]:
-    path = app.state.settings.resolved_storage_url()[len("sqlite:///"):]
-
-    async def keys() -> list[str]:
-        store = SQLiteStore(path)
-        try:
-            return [k for k, _ in await store.scan(ns)]
-        finally:
-            await store.close()
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, keys()).result(timeout=30)
+    return [k for k, _ in stored_rows(app, ns)]
 
 
 def _put(app: Any, ns: str, key: str) -> None:

@@ -139,7 +139,6 @@ def test_the_card_draft_is_replaced_not_orphaned(sandbox: Sandbox) -> None:
 
     now = datetime.now(timezone.utc)
     snap = build_snapshot(bundle, now)
-    # the card's draft names the EHR user as its requester (PA IG: a Practitioner or PractitionerRole reference)
     draft = build_draft_referral(prescribe(snap, now), snap, "Organization/exercise-oncology-service",
                                  "Practitioner/sandbox-clinician")
     # what the EHR does when the clinician accepts the card's suggestion (a create by the EHR itself)

@@ -146,6 +146,42 @@
     });
   }
 
+  // What the exercise service reported back on the referral in place: status, attendance, before -> after.
+  function renderProgramme(v) {
+    var box = clear($("programme"));
+    var p = v.exerciseProgramme;
+    var shown = !!(p && (p.taskStatus || p.attendance || (p.changes || []).length));
+    box.hidden = !shown;
+    if (!shown) return;
+    box.appendChild(el("h3", "From the exercise service"));
+    var ul = el("ul", null, "tight");
+    if (p.taskStatus) ul.appendChild(el("li", "Task " + p.taskStatus + (p.businessStatus ? ": " + p.businessStatus : "") +
+      (p.reason ? " (reason: " + p.reason + ")" : "")));
+    if (p.attendance) ul.appendChild(el("li", "Attendance: " + p.attendance.attended +
+      (p.attendance.offered != null ? " of " + p.attendance.offered : "") + " sessions (" + day(p.attendance.date) + ")"));
+    (p.changes || []).forEach(function (c) {
+      ul.appendChild(el("li", c.label + ": " + c.before.value + " → " + c.after.value + " " + (c.after.unitLabel || "") +
+        " (" + day(c.before.date) + " → " + day(c.after.date) + ")"));
+    });
+    if (p.latestNote) ul.appendChild(el("li", "Latest report: " + p.latestNote));
+    if (p.report) ul.appendChild(el("li", "Programme report: " + p.report));
+    box.appendChild(ul);
+  }
+
+  // More than one configured exercise service: the clinician picks where the referral goes (the first by default).
+  function renderServices(v) {
+    var list = v.exerciseServices || [];
+    var sel = $("exercise-service");
+    $("service-field").hidden = list.length < 2;
+    if (sel.options.length === list.length) return;  // keep the clinician's choice across re-renders
+    clear(sel);
+    list.forEach(function (x) {
+      var o = document.createElement("option");
+      o.value = x.reference; o.textContent = x.name + (x.kind === "full" ? " (notified)" : " (inbox)");
+      sel.appendChild(o);
+    });
+  }
+
   function renderClearance(v) {
     var c = v.clearance || {};
     var form = $("clearance-form");
@@ -375,12 +411,14 @@
   function renderSend(v) {
     var wb = v.writeBack;
     renderOpenReferrals(v);
+    renderProgramme(v);
+    renderServices(v);
     renderClearance(v);
     var r = v.requester || {};
     $("requester").textContent = r.reference
       ? "Signing as " + (r.display && r.display !== r.reference ? r.display + " (" + r.reference + ")" : r.reference)
       : "The EHR did not identify the signed-in clinician.";
-    $("strategy").textContent = wb.strategy ? "Writes back to the EHR (" + wb.strategy + "): details"
+    $("strategy").textContent = wb.strategy ? "Write-back: " + wb.strategy + " (what and why)"
       : "Write-back: not possible in this session.";
     var ul = clear($("strategy-why"));
     if (wb.target) ul.appendChild(el("li", "Target: " + wb.target));
@@ -558,7 +596,8 @@
   // Sign exactly the draft shown: the version the server last returned (and rendered into the form).
   function signShownDraft() {
     status("Signing and sending…");
-    request("POST", "/smart/api/prescription/sign?s=" + encodeURIComponent(sid), { draftVersion: view.draftVersion })
+    request("POST", "/smart/api/prescription/sign?s=" + encodeURIComponent(sid), { draftVersion: view.draftVersion,
+      exerciseService: $("exercise-service").value || undefined })
       .then(function (r) {
         if (r.body && (r.body.written || r.body.failed)) {
           signing = false;
