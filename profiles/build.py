@@ -48,6 +48,8 @@ US_CORE_NAMES: dict[str, tuple[str, str]] = {
     "USCoreCondition": ("us-core-condition", "Condition"),
     "USCoreCarePlanProfile": ("us-core-careplan", "CarePlan"),
     "USCoreGoalProfile": ("us-core-goal", "Goal"),
+    "USCoreDiagnosticReportProfileNoteExchange": ("us-core-diagnosticreport-note", "DiagnosticReport"),
+    "USCoreLaboratoryResultObservationProfile": ("us-core-observation-lab", "Observation"),
 }
 US_CORE_VALUESETS = {"USCoreConditionCode": "us-core-condition-code", "USCoreNarrativeStatus": "us-core-narrative-status"}
 OUR_NAMES = ("OncoExerciseCarePlan", "OncoExerciseGoal", "OncoExercisePrescription", "OncoExerciseReferral",

@@ -5,6 +5,8 @@ here. The PA IG's profiles only use a handful of rule kinds, so reading them dir
 the IG *as published*: cardinality, `=` (pattern), `from` (binding), `only` (types and reference targets),
 `obeys` (invariants), `contains` (slices), and the caret rules that change validation (slicing, type profiles,
 fixed values). Documentation carets (^short, ^comment, ^definition, ^condition, ...) and MS are kept only as flags.
+Instances and RuleSets are read the same way (rules with their full paths); profiles/instances.py turns the
+IG's example Instances into JSON.
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ def _read_one(text: str, src: FshSource) -> None:
         if path == ".":
             full = parent if body.startswith(("^", "obeys ")) else "."  # a nested caret/obeys applies to its parent
         else:
-            full = path if parent == "." else f"{parent}.{path}"
+            # a soft index `[+]` of the enclosing rule was taken by that rule: its children use that item (`[=]`)
+            full = path if parent == "." else f"{parent.replace('[+]', '[=]')}.{path}"
         stack.append((indent, full))
         current.rules.append(Rule(full, rest, n, " ".join(why)))
         why = []
@@ -123,8 +126,8 @@ def _split_path(body: str) -> tuple[str, str]:
     """`category[PA] = X` -> ("category[PA]", "= X"); `^slicing.rules = #open` -> (".", "^slicing...")."""
     if body.startswith("^") or body.startswith(("obeys ", "insert ")):
         return ".", body
-    head, _, rest = body.partition(" ")
-    return head, rest.strip()
+    head, *rest = body.split(None, 1)  # any white space (the IG's FSH has tabs)
+    return head, rest[0].strip() if rest else ""
 
 
 def cardinality(token: str) -> tuple[int | None, str | None] | None:

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from service import canonical
 from service.clinical.model import CodedFact, Component, PatientSnapshot, Prescription
-from service.clinical.phases import PLAN_WEEKS, Phase, phase_text, phases_for
+from service.fhir.phases import PLAN_WEEKS, Phase, phase_text, plan_phases
 from service.clinical.prescribe import target_heart_rate
 from service.clinical.units import human_unit
 from service.fhir import narrative
@@ -173,11 +173,20 @@ def build_draft_referral(prescription: Prescription, snapshot: PatientSnapshot, 
     signing = Signing(key=key, practitioner_ref=practitioner_ref, signed_at=prescription.generated_at,
                       exercise_service_ref=exercise_service_ref)
     ctx = _Context(prescription, snapshot, signing)
-    rx_summary = [narrative.component_summary(c) for c in prescription.components]
-    rx_summary += [phase_text_for(ph) for c in prescription.components
-                   for ph in phases_for(c, prescription.targets, prescription.progression_step_weeks) if ph.of > 1]
-    entry = _referral(ctx, [], [], careplan=False, status="draft", extra_notes=rx_summary)
+    entry = _referral(ctx, [], [], careplan=False, status="draft")  # no CarePlan: the plan travels in its notes
     return entry["resource"]
+
+
+def note_author(signing: Signing) -> dict[str, Any] | None:
+    """Who authors the written notes: the signer when a Practitioner, else `Signing.note_author_ref` (the
+    Practitioner or Organization behind a PractitionerRole signer); None when no author the PA IG allows for a
+    ServiceRequest/Task note (Practitioner or Organization) is known: the notes are then left out."""
+    if signing.practitioner_ref and _ref_type(signing.practitioner_ref) == "Practitioner":
+        return {"reference": signing.practitioner_ref,
+                **({"display": signing.practitioner_display} if signing.practitioner_display else {})}
+    if signing.note_author_ref and _ref_type(signing.note_author_ref) in ("Practitioner", "Organization"):
+        return {"reference": signing.note_author_ref}
+    return None
 
 
 def stop_rules_text(stop_rules: Iterable[str]) -> str:
@@ -239,10 +248,7 @@ class _Context:
         self.practitioner: dict[str, Any] = {"reference": signing.practitioner_ref}
         if signing.practitioner_display:
             self.practitioner["display"] = signing.practitioner_display
-        author = signing.practitioner_ref if _ref_type(signing.practitioner_ref) == "Practitioner" \
-            else signing.note_author_ref
-        self.note_author = ({**self.practitioner, "reference": author} if author == signing.practitioner_ref
-                            else {"reference": author}) if author else None
+        self.note_author = note_author(signing)
         self.service = {"reference": signing.exercise_service_ref, "display": signing.exercise_service_name}
         self.ruleset = signing.ruleset_version or prescription.ruleset_version
         self.pending = is_pending_clearance(prescription)
@@ -387,13 +393,13 @@ def _phased_components(ctx: _Context) -> list[tuple[str, Phase]]:
     counter when a type occurs twice) and `rx-<type>-phase-<n>` for the later ones."""
     seen: dict[str, int] = {}
     out = []
-    for c in ctx.p.components:
+    for c, phases in zip(ctx.p.components, plan_phases(ctx.p)):
         if c.frequency_per_week <= 0:  # nothing to schedule (and Timing.frequency must be positive)
             continue
         n = seen.get(c.type, 0) + 1
         seen[c.type] = n
         role = f"rx-{c.type}" + (f"-{n}" if n > 1 else "")
-        for ph in phases_for(c, ctx.p.targets, ctx.p.progression_step_weeks):
+        for ph in phases:
             out.append((role if ph.number == 1 else f"{role}-phase-{ph.number}", ph))
     return out
 
@@ -405,9 +411,7 @@ def phase_text_for(ph: Phase) -> str:
 
 def _component_request(ctx: _Context, role: str, ph: Phase, goals: list[Entry]) -> Entry:
     c = ph.component
-    summary = narrative.component_summary(c)
-    instructions = [summary] if ph.of == 1 else [summary, phase_text_for(ph)]  # stop rules: once, in the referral
-    notes = list(c.notes) + list(ctx.p.progression)
+    notes = list(c.notes)  # the component's own (e.g. its heart-rate band); the plan's advice is in the referral
     start = ctx.start + timedelta(weeks=ph.first_week - 1)
     end = min(ctx.start + timedelta(weeks=ph.last_week), date.fromisoformat(ctx.period["end"]))
     repeat: dict[str, Any] = {"boundsPeriod": {"start": start.isoformat(), "end": end.isoformat()},
@@ -425,7 +429,8 @@ def _component_request(ctx: _Context, role: str, ph: Phase, goals: list[Entry]) 
         "intent": "order",
         "category": [_cc("pa-category"), _cc("sr-category")],
         "priority": "routine",
-        "code": _cc("exercise-therapy", text=f"{narrative.COMPONENT_LABELS.get(c.type, c.type)} exercise"),
+        "code": _cc("exercise-therapy", text=f"{narrative.COMPONENT_LABELS.get(c.type, c.type)} exercise"
+                    + (f", phase {ph.number} of {ph.of} ({ph.weeks})" if ph.of > 1 else "")),
         "orderDetail": _order_details(ctx, c),
         "subject": {"reference": ctx.patient_ref},
         "occurrenceTiming": {"repeat": repeat},
@@ -433,11 +438,10 @@ def _component_request(ctx: _Context, role: str, ph: Phase, goals: list[Entry]) 
         "requester": ctx.practitioner,
         "performer": [{"reference": ctx.patient_ref}],
         **ctx.reasons(),
-        "patientInstruction": "\n".join(instructions),
+        "patientInstruction": phase_instruction(ph),  # stop rules: once, in the referral
     }
     if goals:
-        sr["extension"] = [{"url": PERTAINS_TO_GOAL, "valueReference": {"reference": g["fullUrl"]}}
-                           for g in goals]
+        sr["extension"] = _pertains_to(goals)
     if ctx.signing.encounter_ref:
         sr["encounter"] = {"reference": ctx.signing.encounter_ref}
     if ctx.p.supporting_refs:
@@ -447,6 +451,24 @@ def _component_request(ctx: _Context, role: str, ph: Phase, goals: list[Entry]) 
     entry = ctx.entry(role, _ordered(sr))
     ctx.shown[entry["fullUrl"]] = f"Exercise prescription: {phase_text_for(ph)}"
     return entry
+
+
+def phase_instruction(ph: Phase) -> str:
+    """The patient's instruction for one phase: its dose, intensity and activities ("Aerobic: Phase 2 of 3 (weeks
+    3-6): build up: 3 to 5 days/week, 30 min per session; moderate (...): walking"); the whole FITT line when the
+    component has one phase."""
+    c = ph.component
+    if ph.of == 1:
+        return narrative.component_summary(c)
+    text = f"{phase_text_for(ph)}; {narrative.intensity_text(c.intensity)}"
+    return text + (": " + ", ".join(c.activities) if c.activities else "")
+
+
+def _pertains_to(goals: list[Entry]) -> list[dict[str, Any]]:
+    """pertainsToGoal extensions, each reference with the goal's description as its display."""
+    return [{"url": PERTAINS_TO_GOAL,
+             "valueReference": {"reference": g["fullUrl"], "display": g["resource"]["description"]["text"]}}
+            for g in goals]
 
 
 def _order_details(ctx: _Context, c: Component | None) -> list[dict[str, Any]]:
@@ -459,7 +481,7 @@ def _order_details(ctx: _Context, c: Component | None) -> list[dict[str, Any]]:
 
 
 def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan: bool,
-              status: str = "active", extra_notes: Iterable[str] = ()) -> Entry:
+              status: str = "active") -> Entry:
     p = ctx.p
     setting = {"coding": [_coding(canonical.CS_SETTING, p.setting, narrative.setting_label(p.setting))],
                "text": f"Setting: {narrative.setting_label(p.setting)}"}
@@ -475,8 +497,7 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
     if not careplan:  # the plan has no CarePlan to live in: it travels here
         notes += [narrative.component_summary(c) for c in p.components]
         notes += [phase_text_for(ph) for _, ph in _phased_components(ctx) if ph.of > 1]
-        notes += list(p.progression)
-    notes += list(extra_notes)
+    notes += list(p.progression)  # the advice on progressing, once (the phases are in the prescriptions)
     notes += [n for n in p.notes if not n.startswith(CLINICIAN_NOTE_PREFIX)]
     notes += [f"Missing data: {m.text} {m.recommendation}".strip() for m in p.missing_data]
     # the clinician's own words first, then what the service adds: all authored by the signer, who signs them
@@ -509,8 +530,7 @@ def _referral(ctx: _Context, rx_refs: list[str], goals: list[Entry], *, careplan
     if supporting:
         sr["supportingInfo"] = supporting
     if goals:
-        sr["extension"] = [{"url": PERTAINS_TO_GOAL, "valueReference": {"reference": g["fullUrl"]}}
-                           for g in goals]
+        sr["extension"] = _pertains_to(goals)
     if ctx.signing.encounter_ref:
         sr["encounter"] = {"reference": ctx.signing.encounter_ref}
     return ctx.entry("referral", _ordered(sr))

@@ -429,7 +429,7 @@ def _check_value(path: str, value: Any, name: str, d: dict[str, Any], prof: _Pro
         if key.startswith("fixed") and value != expected:
             issues.append(Issue("error", path, f"must be exactly {json.dumps(expected)} (found {json.dumps(value)})",
                                 prof.id))
-        elif key.startswith("pattern") and not d.get("sliceName") and not _matches(expected, value):
+        elif key.startswith("pattern") and not d.get("sliceName") and not matches_pattern(expected, value):
             issues.append(Issue("error", path, f"must match pattern {json.dumps(expected)}", prof.id))
     types = d.get("type") or []
     if name.endswith("[x]") and types:
@@ -531,7 +531,7 @@ def _member(d: dict[str, Any], value: Any) -> bool:
         return isinstance(value, dict) and value.get("url") in ext
     for key, pattern in d.items():
         if key.startswith("pattern") or key.startswith("fixed"):
-            return _matches(pattern, value)
+            return matches_pattern(pattern, value)
     binding = d.get("binding")
     if binding and binding.get("valueSet") and isinstance(value, dict):
         codings = value.get("coding") if isinstance(value.get("coding"), list) else [value]
@@ -540,11 +540,13 @@ def _member(d: dict[str, Any], value: Any) -> bool:
     return True
 
 
-def _matches(pattern: Any, value: Any) -> bool:
+def matches_pattern(pattern: Any, value: Any) -> bool:
+    """FHIR pattern[x] semantics: every element the pattern has is in the value (lists: each pattern item
+    matches some item of the value); what the pattern leaves out is free."""
     if isinstance(pattern, dict):
-        return isinstance(value, dict) and all(_matches(v, value.get(k)) for k, v in pattern.items())
+        return isinstance(value, dict) and all(matches_pattern(v, value.get(k)) for k, v in pattern.items())
     if isinstance(pattern, list):
-        return isinstance(value, list) and all(any(_matches(p, v) for v in value) for p in pattern)
+        return isinstance(value, list) and all(any(matches_pattern(p, v) for v in value) for p in pattern)
     return pattern == value
 
 

@@ -29,7 +29,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from service.fhir.resources import CLINICIAN_NOTE_PREFIX
-from service.sandbox.ehr import PageError, _value, check_csrf, fhir_client, html_errors, page
+from service.sandbox.ehr import PageError, _codeable_text, _day, _value, check_csrf, fhir_client, html_errors, page
 
 router = APIRouter(prefix="/sandbox/exercise-service", include_in_schema=False)
 
@@ -184,15 +184,49 @@ def _name(res: dict[str, Any] | None) -> str:
 
 
 def _fitt(sr: dict[str, Any]) -> str:
+    """The Timing in words: "3-5× per week, 30-40 min, 29 Jan 2025 – 26 Feb 2025" (ranges of a build-up phase)."""
     rep = (sr.get("occurrenceTiming") or {}).get("repeat") or {}
     bits = []
     if rep.get("frequency"):
         unit = {"d": "day", "wk": "week", "mo": "month"}.get(rep.get("periodUnit", "wk"), rep.get("periodUnit"))
         per = rep.get("period", 1)
-        bits.append(f"{rep['frequency']}× per {unit}" if per == 1 else f"{rep['frequency']}× per {per} {unit}s")
+        times = _range(rep["frequency"], rep.get("frequencyMax"))
+        bits.append(f"{times}× per {unit}" if per == 1 else f"{times}× per {per} {unit}s")
     if rep.get("duration"):
-        bits.append(f"{rep['duration']} {rep.get('durationUnit', 'min')}")
+        bits.append(f"{_range(rep['duration'], rep.get('durationMax'))} {rep.get('durationUnit', 'min')}")
+    bounds = rep.get("boundsPeriod") or {}
+    if bounds.get("start") or bounds.get("end"):
+        bits.append(f"{_day(bounds.get('start')) or '…'} – {_day(bounds.get('end')) or '…'}")
     return ", ".join(bits)
+
+
+def _range(low: Any, high: Any) -> str:
+    return f"{low}-{high}" if high not in (None, low) else f"{low}"
+
+
+COMPARATORS = {">=": "at least", ">": "above", "<=": "at most", "<": "below"}
+
+
+def goal_targets(goal: dict[str, Any]) -> list[str]:
+    """A Goal's targets in words, one per measure, a pair of >=/<= targets read as a range: "Heart rate
+    108-123 /min", "Frequency of ... 150 min/week"; with the due date."""
+    by_measure: dict[str, list[dict[str, Any]]] = {}
+    for t in goal.get("target") or []:
+        if isinstance(t, dict) and isinstance(t.get("detailQuantity"), dict):
+            by_measure.setdefault(_codeable_text(t.get("measure")) or "Target", []).append(t)
+    out = []
+    for measure, targets in by_measure.items():
+        qs = [t["detailQuantity"] for t in targets]
+        unit = qs[0].get("unit") or qs[0].get("code") or ""
+        low = next((q.get("value") for q in qs if q.get("comparator") in (">=", ">")), None)
+        high = next((q.get("value") for q in qs if q.get("comparator") in ("<=", "<")), None)
+        if low is not None and high is not None:
+            value = f"{low}-{high}"
+        else:
+            value = "; ".join(f"{COMPARATORS.get(q.get('comparator'), '')} {q.get('value')}".strip() for q in qs)
+        due = next((t.get("dueDate") for t in targets if t.get("dueDate")), None)
+        out.append(f"{measure}: {value} {unit}".rstrip() + (f" (by {_day(due)})" if due else ""))
+    return out
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -293,13 +327,15 @@ async def referral_context(fhir: httpx.AsyncClient, tid: str) -> dict[str, Any]:
         "requester": requester or {}, "requester_name": _name(requester) or task.get("requester", {}).get(
             "display", ""),
         "components": [{"sr": c, "fitt": _fitt(c), "instructions": own_instructions(
-            c.get("patientInstruction"), focus.get("patientInstruction"))} for c in components],
+            c.get("patientInstruction"), focus.get("patientInstruction")),
+            "notes": [n.get("text") for n in c.get("note") or [] if n.get("text")]} for c in components],
         "stop_rules": stop_rule_list(focus.get("patientInstruction")),
         "clinician_notes": [{**n, "text": n["text"][len(CLINICIAN_NOTE_PREFIX):]} for n in focus.get("note", [])
                             if n.get("text", "").startswith(CLINICIAN_NOTE_PREFIX)],
         "referral_notes": [n for n in focus.get("note", []) if not n.get("text", "").startswith(CLINICIAN_NOTE_PREFIX)],
         "data": [{"res": d, "value": _value(d) if d.get("resourceType") == "Observation" else ""} for d in data],
-        "reasons": [r for r in reasons if r], "plans": plans, "goals": goals,
+        "reasons": [r for r in reasons if r], "plans": plans,
+        "goals": [{"text": _codeable_text(g.get("description")), "targets": goal_targets(g)} for g in goals],
         "version": (task.get("meta") or {}).get("versionId"),
     }
 

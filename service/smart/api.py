@@ -556,6 +556,18 @@ async def _revising(ehr: Any, entries: list[dict[str, Any]], existing: list[Any]
     return kept
 
 
+def _unauthored(signing: Any) -> list[str]:
+    """Says so when the written resources carry no notes because no author the PA IG allows is known."""
+    from service.fhir.resources import note_author
+
+    if note_author(signing) is not None:
+        return []
+    return ["The referral was written without its notes (your note, the requested setting, missing data): the "
+            "HL7 Physical Activity IG needs a Practitioner or an Organization as their author, and the EHR's "
+            "record of your role could not be read. The plan's own text (CarePlan narrative or the attached "
+            "prescription) has them all."]
+
+
 async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dict[str, Any], loaded: Loaded,
                          key: str, service: Any) -> tuple[dict[str, Any], int]:
     from service.audit import record_writeback
@@ -612,7 +624,7 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
                     ehr=ehr, capability=loaded.capability)
         answer["written"] = [_written_item(w, sess["iss"]) for w in result.written]
         answer["failed"] = list(result.failed)
-        answer["notes"] = ungranted + list(result.notes)
+        answer["notes"] = ungranted + list(result.notes) + _unauthored(signing)
         answer["status"] = "partial" if result.failed else "sent"
     except WritebackError as exc:
         status = exc.status if 400 <= exc.status < 600 else 502

@@ -51,7 +51,7 @@ class Loaded:
     requests: int = 0
     requester_display: str | None = None  # the signed-in clinician's name, from their Practitioner resource
     open_referrals: list[Any] = field(default_factory=list)  # service.fhir.open_referrals.OpenReferral
-    note_author: str | None = None  # the Practitioner behind a PractitionerRole signer (authors the notes)
+    note_author: str | None = None  # who authors a PractitionerRole signer's notes: its Practitioner, else Organization
 
 
 def keeper_for(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, Any]) -> TokenKeeper:
@@ -213,8 +213,8 @@ def practitioner_name(resource: dict[str, Any] | None) -> str | None:
 
 async def _requester_name(client: Any, sess: dict[str, Any]) -> tuple[str | None, str | None]:
     """Read the Practitioner (or PractitionerRole) named by fhirUser, when it lives on this EHR: the signer's
-    name, and for a PractitionerRole the Practitioner behind it (the PA IG lets only a Practitioner or an
-    Organization author notes). (None, None) when it cannot be read."""
+    name, and for a PractitionerRole who authors the notes: the Practitioner behind it, else its Organization
+    (the PA IG lets only a Practitioner or an Organization author notes). (None, None) when it cannot be read."""
     ref = sess.get("requester") or ""
     parts = ref.split("/")
     if ref.startswith(("http://", "https://")) or len(parts) != 2 or parts[0] not in ("Practitioner",
@@ -227,8 +227,11 @@ async def _requester_name(client: Any, sess: dict[str, Any]) -> tuple[str | None
         return None, None
     if parts[0] == "PractitionerRole":
         who = (resource.get("practitioner") or {}) if isinstance(resource, dict) else {}
-        behind = who.get("reference") if isinstance(who.get("reference"), str) else None
-        return who.get("display"), (behind if behind and behind.startswith("Practitioner/") else None)
+        org = (resource.get("organization") or {}) if isinstance(resource, dict) else {}
+        behind = next((r["reference"] for r, kind in ((who, "Practitioner/"), (org, "Organization/"))
+                       if isinstance(r, dict) and isinstance(r.get("reference"), str)
+                       and r["reference"].startswith(kind)), None)
+        return (who.get("display") if isinstance(who, dict) else None), behind
     return practitioner_name(resource), None
 
 

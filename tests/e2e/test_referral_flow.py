@@ -149,6 +149,10 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
     # The edit reached the EHR: the aerobic exercise ServiceRequest (its first phase) carries the new minutes.
     [aerobic_sr] = [sr for sr in resources["ServiceRequest"] if sr["identifier"][0]["value"].endswith("-rx-aerobic")]
     assert aerobic_sr["occurrenceTiming"]["repeat"]["duration"] == new_minutes, aerobic_sr["occurrenceTiming"]
+    # The build-up phases stay within the two days the patient chose (Tue, Sat): more minutes, not more days.
+    phases = [sr["occurrenceTiming"]["repeat"] for sr in resources["ServiceRequest"]
+              if "-rx-aerobic" in sr["identifier"][0]["value"]]
+    assert len(phases) >= 2 and all(max(t["frequency"], t.get("frequencyMax", 0)) <= 2 for t in phases), phases
     # The Goal is the long-term target (150 min/week), not the edited starting dose.
     aerobic_goal = next(g for g in resources["Goal"] if g["identifier"][0]["value"].endswith("-goal-aerobic"))
     assert aerobic_goal["target"][0]["detailQuantity"]["value"] >= 150, aerobic_goal["target"]

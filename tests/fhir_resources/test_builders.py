@@ -362,3 +362,47 @@ def test_intensity_is_a_goal_with_heart_rate_and_rpe_targets():
                    ("8867-4", ">="): (108, "/min"), ("8867-4", "<="): (126, "/min")}
     assert _errors(goal) == []
 
+
+
+def test_heart_rate_targets_say_what_the_clinical_core_s_note_says_for_every_cohort_patient():
+    """The structured heart-rate targets of the intensity Goal equal the band the clinical core states in its
+    aerobic note ("Target heart rate 104-122 beats/min ..."), for every cohort patient that has one."""
+    import json
+    import re
+
+    from service.clinical.prescribe import prescribe
+    from service.clinical.snapshot import build_snapshot
+    from service.sandbox import cohort
+
+    compared = 0
+    for pid in (x["id"] for x in cohort.load_index()):
+        snap = build_snapshot(json.loads((cohort.COHORT_DIR / f"{pid}.json").read_text()), cohort.ANCHOR)
+        p = prescribe(snap, cohort.ANCHOR)
+        aerobic = next((c for c in p.components if c.type == "aerobic"), None)
+        stated = [tuple(int(x) for x in m.groups()) for n in (aerobic.notes if aerobic else ())
+                  if (m := re.search(r"Target heart rate (\d+)-(\d+) beats/min", n))]
+        goals = [e["resource"] for e in R.build_prescription_resources(p, snap, F.signing())
+                 if e["ifNoneExist"].endswith("-goal-aerobic-intensity")]
+        hr = sorted(t["detailQuantity"]["value"] for g in goals for t in g["target"]
+                    if t["measure"]["coding"][0]["code"] == "8867-4")
+        assert (list(stated[0]) if stated else []) == hr, pid
+        compared += bool(hr)
+    assert compared >= 20
+
+
+@pytest.mark.parametrize("author,expected", [
+    ("Practitioner/dr-behind-role", "Practitioner/dr-behind-role"),  # the role's Practitioner signs the notes
+    ("Organization/oncology-dept", "Organization/oncology-dept"),  # else its Organization
+    (None, None),  # none known: no notes (the sign answer says so)
+    ("PractitionerRole/other", None),  # never an author the IG excludes
+])
+def test_a_practitioner_role_signer_s_notes_are_authored_as_the_ig_allows(author, expected):
+    signing = F.signing(practitioner_ref="PractitionerRole/oncologist", note_author_ref=author)
+    entries = R.build_prescription_resources(F.prescription(notes=("Clinician note: prefers mornings",)),
+                                             F.snapshot(), signing)
+    referral = next(e["resource"] for e in entries if e["ifNoneExist"].endswith("-referral"))
+    assert referral["requester"]["reference"] == "PractitionerRole/oncologist"
+    authors = {n["authorReference"]["reference"] for e in entries for n in e["resource"].get("note", [])}
+    assert authors == ({expected} if expected else set())
+    assert (R.note_author(signing) or {}).get("reference") == expected
+    assert validate_bundle(R.transaction_bundle(entries)) == []

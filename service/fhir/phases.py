@@ -1,11 +1,13 @@
 """The 12-week plan as phases an exercise service can schedule: start, build up, keep.
 
-Why structured: one FITT for 12 weeks would fix the starting dose while the advice says to progress. Each
+Why structured: one Timing for 12 weeks would fix the starting dose while the advice says to progress. Each
 component gets its own phases (weeks, sessions per week, minutes per session, with the upper bounds a
-build-up phase moves towards), derived from the same numbers as the progression text (prescribe.progression_for):
-aerobic starts for 2 weeks at the prescribed dose, then adds 5 minutes per session (and days, up to 5) every
-`step_weeks` towards the weekly target, then keeps it. Other components keep their dose for the whole plan (they
-progress by load and sets, which the notes describe). Pure: no I/O.
+build-up phase moves towards). They are derived on the FHIR side from what the Prescription holds, with the
+same numbers as the clinical core's progression advice (prescribe.progression_for): the starting dose
+(`components`), the weekly target (`targets`) and the build-up speed (`progression_step_weeks`). Aerobic starts
+for 2 weeks at the prescribed dose, then adds 5 minutes per session (and days, up to 5) every `step_weeks`
+towards the weekly target, then keeps it. Other components keep their dose for the whole plan (they progress
+by load and sets, which the notes describe). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -46,14 +48,17 @@ class Phase:
 
 
 def phases_for(c: Component, targets: tuple[Target, ...], step_weeks: int, weeks: int = PLAN_WEEKS,
-               ) -> tuple[Phase, ...]:
-    """The phases of one component over the plan."""
+               max_days: int = MAX_AEROBIC_DAYS) -> tuple[Phase, ...]:
+    """The phases of one component over the plan; `max_days`: the days a week the patient can exercise (the
+    build-up adds minutes rather than days beyond them)."""
     goal = next((t.value for t in targets if t.measure == "aerobic-minutes-per-week"), None)
     f, m = c.frequency_per_week, c.minutes_per_session
     if c.type != "aerobic" or goal is None or f * m >= goal or weeks <= START_WEEKS:
         return (Phase(c, 1, 1, 1, weeks, f, m),)
-    days = max(f, min(MAX_AEROBIC_DAYS, math.ceil(goal / max(m, 1))))
+    days = max(f, min(MAX_AEROBIC_DAYS, max_days, math.ceil(goal / max(m, 1))))
     minutes = max(m, min(MAX_SESSION_MINUTES, STEP_MINUTES * math.ceil(goal / days / STEP_MINUTES)))
+    if (days, minutes) == (f, m):  # no room to build up within the days and the session length: one phase
+        return (Phase(c, 1, 1, 1, weeks, f, m),)
     steps = max(1, (minutes - m) // STEP_MINUTES + (days - f))
     build_end = min(weeks, START_WEEKS + steps * max(1, step_weeks))
     build = dict(frequency=f if days == f else f + 1, minutes=min(minutes, m + STEP_MINUTES),
@@ -67,8 +72,11 @@ def phases_for(c: Component, targets: tuple[Target, ...], step_weeks: int, weeks
 
 
 def plan_phases(p: Prescription) -> tuple[tuple[Phase, ...], ...]:
-    """Phases for every component of the prescription (same order as `components`)."""
-    return tuple(phases_for(c, p.targets, p.progression_step_weeks) for c in p.components)
+    """Phases for every component of the prescription (same order as `components`), within the days the
+    patient said they can exercise."""
+    days = p.preferences.days_available if p.preferences is not None else ()
+    max_days = len(days) if days else MAX_AEROBIC_DAYS
+    return tuple(phases_for(c, p.targets, p.progression_step_weeks, max_days=max_days) for c in p.components)
 
 
 def phase_text(ph: Phase) -> str:
