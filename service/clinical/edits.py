@@ -375,6 +375,7 @@ class _Editor:
             targets=targets,
             progression_step_weeks=2 if lim.slow else 1,
             progression=progression_for(setting, components, targets, slow=lim.slow,
+                                        days=len(p.preferences.days_available) if p.preferences else None,
                                         resistance_cap=lim.resistance, max_intensity=lim.max_intensity),
         )
 

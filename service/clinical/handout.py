@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from service import canonical
 from service.clinical.model import Component, Prescription
+from service.clinical.prescribe import example_week
 from service.clinical.rules import RULES
 
 TITLES = {"aerobic": "Moving", "resistance": "Strength exercises", "flexibility": "Stretching",
@@ -151,6 +152,7 @@ def _building_up(p: Prescription) -> tuple[str, ...]:
     aerobic = next((c for c in p.components if c.type == "aerobic"), None)
     goal = next((t.value for t in p.targets if t.measure == "aerobic-minutes-per-week"), 150)
     slow = any("every 2 weeks" in line for line in p.progression)
+    days = len(p.preferences.days_available) if p.preferences is not None else None
     lines = []
     if aerobic is not None:
         weekly = aerobic.frequency_per_week * aerobic.minutes_per_session
@@ -161,7 +163,7 @@ def _building_up(p: Prescription) -> tuple[str, ...]:
                          f"{aerobic.minutes_per_session} minutes each time.")
             lines.append(f"Then, if you feel well, add {STEP_MINUTES} minutes to each session "
                          f"{'every 2 weeks' if slow else 'every week'}, until you reach about {goal} minutes a week "
-                         f"(for example 30 minutes on 5 days).")
+                         f"(for example {example_week(goal, days)}).")
     if any(c.type == "resistance" for c in p.components):
         light = any("light-resistance" in line for line in p.progression)
         lines.append("Strength: when 15 repetitions feel easy, add a set or use a slightly stronger band or weight"

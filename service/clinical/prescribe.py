@@ -297,7 +297,7 @@ def prescribe(snapshot: PatientSnapshot, now: datetime, preferences: Preferences
         missing_data=tuple(missing),
         rationale=tuple(rationale),
         progression_step_weeks=2 if plan.slow else 1,
-        progression=progression_for(setting, components, targets, slow=plan.slow,
+        progression=progression_for(setting, components, targets, slow=plan.slow, days=len(prefs.days_available),
                                     resistance_cap=plan.resistance, max_intensity=plan.max_intensity),
         stop_rules=tuple(stop_rules),
         red_flags=tuple(red_flags),
@@ -518,8 +518,21 @@ def _components(plan: Limits, snapshot: PatientSnapshot, now: datetime, prefs: P
     return tuple(comps)
 
 
+MAX_SESSION_MINUTES = 60  # the longest single session an example week suggests
+
+
+def example_week(goal: int, days: int | None) -> str:
+    """The weekly goal spread over the patient's days (5 when they gave none): "30 minutes on 5 days"; a session
+    longer than an hour becomes an hour plus short walks on other days."""
+    n = min(max(days or 5, 1), 7)
+    minutes = _round5(goal / n)
+    if minutes > MAX_SESSION_MINUTES:
+        return f"{MAX_SESSION_MINUTES} minutes on {n} day{'s' if n != 1 else ''}, plus short walks on other days"
+    return f"{minutes} minutes on {n} day{'s' if n != 1 else ''}"
+
+
 def progression_for(setting: Setting, components: tuple[Component, ...], targets: tuple[Target, ...], *,
-                    slow: bool, resistance_cap: str, max_intensity: str) -> tuple[str, ...]:
+                    slow: bool, resistance_cap: str, max_intensity: str, days: int | None = None) -> tuple[str, ...]:
     """How the plan builds up, from the components actually prescribed (re-run after a clinician's edit)."""
     if setting == "defer":
         return ("Re-assess after clinical review; restart at the lowest level (5-10 minutes of walking).",)
@@ -539,7 +552,7 @@ def progression_for(setting: Setting, components: tuple[Component, ...], targets
                          "tolerated.")
         else:
             lines.append(f"Then add 5 minutes per session {step} as tolerated, towards {goal} min/week "
-                         f"(e.g. {_round5(goal / 5)} minutes on 5 days).")
+                         f"(e.g. {example_week(goal, days)}).")
     if any(c.type == "resistance" for c in components):
         lines.append("Resistance: when 15 repetitions feel easy, add a set or a slightly stronger band/weight"
                      + (" (only within the light-resistance limit)." if resistance_cap == "light" else "."))

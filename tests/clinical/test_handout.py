@@ -120,3 +120,19 @@ def test_without_contacts_the_handout_still_says_whom_to_call() -> None:
     _, p, _ = run("baseline_breast")
     h = handout_for(p, service_name="Riverside Exercise Oncology Service")
     assert "appointment letter" in h.contacts[0] and "will contact you" in h.contacts[1]
+
+
+def test_the_example_week_uses_the_patients_days() -> None:
+    from service.clinical.prescribe import example_week
+
+    assert example_week(150, None) == "30 minutes on 5 days"
+    assert example_week(150, 3) == "50 minutes on 3 days"
+    assert example_week(150, 2) == "60 minutes on 2 days, plus short walks on other days"
+    assert example_week(150, 1) == "60 minutes on 1 day, plus short walks on other days"
+    snap, _, _ = run("baseline_breast")
+    from service.clinical.prescribe import prescribe
+    from tests.clinical.support import NOW
+
+    p = prescribe(snap, NOW, preferences_from_json({"daysAvailable": ["tue", "sat"]}))
+    assert any("60 minutes on 2 days" in line for line in p.progression)
+    assert any("60 minutes on 2 days" in line for line in _handout(p).building_up)
