@@ -47,14 +47,16 @@ def error_page(status: int, title: str, message: str, *, relaunch: bool = False,
 
 
 def outcome(status: int, message: str, *, code: str = "processing",
-            issues: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
+            issues: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
     """An API error: OperationOutcome body (one issue per problem, with `expression` paths when known)."""
     body = operation_outcome(message, status=status, code=code)
     if issues:
         body["issue"] = issues
     if extra:
         body.update(extra)
-    return no_store(JSONResponse(body, status_code=status, media_type="application/fhir+json"))  # type: ignore
+    return no_store(JSONResponse(body, status_code=status, media_type="application/fhir+json",  # type: ignore
+                                 headers=headers))
 
 
 def json_for_script(data: Any) -> str:
