@@ -38,12 +38,11 @@ class Sandbox:
 
     def stored(self, ns: str) -> list[dict[str, Any]]:
         """Rows of one namespace of the service's store, read from its SQLite file."""
-        from service.storage import SQLiteStore
+        from service.state import open_state_store
 
-        path = self.app.state.settings.resolved_storage_url()[len("sqlite:///"):]
 
         async def rows() -> list[dict[str, Any]]:
-            store = SQLiteStore(path)
+            store = open_state_store(self.app.state.settings)
             try:
                 return [v for _, v in await store.scan(ns)]
             finally:
