@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from service import metrics
 from service.config import Settings
 
 from .discovery import prefetch_templates, required_keys
@@ -158,6 +159,8 @@ async def gather(req: HookRequest, settings: Settings, now: datetime) -> HookDat
 
     required = required_keys()
     timed_out = {_failed_key(f) for f in data.failures if "budget" in f}
+    if timed_out:
+        metrics.HOOK_BUDGET_EXHAUSTED.labels(req.hook).inc()
     errored = {_failed_key(f) for f in data.failures} - timed_out
     if errored & required or (errored and not data.resources and not timed_out and len(errored) == len(missing_keys)):
         # The server refused or could not answer (401/403/404/5xx/unreachable) for what we cannot do without.

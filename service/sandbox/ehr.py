@@ -27,13 +27,15 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 from markdown_it import MarkdownIt
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path as PathParam, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChainableUndefined
 from markupsafe import Markup
 
+from service.cds_hooks.models import FHIR_ID_PATTERN as FHIR_ID
 from service.sandbox import cohort
+from service.webfiles import static_path
 from service.sandbox.cds_client import CdsClient, CdsService, HookCall, valid_http_url
 
 log = logging.getLogger("onco.sandbox.ehr")
@@ -260,8 +262,8 @@ def error_page(request: Request, title: str, message: str, status: int, back: st
 
 @router.get("/static/{name}")
 async def static(name: str) -> Response:
-    path = (STATIC_DIR / name).resolve()
-    if path.parent != STATIC_DIR.resolve() or not path.is_file():
+    path = static_path(STATIC_DIR, name)
+    if path is None:
         raise HTTPException(404)
     return FileResponse(path, headers={"Cache-Control": "max-age=300"})
 
@@ -489,7 +491,7 @@ def _service_from_json(d: dict[str, Any]) -> CdsService:
 
 
 @router.get("/patients/{pid}", response_class=HTMLResponse)
-async def chart(request: Request, pid: str) -> HTMLResponse:
+async def chart(request: Request, pid: str = PathParam(pattern=FHIR_ID)) -> HTMLResponse:
     encounter = request.query_params.get("encounter") or None
     urls = await service_urls(request)
     async with fhir_client(request) as fhir:

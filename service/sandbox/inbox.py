@@ -22,9 +22,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from service.cds_hooks.models import FHIR_ID_PATTERN as FHIR_ID
 from service.sandbox.ehr import PageError, _value, check_csrf, fhir_client, html_errors, page
 
 router = APIRouter(prefix="/sandbox/exercise-service", include_in_schema=False)
@@ -207,7 +208,7 @@ async def inbox(request: Request) -> HTMLResponse:
 
 @router.get("/tasks/{tid}", response_class=HTMLResponse)
 @html_errors
-async def task_detail(request: Request, tid: str) -> HTMLResponse:
+async def task_detail(request: Request, tid: str = PathParam(pattern=FHIR_ID)) -> HTMLResponse:
     async with fhir_client(request) as fhir:
         ctx = await referral_context(fhir, tid)
     return page(request, "inbox/task.html", {**ctx, "notice": request.query_params.get("notice"),
@@ -294,7 +295,7 @@ async def referral_context(fhir: httpx.AsyncClient, tid: str) -> dict[str, Any]:
 
 @router.post("/tasks/{tid}")
 @html_errors
-async def act(request: Request, tid: str) -> Response:
+async def act(request: Request, tid: str = PathParam(pattern=FHIR_ID)) -> Response:
     form = await check_csrf(request)
     action = form.get("action", "")
     back = f"/sandbox/exercise-service/tasks/{tid}"
