@@ -49,12 +49,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except (ValueError, OSError) as exc:  # e.g. an unreadable key file named in the settings
         return _fail(f"cannot start: {exc}")
-    log.info("starting on %s:%d (public URL %s, %d FHIR server(s), %d CDS client(s))", args.host, args.port,
-             settings.public_url, len(settings.fhir_servers), len(settings.cds_clients))
+    from service.server import server_config
+
+    everywhere = args.host in ("0.0.0.0", "::", "")
+    log.info("starting on %s:%d%s (public URL %s, %d FHIR server(s), %d CDS client(s))", args.host, args.port,
+             " - all network interfaces; use --host 127.0.0.1 behind a proxy on the same machine" if everywhere
+             else "", settings.public_url, len(settings.fhir_servers), len(settings.cds_clients))
     # proxy_headers: replicas run behind a reverse proxy (docker/nginx.conf); uvicorn's own logging is routed
-    # through ours (log_config=None) so it is JSON and redacted too; access lines come from service.ops.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, proxy_headers=True, forwarded_allow_ips="*",
-                log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=10)
+    # through ours so it is JSON and redacted too; access lines come from service.ops; limits: service.server.
+    config = server_config(app, settings, args.host, args.port, proxy_headers=True, forwarded_allow_ips="*")
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -114,8 +118,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except (ValueError, OSError) as exc:
         return _fail(f"cannot start the sandbox: {exc}")
-    config = uvicorn.Config(app, host=host.strip("[]"), port=args.port, log_config=None, access_log=False,
-                            lifespan="on", server_header=False, timeout_graceful_shutdown=5)
+    from service.server import server_config
+
+    config = server_config(app, settings, host.strip("[]"), args.port, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     base = settings.public_url
 
@@ -281,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser("serve", help="run the production service (settings from ONCO_EXERCISE_* variables)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address to listen on (default 0.0.0.0: every network interface, as in a container)")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
 
