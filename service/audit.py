@@ -4,9 +4,11 @@ Two steps per signing, so that no crash leaves a referral written without a reco
 1. `record_intent` before anything is sent: the signing key, patient, signer, strategy, target server and the
    business identifiers the write-back will carry (store namespace `audit-intent`). If the store cannot take
    it, nothing is written.
-2. `record_writeback` after: the outcome (what was written, what failed), in namespace `audit` under a key
-   derived from the intent's time and the signing key, so every attempt of one signing updates the same
-   record (its `attempts` list grows) and a signing has exactly one record; the intent is then removed.
+2. `record_writeback` after: the outcome (what was written, what failed), in namespace `audit` (keys sort by
+   time); `audit-index` maps the signing key to its record, so every attempt of one signing updates the same
+   record (its `attempts` list grows) and a signing has exactly one record. The intent is removed once the
+   outcome is settled; an uncertain one (the EHR failed or did not answer: the write may have landed) keeps
+   it, so the next attempt resumes and the reconciler reads the EHR.
 An intent left behind (worker killed, store lost mid-write) is finished by the next attempt of the same
 signing or by service.smart.reconcile, which reads the EHR by those identifiers.
 
@@ -27,6 +29,7 @@ from service.storage import Store
 AUDIT_LOGGER = "onco_exercise.audit"
 AUDIT_NS = "audit"
 INTENT_NS = "audit-intent"
+INDEX_NS = "audit-index"
 DEFAULT_RETENTION_DAYS = 400
 MAX_ATTEMPTS_KEPT = 20
 
@@ -64,8 +67,10 @@ def _compact(iso: str) -> str:
 
 
 def _emit(record: dict[str, Any]) -> None:
-    """One structured log line: the record's fields are fields of the line, not a JSON string inside `msg`."""
-    audit_log.info("%s %s", record["event"], record.get("outcome", ""), extra={**record, "audit": True})
+    """One structured log line: the record's fields are fields of the line, not a JSON string inside `msg`
+    (the session id stays out of logs)."""
+    fields = {k: v for k, v in record.items() if k != "session"}
+    audit_log.info("%s %s", record["event"], record.get("outcome", ""), extra={**fields, "audit": True})
 
 
 async def record_intent(store: Store, *, signing_key: str, practitioner: str | None, patient_ref: str,
@@ -91,7 +96,7 @@ async def record_writeback(store: Store | None, *, practitioner: str | None, pat
                            written: Iterable[Any], failed: Iterable[Any], request_id: str | None,
                            retention_days: int = DEFAULT_RETENTION_DAYS, now: datetime | None = None,
                            signing_key: str | None = None, intent: dict[str, Any] | None = None,
-                           how: str = "signed", notes: Iterable[str] = ()) -> dict[str, Any]:
+                           how: str = "signed", notes: Iterable[str] = (), settled: bool = True) -> dict[str, Any]:
     """Log and store the outcome record of one signing; returns it. A store failure is logged, never raised:
     the write-back has happened, its caller must still answer, and the intent left in the store is
     reconciled later."""
@@ -111,18 +116,23 @@ async def record_writeback(store: Store | None, *, practitioner: str | None, pat
     _emit(record)
     if store is None:
         return record
-    started = (intent or {}).get("at") or at
-    key = (f"{_compact(started)}-{signing_key[:24]}" if signing_key
-           else f"{_compact(at)}-{uuid.uuid4().hex[:12]}")
+    ttl = retention_days * 86400
+    key = f"{_compact(at)}-{uuid.uuid4().hex[:12]}"
     try:
         if signing_key:
+            index = await store.get(INDEX_NS, signing_key)
+            if index is None:
+                started = (intent or {}).get("at") or at
+                index = {"key": f"{_compact(started)}-{signing_key[:24]}"}
+                await store.put(INDEX_NS, signing_key, index, ttl=ttl)
+            key = index["key"]
             previous = await store.get(AUDIT_NS, key)
             attempts = list((previous or {}).get("attempts") or [])
             attempts.append({"at": at, "outcome": outcome, "how": how, "requestId": request_id,
                              "written": len(written_refs), "failed": len(failed_items)})
             record = {**record, "attempts": attempts[-MAX_ATTEMPTS_KEPT:]}
-        await store.put(AUDIT_NS, key, record, ttl=retention_days * 86400)
-        if signing_key:
+        await store.put(AUDIT_NS, key, record, ttl=ttl)
+        if signing_key and settled:
             await store.delete(INTENT_NS, signing_key)
     except Exception as exc:  # noqa: BLE001 - see docstring
         logging.getLogger("onco_exercise.ops").error("could not store audit record %s (%s); the intent stays "

@@ -212,7 +212,10 @@ async def write_back(ehr: FhirClient, entries: list[Entry], document: DocumentAr
         if result.failed:
             metrics.WRITEBACK.labels(strategy, "partial").inc()
         else:
-            await store.put(NS_RESULT, signing_key, result.to_json(), ttl=RESULT_TTL)
+            try:  # the replay cache only saves a later call some reads: losing it (store down) loses nothing
+                await store.put(NS_RESULT, signing_key, result.to_json(), ttl=RESULT_TTL)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("write-back result not cached (%s); the write itself is done", type(exc).__name__)
             found = any(w.get("status") == "existing" for w in result.written)
             metrics.WRITEBACK.labels(strategy, "resumed" if resume and found else "ok").inc()
         log.info("write-back %s: %d resources (%d created)", strategy, len(result.written),
@@ -407,13 +410,18 @@ def _lookup_ok(cap: Capability, e: Entry) -> bool:
     return not r.search_params or all(p in r.search_params for p in _params_of(e["ifNoneExist"]))
 
 
-def _lookup_params(cap: Capability, e: Entry) -> list[tuple[str, str]]:
-    """The identifier search, narrowed to the patient when the resource names one: servers that enforce
-    SMART `patient/` scopes refuse searches that do not name the launch patient (403)."""
+def _patient_of(res: dict[str, Any]) -> str | None:
+    return next((res[k].get("reference") for k in ("subject", "for", "patient")
+                 if isinstance(res.get(k), dict)), None)
+
+
+def _lookup_params(cap: Capability, e: Entry, set_patient: str | None = None) -> list[tuple[str, str]]:
+    """The identifier search, narrowed to the patient when the resource names one (or, for a Provenance, the
+    set's patient): servers that enforce SMART `patient/` scopes refuse searches that do not name the launch
+    patient (403)."""
     params = parse_qsl(e["ifNoneExist"], keep_blank_values=True)
     res = e["resource"]
-    ref = next((res[k].get("reference") for k in ("subject", "for", "patient")
-                if isinstance(res.get(k), dict)), None)
+    ref = _patient_of(res) or set_patient
     r = cap.resources.get(res["resourceType"])
     if isinstance(ref, str) and ref.startswith("Patient/") and r is not None and "patient" in r.search_params:
         params.append(("patient", ref))
@@ -481,12 +489,13 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
 
     by_url: dict[str, dict[str, Any]] = {}
     mapping: dict[str, str] = {}
+    set_patient = next((r for e in entries if (r := _patient_of(e["resource"])) and r.startswith("Patient/")), None)
     # 1. Look up, by business identifier, what the server cannot create conditionally (everything, on resume).
     for e in entries:
         if (_conditional_ok(cap, e) and not resume) or not _lookup_ok(cap, e):
             continue
         rtype = e["resource"]["resourceType"]
-        found = await client.search(rtype, _lookup_params(cap, e), max_pages=1)
+        found = await client.search(rtype, _lookup_params(cap, e, set_patient), max_pages=1)
         hit = next((r for r in found.resources if r.get("resourceType") == rtype and _matches(r, e["ifNoneExist"])),
                    None)
         if hit is not None:

@@ -533,7 +533,8 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
     audit = await record_writeback(store, practitioner=sess["requester"], patient_ref=f"Patient/{sess['patient']}",
                                    strategy=strategy, written=answer["written"], failed=answer["failed"],
                                    request_id=request_id, retention_days=settings.audit_retention_days,
-                                   signing_key=key, intent=intent, how="resumed" if resume else "signed")
+                                   signing_key=key, intent=intent, how="resumed" if resume else "signed",
+                                   settled=not (status >= 500 and not answer["written"]))
     answer["outcome"] = audit.get("outcome")
     log.info("smart sign: %s, %d written, %d failed", strategy, len(answer["written"]), len(answer["failed"]))
     return answer, status

@@ -107,9 +107,12 @@ def of(request: Request) -> SmartRuntime:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The router's lifespan (FastAPI merges it into the app's, inside the store's)."""
+    from service.smart.reconcile import reconciler
+
     rt = runtime(app)
     rt.keys  # generate (or load) the signing keys at start, not during the first launch
     try:
-        yield
+        async with reconciler(rt, app):  # interrupted signings get their audit outcome (service.smart.reconcile)
+            yield
     finally:
         await rt.close()
