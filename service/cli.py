@@ -1,4 +1,4 @@
-"""onco-exercise {sandbox, serve, prescribe, validate, check-config, terminology}.
+"""onco-exercise {sandbox, serve, prescribe, validate, check-config, terminology, state-key}.
 
 Each command returns an exit code; problems are printed as readable messages on stderr, never as tracebacks.
 """
@@ -254,6 +254,54 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return check_config()
 
 
+def cmd_state_key(args: argparse.Namespace) -> int:
+    """Rotate the keys that seal the state store (docs/operations.md, "Key rotation")."""
+    import asyncio
+
+    from service.sealing import KeyRingError, key_file_path, new_key, read_key_file, write_key_file
+    from service.state import open_state_store
+
+    settings = _load_settings()
+    if args.action == "new":
+        k = new_key()
+        print(f"{k['kid']}:{k['k']}")
+        return 0
+    if args.action in ("rotate", "retire"):
+        if settings.state_keys:
+            return _fail("the keys come from ONCO_EXERCISE_STATE_KEYS: put `onco-exercise state-key new` first in "
+                         "that list (rotate) or drop the old ones (retire) where the secret is kept, restart, then "
+                         "run `onco-exercise state-key reseal`")
+        path = key_file_path(settings)
+        try:
+            entries = read_key_file(path) if path.exists() else []
+        except KeyRingError as exc:
+            return _fail(str(exc))
+        if args.action == "retire":
+            if len(entries) < 2:
+                return _fail(f"{path} holds one key: nothing to retire")
+            write_key_file(path, entries[:1])
+            print(f"retired {len(entries) - 1} key(s) from {path}; values they sealed no longer open")
+            return 0
+        entries.insert(0, new_key())
+        write_key_file(path, entries)
+        print(f"{path}: new key {entries[0]['kid']} seals from now on ({len(entries)} keys in the ring)")
+
+    async def reseal() -> int:
+        store = open_state_store(settings)
+        try:
+            return await store.reseal()
+        finally:
+            await store.close()
+
+    try:
+        n = asyncio.run(reseal())
+    except Exception as exc:  # noqa: BLE001 - store unreachable, bad key: one readable line
+        return _fail(f"re-sealing failed: {type(exc).__name__}: {exc}")
+    print(f"re-sealed {n} stored value(s) with the first key; restart the replicas, then "
+          "`onco-exercise state-key retire` drops the old keys")
+    return 0
+
+
 def cmd_terminology(args: argparse.Namespace) -> int:
     """The terminology coverage report: concepts x code systems x counts, the range rules and the sources."""
     import json
@@ -307,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="check settings and every configured FHIR server")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("state-key", help="rotate the keys that encrypt the state store (new, rotate, reseal, retire)")
+    p.add_argument("action", choices=("new", "rotate", "reseal", "retire"),
+                   help="new: print a key; rotate: add a key first in the key file and re-seal; reseal: re-seal "
+                        "every value with the first key; retire: drop every key but the first")
+    p.set_defaults(func=cmd_state_key)
 
     p = sub.add_parser("terminology", help="print the terminology coverage report (code systems, counts, sources)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

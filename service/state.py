@@ -24,6 +24,7 @@ from service.storage import Store, open_store
 
 log = logging.getLogger("onco_exercise.store")
 
+RELOAD_INTERVAL = 10.0  # seconds between two key-file reloads triggered by unknown key ids
 PLAIN_NAMESPACES = frozenset({"sign-lease", "writeback-lock", "smart-refresh-lock"})
 T = TypeVar("T")
 
@@ -49,10 +50,13 @@ _BACKEND_ERRORS = _backend_errors()
 class StateStore:
     """Implements service.storage.Store over another Store; see the module docstring."""
 
-    def __init__(self, inner: Store, ring: KeyRing | None, plain: frozenset[str] = PLAIN_NAMESPACES) -> None:
+    def __init__(self, inner: Store, ring: KeyRing | None, plain: frozenset[str] = PLAIN_NAMESPACES,
+                 reload: Callable[[], KeyRing] | None = None) -> None:
         self.inner = inner
         self.ring = ring
         self.plain = plain
+        self.reload = reload  # re-reads the key file when a value names a key we do not have (a rotation)
+        self._reloaded_at = 0.0
         self.down_since: float | None = None
         metrics.STORE_UP.set(1)
 
@@ -89,6 +93,16 @@ class StateStore:
         try:
             return self.ring.open(ns, key, stored)
         except Unsealable as exc:
+            kid = self.ring.sealed_with(stored)
+            if (self.reload is not None and kid not in {k for k, _ in self.ring.keys}
+                    and time.monotonic() - self._reloaded_at > RELOAD_INTERVAL):
+                self._reloaded_at = time.monotonic()
+                try:
+                    self.ring = self.reload()
+                    log.warning("state keys reloaded: a value was sealed with a new key (%s)", kid)
+                    return self._open(ns, key, stored)
+                except Exception as reload_exc:  # noqa: BLE001 - keep the old ring
+                    log.warning("state keys could not be reloaded (%s)", type(reload_exc).__name__)
             metrics.STORE_ERRORS.labels("open", "Unsealable").inc()
             log.warning("state entry in %s does not open (%s): treated as absent", ns, exc)
             return None
@@ -173,4 +187,5 @@ def open_state_store(settings: Any, ring: KeyRing | None = None) -> StateStore:
     """The app's store for these settings: the back end from the storage URL, sealed with the state keys."""
     from service.sealing import load_key_ring
 
-    return StateStore(open_store(settings.resolved_storage_url()), ring or load_key_ring(settings))
+    reload = None if settings.state_keys else (lambda: load_key_ring(settings))
+    return StateStore(open_store(settings.resolved_storage_url()), ring or load_key_ring(settings), reload=reload)

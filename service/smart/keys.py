@@ -8,7 +8,6 @@ restarts; an operator may supply their own private JWKS with ONCO_EXERCISE_SMART
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
