@@ -351,7 +351,7 @@ def build_router(rt: Any) -> APIRouter:
     async def launch(request: Request) -> Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("patient"), str) or not body["patient"]:
             return JSONResponse({"error": "invalid_request", "error_description":
@@ -370,7 +370,7 @@ def build_router(rt: Any) -> APIRouter:
     async def register(request: Request) -> Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             body = None
         problem = _registration_problem(body)
         if problem:

@@ -18,6 +18,7 @@ import html
 import inspect
 import json
 import logging
+import re
 import secrets
 from datetime import date, datetime, timezone
 from html.parser import HTMLParser
@@ -493,6 +494,9 @@ def _service_from_json(d: dict[str, Any]) -> CdsService:
 @router.get("/patients/{pid}", response_class=HTMLResponse)
 async def chart(request: Request, pid: str = PathParam(pattern=FHIR_ID)) -> HTMLResponse:
     encounter = request.query_params.get("encounter") or None
+    if encounter is not None and not re.fullmatch(FHIR_ID, encounter):
+        return error_page(request, "Encounter not found", "That is not an encounter id.", 404,
+                          back=f"/sandbox/patients/{pid}")
     urls = await service_urls(request)
     async with fhir_client(request) as fhir:
         data = await chart_data(fhir, pid)
