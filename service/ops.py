@@ -275,6 +275,22 @@ async def _send_unavailable(send: Send, scope: Scope) -> None:
     await send({"type": "http.response.body", "body": response.body})
 
 
+class SelectiveCORS:
+    """Starlette's CORS, except on paths `exempt(path)` names (e.g. the sandbox's pages and authorization
+    endpoints): those answer no CORS headers at all, so other origins cannot read them."""
+
+    def __init__(self, app: ASGIApp, exempt: Any = None, **options: Any) -> None:
+        self.app = app
+        self.exempt = exempt
+        self.cors = CORSMiddleware(app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.exempt is not None and self.exempt(scope.get("path", "")):
+            await self.app(scope, receive, send)
+        else:
+            await self.cors(scope, receive, send)
+
+
 # -- readiness ---------------------------------------------------------------------------------------------
 
 class Readiness:
@@ -400,7 +416,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     # Added first = innermost: CORS answers preflights inside OpsMiddleware, so they get ids and metrics too.
     app.add_middleware(
-        CORSMiddleware,
+        SelectiveCORS,
+        exempt=getattr(app.state, "cors_exempt", None),
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],

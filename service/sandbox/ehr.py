@@ -226,21 +226,38 @@ def html_errors(fn: Any) -> Any:
     return wrapper
 
 
-def csrf_token(request: Request) -> str:
+def _browser_nonce(request: Request) -> str:
+    """The random value in this browser's CSRF cookie (a new one when it has none)."""
     token = request.cookies.get(CSRF_COOKIE)
-    if not token or len(token) < 20:
+    if not token or not 20 <= len(token) <= 100:
         token = getattr(request.state, "new_csrf", None) or secrets.token_urlsafe(24)
         request.state.new_csrf = token
     return token
 
 
+def sandbox_secret(request: Request) -> bytes:
+    """A per-process secret that signs CSRF tokens and inbox sign-ins (a restart asks for a reload)."""
+    secret = getattr(request.app.state, "sandbox_secret", None)
+    if secret is None:
+        secret = request.app.state.sandbox_secret = secrets.token_bytes(32)
+    return secret
+
+
+def csrf_token(request: Request) -> str:
+    """The form token: an HMAC of the cookie's random value, so a cookie planted by another site or port
+    (cookies are shared by every port of 127.0.0.1) and a form value it chose never match."""
+    nonce = _browser_nonce(request)
+    return hmac.new(sandbox_secret(request), f"csrf:{nonce}".encode(), "sha256").hexdigest()
+
+
 async def check_csrf(request: Request) -> dict[str, str]:
-    """The posted form, after checking its csrf field against the cookie; 403 otherwise."""
+    """The posted form, after checking its csrf field against the signed cookie; 403 otherwise."""
     form = await request.form()
     data = {k: v for k, v in form.items() if isinstance(v, str)}
     cookie = request.cookies.get(CSRF_COOKIE) or ""
     sent = data.get("csrf") or ""
-    if not cookie or not sent or not hmac.compare_digest(cookie, sent):
+    expected = hmac.new(sandbox_secret(request), f"csrf:{cookie}".encode(), "sha256").hexdigest()
+    if not cookie or not sent or not hmac.compare_digest(expected, sent):
         raise PageError(403, "Form expired", "The form's security token is missing or stale. Reload the page and "
                         "try again.")
     return data
@@ -250,9 +267,10 @@ def page(request: Request, name: str, context: dict[str, Any], status: int = 200
     token = csrf_token(request)
     ctx = {"request": request, "csrf": token, **context}
     resp = templates.TemplateResponse(request, name, ctx, status_code=status)
-    if request.cookies.get(CSRF_COOKIE) != token:
+    if request.cookies.get(CSRF_COOKIE) != _browser_nonce(request):
         secure = request.app.state.settings.public_url.startswith("https://")
-        resp.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/sandbox")
+        resp.set_cookie(CSRF_COOKIE, _browser_nonce(request), httponly=True, samesite="strict", secure=secure,
+                        path="/sandbox")
     return resp
 
 

@@ -27,6 +27,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from service.cds_hooks.models import FHIR_ID_PATTERN as FHIR_ID
 from service.sandbox.ehr import PageError, _value, check_csrf, fhir_client, html_errors, page
+from service.sandbox.staff import SIGN_IN, STAFF, require_staff, safe_next, sign_in_response, signed_in
 
 router = APIRouter(prefix="/sandbox/exercise-service", include_in_schema=False)
 
@@ -186,9 +187,31 @@ def _fitt(sr: dict[str, Any]) -> str:
     return ", ".join(bits)
 
 
+@router.get("/sign-in", response_class=HTMLResponse)
+async def sign_in_page(request: Request) -> HTMLResponse:
+    return page(request, "inbox/sign_in.html", {"staff": STAFF, "next": safe_next(request.query_params.get("next"))})
+
+
+@router.post("/sign-in")
+@html_errors
+async def sign_in(request: Request) -> Response:
+    form = await check_csrf(request)
+    user = form.get("user", "")
+    if user not in STAFF:
+        raise PageError(400, "Sign-in failed", "Choose one of the listed staff members.", SIGN_IN)
+    return sign_in_response(request, user, safe_next(form.get("next")))
+
+
+def _staff_context(request: Request) -> dict[str, str]:
+    name, role = STAFF[signed_in(request) or ""]
+    return {"staff_name": name, "staff_role": role}
+
+
 @router.get("/", response_class=HTMLResponse)
 @html_errors
-async def inbox(request: Request) -> HTMLResponse:
+async def inbox(request: Request) -> Response:
+    if (login := require_staff(request)) is not None:
+        return login
     async with fhir_client(request) as fhir:
         tasks, included = await list_tasks(fhir)
         base = str(fhir.base_url).rstrip("/")
@@ -201,17 +224,19 @@ async def inbox(request: Request) -> HTMLResponse:
                      t.get("for", {}).get("display", ""), "actions": allowed_actions(t.get("status", ""))})
     open_ = [r for r in rows if r["task"].get("status") in ("requested", "received", "accepted", "in-progress")]
     closed = [r for r in rows if r not in open_]
-    return page(request, "inbox/list.html", {"open": open_, "closed": closed, "org": org,
+    return page(request, "inbox/list.html", {**_staff_context(request), "open": open_, "closed": closed, "org": org,
                                               "org_name": _name(org) or "Exercise oncology service",
                                               "notice": request.query_params.get("notice")})
 
 
 @router.get("/tasks/{tid}", response_class=HTMLResponse)
 @html_errors
-async def task_detail(request: Request, tid: str = PathParam(pattern=FHIR_ID)) -> HTMLResponse:
+async def task_detail(request: Request, tid: str = PathParam(pattern=FHIR_ID)) -> Response:
+    if (login := require_staff(request)) is not None:
+        return login
     async with fhir_client(request) as fhir:
         ctx = await referral_context(fhir, tid)
-    return page(request, "inbox/task.html", {**ctx, "notice": request.query_params.get("notice"),
+    return page(request, "inbox/task.html", {**ctx, **_staff_context(request), "notice": request.query_params.get("notice"),
                                               "error": request.query_params.get("error"),
                                               "actions": allowed_actions(ctx["task"].get("status", "")),
                                               "labels": {a: v[3] for a, v in ACTIONS.items()}})
@@ -296,6 +321,8 @@ async def referral_context(fhir: httpx.AsyncClient, tid: str) -> dict[str, Any]:
 @router.post("/tasks/{tid}")
 @html_errors
 async def act(request: Request, tid: str = PathParam(pattern=FHIR_ID)) -> Response:
+    if (login := require_staff(request)) is not None:
+        return login
     form = await check_csrf(request)
     action = form.get("action", "")
     back = f"/sandbox/exercise-service/tasks/{tid}"

@@ -43,8 +43,22 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any
 @pytest.fixture(scope="module")
 def browser(sandbox: tuple[str, Any]) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=sandbox[0], timeout=60, follow_redirects=False) as c:
-        c.get(INBOX)
+        sign_in(c)
         yield c
+
+
+def form_token(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "the page embeds the form token"
+    return m.group(1)
+
+
+def sign_in(c: httpx.Client, user: str = "jordan-blake") -> httpx.Response:
+    r = c.get(INBOX)
+    assert r.status_code == 303 and r.headers["location"].startswith(f"{INBOX}sign-in")
+    page = c.get(r.headers["location"])
+    assert page.status_code == 200
+    return c.post(f"{INBOX}sign-in", data={"csrf": form_token(page.text), "user": user, "next": INBOX})
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +71,7 @@ def fhir(sandbox: tuple[str, Any]) -> Iterator[httpx.Client]:
 
 
 def act(browser: httpx.Client, tid: str, **form: str) -> httpx.Response:
-    data = {"csrf": browser.cookies.get("sandbox_csrf") or "", **form}
+    data = {"csrf": form_token(browser.get(f"{INBOX}sign-in").text), **form}
     return browser.post(f"{INBOX}tasks/{tid}", data=data)
 
 
@@ -279,3 +293,24 @@ def test_units_are_shown_as_people_read_them() -> None:
     bp = {"component": [{"valueQuantity": {"value": 127, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org",
                                            "code": "mm[Hg]"}}, {"valueQuantity": {"value": 75}}]}
     assert _value(bp) == "127/75 mm Hg"
+
+
+def test_the_inbox_needs_a_sign_in_and_a_signed_form_token(sandbox: tuple[str, Any], fhir: httpx.Client) -> None:
+    url, _ = sandbox
+    with httpx.Client(base_url=url, timeout=60, follow_redirects=False) as stranger:
+        r = stranger.get(INBOX)
+        assert r.status_code == 303 and "/sign-in" in r.headers["location"]
+        assert stranger.post(f"{INBOX}tasks/x", data={"action": "accept"}).status_code == 303  # to the sign-in
+        # a forged staff cookie is not a sign-in
+        stranger.cookies.set("sandbox_staff", f"jordan-blake.{10 ** 12}.{'0' * 64}", path="/sandbox/exercise-service")
+        assert stranger.get(INBOX).status_code == 303
+        # an equal cookie/form pair chosen by an attacker (cookies are shared by every port of 127.0.0.1)
+        stranger.cookies.set("sandbox_csrf", "a" * 32, path="/sandbox")
+        r = stranger.post(f"{INBOX}sign-in", data={"csrf": "a" * 32, "user": "jordan-blake", "next": INBOX})
+        assert r.status_code == 403
+        r = sign_in(stranger)
+        assert r.status_code == 303 and r.headers["location"] == INBOX
+        assert stranger.get(INBOX).status_code == 200
+        # the sign-in page never sends anyone outside the inbox
+        page = stranger.get(f"{INBOX}sign-in", params={"next": "https://evil.example/"})
+        assert 'name="next" value="/sandbox/exercise-service/"' in page.text
