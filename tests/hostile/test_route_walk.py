@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
