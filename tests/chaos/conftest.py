@@ -9,7 +9,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -78,6 +78,23 @@ class Chaos:
                 return exc
 
         return pool.submit(run)
+
+    def sign_under_fault(self, browser: httpx.Client, pool: ThreadPoolExecutor, replica: ServeProcess,
+                         patient: str, fault: Callable[[], None], settle: float = 0.5) -> tuple[Launched, Any, str]:
+        """Launch on `replica`, then press Sign & send while the EHR is paused (the transaction waits in its
+        socket); once the audit intent is recorded and `settle` seconds have passed, run `fault()`, then let
+        the EHR go on (unless the fault removed it). Returns (launch, the pending answer, signing key)."""
+        got = self.launch(browser, replica, patient)
+        self.ehr.pause()
+        try:
+            pending = self.sign_in_background(pool, browser.cookies, replica.url, got)
+            key = self.wait_for_intent(got.sid)
+            time.sleep(settle)
+            fault()
+        finally:
+            if self.ehr.proc is not None:
+                self.ehr.resume()
+        return got, pending, key
 
     # -- the shared store ------------------------------------------------------------------------------
 

@@ -29,15 +29,8 @@ def _kill9(proc) -> None:  # type: ignore[no-untyped-def]
 def test_kill_9_during_sign_then_retry_on_another_replica(rig: Chaos) -> None:
     a, b = rig.replica("a", public=True), rig.replica("b")
     with httpx.Client(timeout=60) as browser, ThreadPoolExecutor(1) as pool:
-        got = rig.launch(browser, a, "onc-03")
-        rig.ehr.pause()  # the EHR takes the transaction into its socket and sits on it
-        try:
-            pending = rig.sign_in_background(pool, browser.cookies, a.url, got)
-            rig.wait_for_intent(got.sid)
-            time.sleep(1.0)  # the transaction is on the wire
-            _kill9(a)
-        finally:
-            rig.ehr.resume()  # ... and commits it, answering a dead socket
+        # the paused EHR holds the transaction in its socket; after the kill it commits it, answering a dead socket
+        got, pending, _ = rig.sign_under_fault(browser, pool, a, "onc-03", lambda: _kill9(a), settle=1.0)
         assert isinstance(pending.result(timeout=30), httpx.HTTPError)
         t0 = time.monotonic()
         r = rig.sign(browser.cookies, b.url, got)
@@ -54,16 +47,11 @@ def test_kill_9_during_sign_then_retry_on_another_replica(rig: Chaos) -> None:
 def test_sigterm_during_sign_finishes_the_write(rig: Chaos) -> None:
     a, b = rig.replica("a", public=True), rig.replica("b")
     with httpx.Client(timeout=60) as browser, ThreadPoolExecutor(1) as pool:
-        got = rig.launch(browser, a, "onc-04")
-        rig.ehr.pause()
-        try:
-            pending = rig.sign_in_background(pool, browser.cookies, a.url, got)
-            rig.wait_for_intent(got.sid)
+        def sigterm() -> None:  # graceful: in-flight requests finish first
+            a.proc.send_signal(signal.SIGTERM)
             time.sleep(0.5)
-            a.proc.send_signal(signal.SIGTERM)  # graceful: in-flight requests finish first
-            time.sleep(0.5)
-        finally:
-            rig.ehr.resume()
+
+        got, pending, _ = rig.sign_under_fault(browser, pool, a, "onc-04", sigterm)
         first = pending.result(timeout=30)
         assert isinstance(first, httpx.Response) and first.status_code == 200, first
         assert a.proc.wait(timeout=20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
@@ -76,15 +64,7 @@ def test_sigterm_during_sign_finishes_the_write(rig: Chaos) -> None:
 def test_redis_stops_during_sign_then_comes_back(rig: Chaos) -> None:
     a, b = rig.replica("a", public=True), rig.replica("b")
     with httpx.Client(timeout=60) as browser, ThreadPoolExecutor(1) as pool:
-        got = rig.launch(browser, a, "onc-05")
-        rig.ehr.pause()
-        try:
-            pending = rig.sign_in_background(pool, browser.cookies, a.url, got)
-            rig.wait_for_intent(got.sid)
-            time.sleep(0.5)
-            rig.redis.stop()
-        finally:
-            rig.ehr.resume()
+        got, pending, _ = rig.sign_under_fault(browser, pool, a, "onc-05", rig.redis.stop)
         first = pending.result(timeout=30)
         # the EHR took the referral, the store did not: the clinician is told exactly that, with what was written
         assert first.status_code == 503, first.text[:500]
@@ -157,12 +137,7 @@ def test_ehr_hangs_during_sign(rig: Chaos) -> None:
 def test_ehr_stops_during_sign_then_restarts(rig: Chaos) -> None:
     a = rig.replica("a", public=True)
     with httpx.Client(timeout=60) as browser, ThreadPoolExecutor(1) as pool:
-        got = rig.launch(browser, a, "onc-07")
-        rig.ehr.pause()
-        pending = rig.sign_in_background(pool, browser.cookies, a.url, got)
-        rig.wait_for_intent(got.sid)
-        time.sleep(0.5)
-        rig.ehr.kill()  # dies with the transaction unread
+        got, pending, _ = rig.sign_under_fault(browser, pool, a, "onc-07", rig.ehr.kill)  # dies, transaction unread
         first = pending.result(timeout=30)
         assert isinstance(first, httpx.Response) and 500 <= first.status_code < 600, first
         rig.ehr.start()
@@ -177,15 +152,7 @@ def test_ehr_stops_during_sign_then_restarts(rig: Chaos) -> None:
 def test_an_abandoned_interrupted_signing_is_reconciled_by_another_replica(rig: Chaos) -> None:
     a = rig.replica("a", public=True)
     with httpx.Client(timeout=60) as browser, ThreadPoolExecutor(1) as pool:
-        got = rig.launch(browser, a, "onc-08")
-        rig.ehr.pause()
-        try:
-            pending = rig.sign_in_background(pool, browser.cookies, a.url, got)
-            key = rig.wait_for_intent(got.sid)
-            time.sleep(1.0)
-            _kill9(a)
-        finally:
-            rig.ehr.resume()
+        got, pending, key = rig.sign_under_fault(browser, pool, a, "onc-08", lambda: _kill9(a), settle=1.0)
         pending.result(timeout=30)
         c = rig.replica("c")  # nobody presses Sign & send again: the reconciler records what was written
         records = wait_until(lambda: rig.audit_records(key), 8 * LEASE + 10, "the reconciled audit record",
