@@ -27,6 +27,16 @@ def wait_until(predicate, timeout: float, what: str, step: float = 0.05):  # typ
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not gone after `grace` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Redis:
     """redis-server on a fixed port with an fsync-always append-only file: a stop loses nothing."""
 
@@ -54,8 +64,7 @@ class Redis:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+            _terminate(self.proc, 10)
         self.proc = None
 
 
@@ -100,13 +109,8 @@ class Ehr:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            os.kill(self.proc.pid, signal.SIGCONT)  # a paused process cannot act on SIGTERM
+            _terminate(self.proc, 15)
         self.proc = None
 
     def fhir(self) -> httpx.Client:
