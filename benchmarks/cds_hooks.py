@@ -282,7 +282,7 @@ def start_service(storage: str, tmp: str, key: Any, fhir_base: str) -> tuple[str
     env = {
         "ONCO_EXERCISE_PUBLIC_URL": base, "ONCO_EXERCISE_DATA_DIR": f"{tmp}/{name}",
         "ONCO_EXERCISE_FHIR_SERVERS": fhir_base, "ONCO_EXERCISE_LOG_LEVEL": "WARNING",
-        "ONCO_EXERCISE_HOOK_BUDGET_SECONDS": "2",
+        "ONCO_EXERCISE_HOOK_BUDGET_SECONDS": "2", "ONCO_EXERCISE_COOKIE_SECURE": "false",  # plain-http loopback
         "ONCO_EXERCISE_CDS_CLIENTS": json.dumps([{"iss": ISS, "jwks": {"keys": [key.as_dict(private=False)]}}]),
     }
     procs: list[subprocess.Popen[bytes]] = []
