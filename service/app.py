@@ -22,6 +22,7 @@ def parts_lifespan(settings: Settings, parts: list[LifespanPart], ring: KeyRing 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = open_state_store(settings, ring or load_key_ring(settings))
+        await _warn_if_evicting(app.state.store)
         async with AsyncExitStack() as stack:
             for part in parts:
                 await stack.enter_async_context(part(app))
@@ -31,6 +32,22 @@ def parts_lifespan(settings: Settings, parts: list[LifespanPart], ring: KeyRing 
                 await app.state.store.close()
 
     return lifespan
+
+
+async def _warn_if_evicting(store: object) -> None:
+    """A Redis that may evict keys can drop sessions, signing leases and audit intents (check-config refuses
+    it; serve starts, since Redis may be configured later, but says so)."""
+    import logging
+
+    policy_of = getattr(store, "eviction_policy", None)
+    try:
+        policy = await policy_of() if policy_of is not None else "noeviction"
+    except Exception:  # noqa: BLE001 - Redis not up yet: check-config and /readyz report it
+        return
+    if policy not in ("noeviction", None):
+        logging.getLogger("onco_exercise.serve").warning(
+            "the Redis store's maxmemory-policy is %s: set noeviction, or sessions, signing leases and audit "
+            "records may be evicted", policy)
 
 
 @asynccontextmanager
