@@ -99,8 +99,9 @@ def _timed(receive: Receive, timeout: float) -> Receive:
         if done:
             return await receive()
         try:
-            message = await asyncio.wait_for(receive(), timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # a timer on this task, no extra task (unlike wait_for)
+                message = await receive()
+        except TimeoutError:
             raise BodyTimeout() from None
         if message["type"] != "http.request" or not message.get("more_body", False):
             done = True
