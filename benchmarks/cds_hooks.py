@@ -177,7 +177,7 @@ class Target:
         out = []
         for body in bodies:
             tok = jwt.encode({"alg": self.alg, "kid": self.key.kid, "typ": "JWT"},
-                             {"iss": ISS, "aud": f"{self.base}{PATH}", "exp": now + 600, "iat": now,
+                             {"iss": ISS, "aud": f"{self.base}{PATH}", "exp": now + 300, "iat": now,  # CDS Hooks: at most 5 minutes
                               "jti": str(uuid.uuid4())}, self.key, algorithms=[self.alg])
             out.append((body, {"Content-Type": "application/json", "Authorization": f"Bearer {tok}"}))
         return out
@@ -282,7 +282,7 @@ def start_service(storage: str, tmp: str, key: Any, fhir_base: str) -> tuple[str
     env = {
         "ONCO_EXERCISE_PUBLIC_URL": base, "ONCO_EXERCISE_DATA_DIR": f"{tmp}/{name}",
         "ONCO_EXERCISE_FHIR_SERVERS": fhir_base, "ONCO_EXERCISE_LOG_LEVEL": "WARNING",
-        "ONCO_EXERCISE_HOOK_BUDGET_SECONDS": "2",
+        "ONCO_EXERCISE_HOOK_BUDGET_SECONDS": "2", "ONCO_EXERCISE_COOKIE_SECURE": "false",  # plain-http loopback
         "ONCO_EXERCISE_CDS_CLIENTS": json.dumps([{"iss": ISS, "jwks": {"keys": [key.as_dict(private=False)]}}]),
     }
     procs: list[subprocess.Popen[bytes]] = []
@@ -335,8 +335,9 @@ def main() -> int:
     patient = patients.bulky("bench-patient", months=args.months)
     prefetch = patient.prefetch()
     context = {"userId": "Practitioner/onc-1", "patientId": "@@PID@@", "encounterId": "enc-1"}
+    # the prefetched Patient (and every reference to it) carries the call's patientId, as the service checks
     full = json.dumps({"hook": "encounter-start", "hookInstance": "@@HOOK@@", "context": context,
-                       "prefetch": prefetch}).encode()
+                       "prefetch": prefetch}).replace("bench-patient", "@@PID@@").encode()
     py = sys.executable
     me = str(Path(__file__).resolve())
     loads: dict[str, Any] = {"waited": wait_for_quiet(args.max_load, args.wait)}

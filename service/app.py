@@ -9,18 +9,20 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.config import Settings
-from service.storage import open_store
+from service.sealing import KeyRing, load_key_ring
+from service.state import open_state_store
 
 LifespanPart = Callable[[FastAPI], AsyncContextManager[None]]
 
 
-def parts_lifespan(settings: Settings, parts: list[LifespanPart]) -> LifespanPart:
-    """The app's lifespan: open the store, enter each part in order (parts may be appended until start-up), and
-    leave them in reverse and close the store on the way out, whatever happens."""
+def parts_lifespan(settings: Settings, parts: list[LifespanPart], ring: KeyRing | None = None) -> LifespanPart:
+    """The app's lifespan: open the store (sealed with the state keys), enter each part in order (parts may be
+    appended until start-up), and leave them in reverse and close the store on the way out, whatever happens."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = open_store(settings.resolved_storage_url())
+        app.state.store = open_state_store(settings, ring or load_key_ring(settings))
+        await _warn_if_evicting(app.state.store)
         async with AsyncExitStack() as stack:
             for part in parts:
                 await stack.enter_async_context(part(app))
@@ -30,6 +32,22 @@ def parts_lifespan(settings: Settings, parts: list[LifespanPart]) -> LifespanPar
                 await app.state.store.close()
 
     return lifespan
+
+
+async def _warn_if_evicting(store: object) -> None:
+    """A Redis that may evict keys can drop sessions, signing leases and audit intents (check-config refuses
+    it; serve starts, since Redis may be configured later, but says so)."""
+    import logging
+
+    policy_of = getattr(store, "eviction_policy", None)
+    try:
+        policy = await policy_of() if policy_of is not None else "noeviction"
+    except Exception:  # noqa: BLE001 - Redis not up yet: check-config and /readyz report it
+        return
+    if policy not in ("noeviction", None):
+        logging.getLogger("onco_exercise.serve").warning(
+            "the Redis store's maxmemory-policy is %s: set noeviction, or sessions, signing leases and audit "
+            "records may be evicted", policy)
 
 
 @asynccontextmanager
@@ -52,6 +70,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from service.fhir.validate import warm_up_lifespan
     from service.notify.outbox import retry_lifespan
+    from service.metrics import set_build_info
+    from service.clinical.rules import RULESET_VERSION
+
+    ring = load_key_ring(settings)  # at creation, so a bad key configuration stops the start with a message
+    set_build_info(__version__, RULESET_VERSION)
 
     # compile the validator before the first signing; load the UCUM parser before the first odd unit; retry
     # notifications to exercise services that are due (also those from before a restart)
@@ -61,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="onco-exercise",
         version=__version__,
         description="CDS Hooks service and SMART on FHIR app for safe, personalised exercise referral in oncology.",
-        lifespan=parts_lifespan(settings, parts),
+        lifespan=parts_lifespan(settings, parts, ring),
     )
     app.state.settings = settings
     app.state.lifespan_parts = parts

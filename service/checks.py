@@ -64,12 +64,41 @@ async def _check_store(settings: Settings, report: Report) -> None:
     try:
         if await asyncio.wait_for(store.ping(), timeout=settings.fhir_timeout_seconds):
             report.add("ok", f"storage {safe_url(url)} reachable")
+            await _check_eviction(store, url, report)
         else:
             report.add("problem", f"storage {safe_url(url)}: not reachable")
     except Exception as exc:  # noqa: BLE001
         report.add("problem", f"storage {safe_url(url)}: {_error(exc)}")
     finally:
         await store.close()
+
+
+async def _check_eviction(store: object, url: str, report: Report) -> None:
+    """Redis must never evict: an evicted signing lease, session or audit intent breaks exactly-once signing."""
+    policy_of = getattr(store, "eviction_policy", None)
+    if policy_of is None:
+        return
+    policy = await policy_of()
+    if policy is None:
+        report.add("warning", f"storage {safe_url(url)}: cannot read maxmemory-policy (CONFIG disabled?); it must "
+                              "be noeviction")
+    elif policy != "noeviction":
+        report.add("problem", f"storage {safe_url(url)}: maxmemory-policy is {policy}: Redis may evict sessions, "
+                              "signing leases and audit records under memory pressure (set noeviction)")
+    else:
+        report.add("ok", f"storage {safe_url(url)}: maxmemory-policy noeviction")
+
+
+def registration(settings: Settings) -> list[str]:
+    """What the EHR's administrator registers for this service (SMART app and CDS service)."""
+    base = settings.public_url
+    lines = [f"SMART client id: {settings.smart_client_id} ({settings.smart_client_auth})",
+             f"SMART redirect URI: {base}/smart/callback",
+             f"SMART launch URL: {base}/smart/launch",
+             f"CDS Hooks discovery URL: {base}/cds-services"]
+    if settings.smart_client_auth == "private_key_jwt":
+        lines.insert(2, f"SMART JWKS URL (private_key_jwt): {base}/.well-known/jwks.json")
+    return lines
 
 
 async def _capability(settings: Settings, base: str, report: Report) -> tuple[dict[str, Any] | None, Any]:
@@ -166,6 +195,8 @@ async def run_checks(settings: Settings) -> Report:
             report.add("problem", e)
         for w in warnings:
             report.add("warning", w)
+    for line in registration(settings):
+        report.add("register", line)
     await _check_store(settings, report)
     async with httpx.AsyncClient(timeout=settings.fhir_timeout_seconds, follow_redirects=False) as http:
         for base in settings.fhir_servers:

@@ -1,4 +1,4 @@
-"""onco-exercise {sandbox, serve, prescribe, validate, check-config, terminology}.
+"""onco-exercise {sandbox, serve, prescribe, validate, check-config, terminology, state-key}.
 
 Each command returns an exit code; problems are printed as readable messages on stderr, never as tracebacks.
 """
@@ -49,12 +49,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except (ValueError, OSError) as exc:  # e.g. an unreadable key file named in the settings
         return _fail(f"cannot start: {exc}")
-    log.info("starting on %s:%d (public URL %s, %d FHIR server(s), %d CDS client(s))", args.host, args.port,
-             settings.public_url, len(settings.fhir_servers), len(settings.cds_clients))
+    from service.server import server_config
+
+    everywhere = args.host in ("0.0.0.0", "::", "")
+    log.info("starting on %s:%d%s (public URL %s, %d FHIR server(s), %d CDS client(s))", args.host, args.port,
+             " - all network interfaces; use --host 127.0.0.1 behind a proxy on the same machine" if everywhere
+             else "", settings.public_url, len(settings.fhir_servers), len(settings.cds_clients))
     # proxy_headers: replicas run behind a reverse proxy (docker/nginx.conf); uvicorn's own logging is routed
-    # through ours (log_config=None) so it is JSON and redacted too; access lines come from service.ops.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, proxy_headers=True, forwarded_allow_ips="*",
-                log_config=None, access_log=False, server_header=False, timeout_graceful_shutdown=10)
+    # through ours so it is JSON and redacted too; access lines come from service.ops; limits: service.server.
+    config = server_config(app, settings, args.host, args.port, proxy_headers=True, forwarded_allow_ips="*")
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -114,8 +118,9 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         app = create_app(settings)
     except (ValueError, OSError) as exc:
         return _fail(f"cannot start the sandbox: {exc}")
-    config = uvicorn.Config(app, host=host.strip("[]"), port=args.port, log_config=None, access_log=False,
-                            lifespan="on", server_header=False, timeout_graceful_shutdown=5)
+    from service.server import server_config
+
+    config = server_config(app, settings, host.strip("[]"), args.port, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     base = settings.public_url
 
@@ -249,6 +254,54 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return check_config()
 
 
+def cmd_state_key(args: argparse.Namespace) -> int:
+    """Rotate the keys that seal the state store (docs/operations.md, "Key rotation")."""
+    import asyncio
+
+    from service.sealing import KeyRingError, key_file_path, new_key, read_key_file, write_key_file
+    from service.state import open_state_store
+
+    settings = _load_settings()
+    if args.action == "new":
+        k = new_key()
+        print(f"{k['kid']}:{k['k']}")
+        return 0
+    if args.action in ("rotate", "retire"):
+        if settings.state_keys:
+            return _fail("the keys come from ONCO_EXERCISE_STATE_KEYS: put `onco-exercise state-key new` first in "
+                         "that list (rotate) or drop the old ones (retire) where the secret is kept, restart, then "
+                         "run `onco-exercise state-key reseal`")
+        path = key_file_path(settings)
+        try:
+            entries = read_key_file(path) if path.exists() else []
+        except KeyRingError as exc:
+            return _fail(str(exc))
+        if args.action == "retire":
+            if len(entries) < 2:
+                return _fail(f"{path} holds one key: nothing to retire")
+            write_key_file(path, entries[:1])
+            print(f"retired {len(entries) - 1} key(s) from {path}; values they sealed no longer open")
+            return 0
+        entries.insert(0, new_key())
+        write_key_file(path, entries)
+        print(f"{path}: new key {entries[0]['kid']} seals from now on ({len(entries)} keys in the ring)")
+
+    async def reseal() -> int:
+        store = open_state_store(settings)
+        try:
+            return await store.reseal()
+        finally:
+            await store.close()
+
+    try:
+        n = asyncio.run(reseal())
+    except Exception as exc:  # noqa: BLE001 - store unreachable, bad key: one readable line
+        return _fail(f"re-sealing failed: {type(exc).__name__}: {exc}")
+    print(f"re-sealed {n} stored value(s) with the first key; restart the replicas, then "
+          "`onco-exercise state-key retire` drops the old keys")
+    return 0
+
+
 def cmd_terminology(args: argparse.Namespace) -> int:
     """The terminology coverage report: concepts x code systems x counts, the range rules and the sources."""
     import json
@@ -281,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sandbox)
 
     p = sub.add_parser("serve", help="run the production service (settings from ONCO_EXERCISE_* variables)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="0.0.0.0",
+                   help="address to listen on (default 0.0.0.0: every network interface, as in a container)")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_serve)
 
@@ -301,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="check settings and every configured FHIR server")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("state-key", help="rotate the keys that encrypt the state store (new, rotate, reseal, retire)")
+    p.add_argument("action", choices=("new", "rotate", "reseal", "retire"),
+                   help="new: print a key; rotate: add a key first in the key file and re-seal; reseal: re-seal "
+                        "every value with the first key; retire: drop every key but the first")
+    p.set_defaults(func=cmd_state_key)
 
     p = sub.add_parser("terminology", help="print the terminology coverage report (code systems, counts, sources)")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -7,6 +7,7 @@ two in step.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -64,6 +65,9 @@ class Settings(BaseSettings):
 
     storage_url: str = ""  # "" -> sqlite file in data_dir; "sqlite:///path.db"; "redis://host:6379/0"
     data_dir: Path = Field(default_factory=default_data_dir)
+    state_keys: str = Field(default="", repr=False)  # "kid:base64url,..." (secret): seals the store's values
+    state_key_file: Path | None = None  # JSON key ring; generated in data_dir when neither is set
+    patient_cache_seconds: int = 900  # patient data kept for the app page, then read again from the EHR
 
     smart_client_id: str = "onco-exercise"
     smart_client_auth: Literal["public", "private_key_jwt"] = "public"
@@ -87,6 +91,13 @@ class Settings(BaseSettings):
     fhir_timeout_seconds: float = 10.0
     max_body_bytes: int = 2_000_000
     session_ttl_seconds: int = 8 * 3600
+    sign_lease_seconds: float = 15.0  # a signer's lease; a dead signer's patient is signable again after it
+    sign_wait_seconds: float = 45.0  # a second signer of the same draft waits this long for the first
+    max_header_bytes: int = 16384  # request line + headers
+    max_headers: int = 100
+    header_timeout_seconds: float = 10.0  # a connection must deliver a request's headers within this
+    body_timeout_seconds: float = 15.0  # longest pause between two pieces of a request body
+    keepalive_seconds: float = 5.0  # an idle keep-alive connection is closed after this
     cookie_secure: bool = True
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     log_level: str = "INFO"
@@ -161,9 +172,11 @@ class Settings(BaseSettings):
         return v
 
     @field_validator("max_body_bytes", "session_ttl_seconds", "audit_retention_days",
-                     "sandbox_access_token_seconds", "notify_max_attempts")
+                     "sandbox_access_token_seconds", "notify_max_attempts", "patient_cache_seconds",
+                     "max_header_bytes", "max_headers", "sign_lease_seconds", "sign_wait_seconds",
+                     "header_timeout_seconds", "body_timeout_seconds", "keepalive_seconds")
     @classmethod
-    def _check_positive(cls, v: int) -> int:
+    def _check_positive(cls, v: float) -> float:
         if v <= 0:
             raise ValueError("must be a positive number")
         return v
@@ -193,6 +206,11 @@ class Settings(BaseSettings):
                              "ONCO_EXERCISE_NOTIFY_MAX_ATTEMPTS at most 50")
         if not 0 < self.card_repeat_hours <= 24 * 90:
             raise ValueError("ONCO_EXERCISE_CARD_REPEAT_HOURS must be more than 0 and at most 2160 (90 days)")
+        if self.sign_wait_seconds <= self.sign_lease_seconds:
+            raise ValueError("ONCO_EXERCISE_SIGN_WAIT_SECONDS must exceed ONCO_EXERCISE_SIGN_LEASE_SECONDS (a "
+                             "second signer waits out a dead signer's lease)")
+        if self.max_header_bytes < 4096:
+            raise ValueError("ONCO_EXERCISE_MAX_HEADER_BYTES must be at least 4096 (EHR launch URLs are long)")
         return self
 
     # -- derived -------------------------------------------------------------------------------------------
@@ -202,8 +220,9 @@ class Settings(BaseSettings):
         return f"{self.public_url}/sandbox/fhir"
 
     def fhir_allowed(self, url: str | None) -> bool:
-        """True only for an allowlisted FHIR base (exact match, trailing slash ignored)."""
-        if not url or not isinstance(url, str):
+        """True only for an allowlisted FHIR base (exact match, trailing slash ignored). Surrounding
+        whitespace is refused, not stripped: the caller would contact the raw value, not the checked one."""
+        if not url or not isinstance(url, str) or url != url.strip():
             return False
         try:
             return _normalise_base(url) in self.fhir_servers
@@ -246,10 +265,54 @@ class Settings(BaseSettings):
             warnings.append(f"ONCO_EXERCISE_PUBLIC_URL is {self.public_url}: EHRs reach the service at its "
                             "external URL, and JWT audiences and redirect URIs are checked against it")
         if self.public_url.startswith("http://") and self.cookie_secure:
-            warnings.append("ONCO_EXERCISE_PUBLIC_URL is plain http but cookies are Secure-only: browsers will "
-                            "drop the SMART session cookie (serve over https, or set ONCO_EXERCISE_COOKIE_SECURE="
-                            "false for a local trial)")
+            errors.append("ONCO_EXERCISE_PUBLIC_URL is plain http but cookies are Secure-only: browsers would "
+                          "drop the SMART session cookie and no app session could work (serve over https, or set "
+                          "ONCO_EXERCISE_COOKIE_SECURE=false for a local trial)")
+        for url in self.fhir_servers + [u for u in [self.care_coordination_fhir_url] if u]:
+            if url.startswith("http://"):
+                warnings.append(f"FHIR server {url} is plain http: access tokens and patient data would cross "
+                                "the network unencrypted")
+        for c in self.cds_clients:
+            if str(c.get("jwks_url", "")).startswith("http://"):
+                warnings.append(f"CDS client {c['iss']}: jwks_url {c['jwks_url']} is plain http: anyone on the "
+                                "path could substitute keys and forge hook calls")
+        if self.storage_url.startswith(("redis://", "rediss://", "unix://")) and not (self.state_keys or
+                                                                                     self.state_key_file):
+            warnings.append("the store is shared (Redis) but ONCO_EXERCISE_STATE_KEYS / _STATE_KEY_FILE is unset: "
+                            "each replica uses the key file in its own data folder, so replicas must share that "
+                            "folder (or one key ring) to read each other's sessions")
+        if self.storage_url.startswith("redis://") and urlsplit(self.storage_url).hostname not in (
+                "127.0.0.1", "localhost", "::1"):
+            warnings.append("the Redis store is reached without TLS (redis://): use rediss:// when Redis is not on "
+                            "a private network")
+        errors += self.file_problems()
         return errors, warnings
+
+    def file_problems(self) -> list[str]:
+        """Keys and folders `serve` needs at start: checked here so a bad one is a message, not a traceback."""
+        problems: list[str] = []
+        from service.sealing import KeyRingError, load_key_ring  # local: config is imported by everything
+
+        try:
+            load_key_ring(self, create=False) if (self.state_keys or self.state_key_file) else None
+        except KeyRingError as exc:
+            problems.append(f"state encryption keys: {exc}")
+        if self.smart_private_jwks_file is not None:
+            from service.smart.keys import KeyConfigError, load_or_create_keys
+
+            try:
+                load_or_create_keys(self)
+            except (KeyConfigError, OSError, ValueError) as exc:
+                problems.append(f"ONCO_EXERCISE_SMART_PRIVATE_JWKS_FILE: {exc}")
+        needs_folder = (not self.storage_url or self.storage_url.startswith("sqlite:///")
+                        or not (self.state_keys or self.state_key_file) or self.smart_private_jwks_file is None)
+        if needs_folder:
+            folder = Path(self.data_dir)
+            probe = folder if folder.exists() else next((p for p in folder.parents if p.exists()), folder)
+            if not os.access(probe, os.W_OK | os.X_OK):
+                problems.append(f"ONCO_EXERCISE_DATA_DIR {folder} is not writable by this user (it holds the "
+                                "state file and generated keys)")
+        return problems
 
 
 def settings_problem(exc: Exception) -> str:

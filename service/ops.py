@@ -2,8 +2,11 @@
 
 `OpsMiddleware` is plain ASGI (no BaseHTTPMiddleware: no extra task, no body copies) because it sits on the
 hot path of every CDS Hooks call. In one pass it assigns the request id, enforces the body size limit (also
-for chunked bodies), adds security headers, turns unhandled exceptions into an OperationOutcome without a
-stack trace, and records metrics per route *template* (never raw paths: they can hold ids).
+for chunked bodies), the header count and the pause allowed between body pieces, adds security headers,
+answers a state-store outage with 503 (an OperationOutcome, or a readable page for the app's pages), turns
+unhandled exceptions into an OperationOutcome without a stack trace, and records metrics per route
+*template* (never raw paths: they can hold ids). A client that goes away mid-request is counted, not logged
+as an error.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.asgi import read_limited, replay
 from service.config import Settings
 from service.logs import install_redaction, request_id_var
-from service.metrics import HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
+from service.metrics import HTTP_CLIENT_GONE, HTTP_LATENCY, HTTP_REQUESTS, REGISTRY
 from service.outcome import operation_outcome
+from service.state import StoreUnavailable
 
 log = logging.getLogger("onco_exercise.ops")
 access_log = logging.getLogger("onco_exercise.access")
@@ -80,12 +85,57 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 # -- the middleware --------------------------------------------------------------------------------------------
 
-class OpsMiddleware:
-    """Request id, body limit, security headers, exception safety net, metrics and access log."""
+class BodyTimeout(Exception):
+    """The client paused longer than the body timeout between two pieces of its request body."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, hsts: bool) -> None:
+
+def _timed(receive: Receive, timeout: float) -> Receive:
+    """`receive` with a limit on each wait while the body is still coming (afterwards, e.g. while a streaming
+    response listens for a disconnect, waits are unlimited)."""
+    done = False
+
+    async def timed() -> Message:
+        nonlocal done
+        if done:
+            return await receive()
+        try:
+            async with asyncio.timeout(timeout):  # a timer on this task, no extra task (unlike wait_for)
+                message = await receive()
+        except TimeoutError:
+            raise BodyTimeout() from None
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            done = True
+        return message
+
+    return timed
+
+
+_UNAVAILABLE_PAGE = (b"<!doctype html><html lang=en><meta charset=utf-8><title>Temporarily unavailable</title>"
+                     b"<body style='font-family:system-ui,sans-serif;max-width:40em;margin:3em auto'>"
+                     b"<h1>onco-exercise is temporarily unavailable</h1><p>The service cannot reach its session "
+                     b"store right now. Nothing you entered has been sent. Please try again in a minute; if it "
+                     b"persists, tell your IT service desk (the error is on the server side).</p></body></html>")
+
+
+def _wants_page(scope: Scope) -> bool:
+    path = scope.get("path", "")
+    if path.startswith(("/smart/api/", "/cds-services", "/patient/api/")):
+        return False
+    for name, value in scope["headers"]:
+        if name == b"accept":
+            return b"text/html" in value
+    return path.startswith(("/smart/", "/patient/", "/sandbox/")) and "/fhir" not in path
+
+
+class OpsMiddleware:
+    """Request id, limits, security headers, outage and exception safety nets, metrics and access log."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, hsts: bool, max_headers: int = 100,
+                 body_timeout: float = 15.0) -> None:
         self.app = app
         self.max_body = max_body_bytes
+        self.max_headers = max_headers
+        self.body_timeout = body_timeout
         self.headers: list[tuple[bytes, bytes]] = [
             (b"x-content-type-options", b"nosniff"),
             (b"referrer-policy", b"no-referrer"),  # launch and callback URLs carry one-time codes
@@ -132,6 +182,10 @@ class OpsMiddleware:
             await send(message)
 
         try:
+            if len(scope["headers"]) > self.max_headers:
+                await _send_outcome(send_with_headers, 431, f"more than {self.max_headers} request header fields")
+                return
+            receive = _timed(receive, self.body_timeout)
             too_large = False
             if content_length is not None:
                 try:
@@ -146,6 +200,20 @@ class OpsMiddleware:
                 await _send_outcome(send_with_headers, 413, f"request body is larger than {self.max_body} bytes")
             else:
                 await self.app(scope, receive, send_with_headers)
+        except StoreUnavailable:  # logged once per outage by service.state, not once per request
+            status = 503
+            if not started:
+                await _send_unavailable(send_with_headers, scope)
+        except BodyTimeout:
+            status = 408
+            HTTP_CLIENT_GONE.labels("body-timeout").inc()
+            if not started:
+                await _send_outcome(send_with_headers, 408, f"the request body paused for more than "
+                                                            f"{self.body_timeout:g} s", close=True)
+        except ClientDisconnect:
+            status = 499  # nginx's convention: the client closed the connection before the answer
+            HTTP_CLIENT_GONE.labels("disconnect").inc()
+            log.debug("client went away mid-request")
         except Exception:  # noqa: BLE001 - the safety net: log (scrubbed) and answer without a stack trace
             log.exception("unhandled error")
             status = 500
@@ -188,10 +256,40 @@ def _route_label(scope: Scope, root_path: str) -> str:
     return "<other>" if "endpoint" in scope else "<unmatched>"
 
 
-async def _send_outcome(send: Send, status: int, message: str) -> None:
-    response = outcome_response(status, message)
+async def _send_outcome(send: Send, status: int, message: str, *, close: bool = False) -> None:
+    response = outcome_response(status, message, headers={"connection": "close"} if close else None)
     await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
+
+
+async def _send_unavailable(send: Send, scope: Scope) -> None:
+    """503 with Retry-After: a readable page for a browser on the app's pages, else an OperationOutcome."""
+    if _wants_page(scope):
+        headers = [(b"content-type", b"text/html; charset=utf-8"), (b"retry-after", b"30"),
+                   (b"content-length", str(len(_UNAVAILABLE_PAGE)).encode())]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": _UNAVAILABLE_PAGE})
+        return
+    response = outcome_response(503, "the service's state store is unavailable; try again in a minute",
+                                code="transient", headers={"retry-after": "30"})
+    await send({"type": "http.response.start", "status": 503, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class SelectiveCORS:
+    """Starlette's CORS, except on paths `exempt(path)` names (e.g. the sandbox's pages and authorization
+    endpoints): those answer no CORS headers at all, so other origins cannot read them."""
+
+    def __init__(self, app: ASGIApp, exempt: Any = None, **options: Any) -> None:
+        self.app = app
+        self.exempt = exempt
+        self.cors = CORSMiddleware(app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.exempt is not None and self.exempt(scope.get("path", "")):
+            await self.app(scope, receive, send)
+        else:
+            await self.cors(scope, receive, send)
 
 
 # -- readiness ---------------------------------------------------------------------------------------------
@@ -319,7 +417,8 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     # Added first = innermost: CORS answers preflights inside OpsMiddleware, so they get ids and metrics too.
     app.add_middleware(
-        CORSMiddleware,
+        SelectiveCORS,
+        exempt=getattr(app.state, "cors_exempt", None),
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
@@ -327,4 +426,5 @@ def install(app: FastAPI, settings: Settings) -> None:
         max_age=600,
     )
     app.add_middleware(OpsMiddleware, max_body_bytes=settings.max_body_bytes,
-                       hsts=settings.public_url.startswith("https://"))
+                       hsts=settings.public_url.startswith("https://"), max_headers=settings.max_headers,
+                       body_timeout=settings.body_timeout_seconds)

@@ -18,8 +18,27 @@ KEY_PREFIX = "onco:"
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
+MAX_TTL_SECONDS = 10 * 365 * 86400.0  # Redis refuses expiries past ~2^63 ms: cap absurd TTLs instead of failing
+
+# owner-checked lease renewal and release, atomic on the server
+_TOUCH = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, doc = pcall(cjson.decode, v)
+if not ok or type(doc) ~= 'table' or doc['owner'] ~= ARGV[1] then return 0 end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
+_RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, doc = pcall(cjson.decode, v)
+if not ok or type(doc) ~= 'table' or doc['owner'] ~= ARGV[1] then return 0 end
+return redis.call('DEL', KEYS[1])
+"""
+
+
 def _ms(ttl: float) -> int:
-    return max(1, int(ttl * 1000))
+    return max(1, int(min(ttl, MAX_TTL_SECONDS) * 1000))
 
 
 class RedisStore:
@@ -68,6 +87,35 @@ class RedisStore:
             return []
         values = await self._redis.mget(keys)
         return [(k[len(head):], json.loads(v)) for k, v in zip(keys, values) if v is not None]
+
+    async def touch(self, ns: str, key: str, owner: str, ttl: float) -> bool:
+        return bool(await self._redis.eval(_TOUCH, 1, self._key(ns, key), owner, _ms(ttl)))
+
+    async def release(self, ns: str, key: str, owner: str) -> bool:
+        return bool(await self._redis.eval(_RELEASE, 1, self._key(ns, key), owner))
+
+    async def entries(self, ns: str) -> list[tuple[str, dict[str, Any], float | None]]:
+        out: list[tuple[str, dict[str, Any], float | None]] = []
+        for key, value in await self.scan(ns):
+            left = await self._redis.pttl(self._key(ns, key))
+            if left == -2:
+                continue
+            out.append((key, value, None if left < 0 else left / 1000))
+        return out
+
+    async def namespaces(self) -> list[str]:
+        names = {k[len(KEY_PREFIX):].split(":", 1)[0] async for k in self._redis.scan_iter(match=KEY_PREFIX + "*",
+                                                                                           count=500)}
+        return sorted(names)
+
+    async def eviction_policy(self) -> str | None:
+        """Redis's maxmemory-policy (None when CONFIG is disabled): anything but noeviction may drop sessions,
+        signing leases and audit records under memory pressure."""
+        try:
+            got = await self._redis.config_get("maxmemory-policy")
+        except RedisError:
+            return None
+        return got.get("maxmemory-policy")
 
     async def ping(self) -> bool:
         try:

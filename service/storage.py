@@ -2,17 +2,22 @@
 
 One interface, two back ends: SQLite (one machine, default) and Redis (several replicas). Values are JSON
 objects grouped by namespace; every entry may expire. `add` and `pop` are atomic, which is what replay caches,
-single-use `state` and double-click protection need.
+single-use `state` and double-click protection need; `touch` and `release` are the owner-checked renewal and
+release of a lease (service.lease). The state holds PHI and tokens: the SQLite file is created 0600 in a 0700
+folder, and the app opens it through service.state (encryption at rest, outage handling).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import json
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from service.private_files import private_dir
 
 
 class Store(Protocol):
@@ -34,6 +39,20 @@ class Store(Protocol):
         """Live entries of a namespace whose key starts with prefix (small namespaces only)."""
         ...
 
+    async def touch(self, ns: str, key: str, owner: str, ttl: float) -> bool:
+        """Extend a live entry whose `owner` field is `owner`; False when it expired or belongs to another."""
+        ...
+
+    async def release(self, ns: str, key: str, owner: str) -> bool:
+        """Delete the entry only if its `owner` field is `owner` (a lease is never released by a late holder)."""
+        ...
+
+    async def entries(self, ns: str) -> list[tuple[str, dict[str, Any], float | None]]:
+        """(key, value, seconds left or None) of a namespace: for re-encrypting after a key rotation."""
+        ...
+
+    async def namespaces(self) -> list[str]: ...
+
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -47,7 +66,10 @@ class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(self.path).parent)
+            # created 0600 before SQLite opens it; SQLite gives the -wal and -shm files the same mode
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self.path, 0o600)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # safe with WAL; a commit no longer waits for fsync (~2 ms)
@@ -114,6 +136,27 @@ class SQLiteStore:
         ).fetchall()
         return [(k, json.loads(v)) for k, v in rows]
 
+    def _touch(self, ns: str, key: str, owner: str, ttl: float) -> bool:
+        now = time.time()
+        cur = self._db.execute(
+            "UPDATE kv SET expires=? WHERE ns=? AND key=? AND (expires IS NULL OR expires>?)"
+            " AND json_extract(value, '$.owner')=?", (now + ttl, ns, key, now, owner))
+        return cur.rowcount == 1
+
+    def _release(self, ns: str, key: str, owner: str) -> bool:
+        cur = self._db.execute("DELETE FROM kv WHERE ns=? AND key=? AND json_extract(value, '$.owner')=?",
+                               (ns, key, owner))
+        return cur.rowcount == 1
+
+    def _entries(self, ns: str) -> list[tuple[str, dict[str, Any], float | None]]:
+        now = time.time()
+        rows = self._db.execute("SELECT key, value, expires FROM kv WHERE ns=? AND (expires IS NULL OR expires>?)",
+                                (ns, now)).fetchall()
+        return [(k, json.loads(v), None if e is None else e - now) for k, v, e in rows]
+
+    def _namespaces(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT ns FROM kv ORDER BY ns").fetchall()]
+
     def _purge(self) -> None:
         self._db.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires<=?", (time.time(),))
 
@@ -134,6 +177,18 @@ class SQLiteStore:
 
     async def scan(self, ns: str, prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
         return await self._run(self._scan, ns, prefix)
+
+    async def touch(self, ns: str, key: str, owner: str, ttl: float) -> bool:
+        return await self._run(self._touch, ns, key, owner, ttl)
+
+    async def release(self, ns: str, key: str, owner: str) -> bool:
+        return await self._run(self._release, ns, key, owner)
+
+    async def entries(self, ns: str) -> list[tuple[str, dict[str, Any], float | None]]:
+        return await self._run(self._entries, ns)
+
+    async def namespaces(self) -> list[str]:
+        return await self._run(self._namespaces)
 
     async def purge_expired(self) -> None:
         await self._run(self._purge)

@@ -37,6 +37,8 @@ SHA256_ALGS = frozenset({"RS256", "ES256"})
 ALLOW_SHA256_DEFAULT = False
 
 LEEWAY_SECONDS = 30  # clock skew tolerated on exp / iat / nbf
+MAX_LIFETIME_SECONDS = 300  # CDS Hooks: exp at most 5 minutes after iat
+MIN_RSA_BITS = 2048
 JWKS_TTL_SECONDS = 3600  # a fetched key set is trusted this long
 JWKS_MIN_REFETCH_SECONDS = 30  # an unknown kid triggers at most one refetch per URL in this interval
 JWKS_FETCH_TIMEOUT = 3.0
@@ -89,6 +91,14 @@ def _import_keys(jwks: Any) -> KeySet:
               and isinstance(k.get("kid"), str)]
     public = [{n: v for n, v in k.items() if n not in ("d", "p", "q", "dp", "dq", "qi", "oth")} for k in usable]
     return KeySet.import_key_set({"keys": public})
+
+
+def _rsa_bits(key: Any) -> int | None:
+    """Modulus size of an RSA key (None for other key types)."""
+    if getattr(key, "key_type", None) != "RSA":
+        return None
+    n = key.as_dict(private=False).get("n", "")
+    return len(urlsafe_b64decode(n.encode("ascii"))) * 8 if n else 0
 
 
 @dataclass
@@ -220,6 +230,8 @@ class ClientVerifier:
         alg, kid = header.get("alg"), header.get("kid")
         if alg not in self.algorithms:
             raise Unauthorized("algorithm not allowed")
+        if "crit" in header:  # RFC 7515 4.1.11: we understand no extension, so a critical one is refused
+            raise Unauthorized("crit header not understood")
         if not isinstance(kid, str) or not kid:
             raise Unauthorized("no kid")
         typ = header.get("typ")
@@ -243,6 +255,8 @@ class ClientVerifier:
             key = None
         if key is None:
             raise Unauthorized("unknown kid")
+        if _rsa_bits(key) is not None and _rsa_bits(key) < MIN_RSA_BITS:  # type: ignore[operator]
+            raise Unauthorized("RSA key under 2048 bits")
         self._check_claims(claims, audience)
         return PendingToken(iss, claims, header, alg, key, parts)
 
@@ -266,6 +280,10 @@ class ClientVerifier:
             raise Unauthorized("expired")
         if claims["iat"] - LEEWAY_SECONDS > now:
             raise Unauthorized("issued in the future")
+        if claims["exp"] - claims["iat"] > MAX_LIFETIME_SECONDS + LEEWAY_SECONDS:
+            raise Unauthorized("lifetime over 5 minutes")
+        if claims["iat"] + MAX_LIFETIME_SECONDS + LEEWAY_SECONDS < now:
+            raise Unauthorized("issued too long ago")
         nbf = claims.get("nbf")
         if nbf is not None:
             if not isinstance(nbf, (int, float)) or isinstance(nbf, bool) or nbf - LEEWAY_SECONDS > now:

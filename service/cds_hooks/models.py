@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+FHIR_ID_PATTERN = r"^[A-Za-z0-9\-.]{1,64}$"
+FHIR_ID = re.compile(FHIR_ID_PATTERN[1:-1])
 REFERENCE = re.compile(r"([A-Za-z]{1,64})/([A-Za-z0-9\-.]{1,64})")
 
 # Hook context definitions (HL7 cds-hooks-library): field -> (required, allowed reference types or None for an id)

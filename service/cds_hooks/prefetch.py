@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from service import metrics
 from service.config import Settings
 
 from .discovery import prefetch_templates, required_keys
@@ -62,10 +63,15 @@ def _unusable(key: str, value: dict[str, Any]) -> str | None:
         return None if kind == "Patient" else f"expected a Patient, got {kind}"
     if kind != "Bundle":
         return f"expected a search Bundle, got {kind}"
+    entries, links = value.get("entry") or [], value.get("link") or []
+    if not isinstance(entries, list) or not isinstance(links, list):
+        return "the search Bundle is not shaped as FHIR says (entry and link are lists)"
     matches = 0
-    for entry in value.get("entry") or ():
+    for entry in entries:
         res = entry.get("resource") if isinstance(entry, dict) else None
         rtype = res.get("resourceType") if isinstance(res, dict) else None
+        if not isinstance(rtype, str):
+            return "the search Bundle holds an entry that is not a resource"
         if rtype == "OperationOutcome":
             if any(isinstance(i, dict) and i.get("severity") in ("error", "fatal") for i in res.get("issue") or ()):
                 return "the EHR's search Bundle carries an error"
@@ -74,7 +80,7 @@ def _unusable(key: str, value: dict[str, Any]) -> str | None:
             matches += 1
         elif rtype not in INCLUDED_TYPES:
             return f"the search Bundle holds {rtype} resources, not {' or '.join(sorted(expected))}"
-    if any(isinstance(lk, dict) and lk.get("relation") == "next" for lk in value.get("link") or ()):
+    if any(isinstance(lk, dict) and lk.get("relation") == "next" for lk in links):
         return "only the first page of the search was prefetched"
     total = value.get("total")
     if isinstance(total, int) and not isinstance(total, bool) and total > matches:
@@ -158,6 +164,8 @@ async def gather(req: HookRequest, settings: Settings, now: datetime) -> HookDat
 
     required = required_keys()
     timed_out = {_failed_key(f) for f in data.failures if "budget" in f}
+    if timed_out:
+        metrics.HOOK_BUDGET_EXHAUSTED.labels(req.hook).inc()
     errored = {_failed_key(f) for f in data.failures} - timed_out
     if errored & required or (errored and not data.resources and not timed_out and len(errored) == len(missing_keys)):
         # The server refused or could not answer (401/403/404/5xx/unreachable) for what we cannot do without.

@@ -9,6 +9,7 @@ Every non-2xx answer carries an OperationOutcome (401s a generic one).
 from __future__ import annotations
 
 import asyncio
+import time
 import functools
 import logging
 import traceback
@@ -75,6 +76,7 @@ async def _refused(request: Request, path: str) -> Response | None:
         await _verifier(request.app).verify(request.headers.get("authorization"), f"{settings.public_url}{path}")
     except Unauthorized as exc:
         log.info("cds client refused: %s", exc)  # the reason only; never the token
+        _refusal(exc)
         return outcome(401, "login", "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
     return None
 
@@ -128,6 +130,7 @@ async def _start_auth(request: Request, path: str) -> Response | asyncio.Task[bo
                                                   f"{settings.public_url}{path}")
     except Unauthorized as exc:
         log.info("cds client refused: %s", exc)
+        _refusal(exc)
         return _unauthorized()
     task = asyncio.create_task(_fresh_jti(verifier, iss, claims))
     await asyncio.sleep(0)  # let the store write begin: it overlaps with the parsing and the rules below
@@ -137,8 +140,14 @@ async def _start_auth(request: Request, path: str) -> Response | asyncio.Task[bo
 async def _fresh_jti(verifier: ClientVerifier, iss: str, claims: dict[str, Any]) -> bool:
     if not await verifier.consume_jti(iss, claims):
         log.info("cds client refused: replayed jti")
+        metrics.JWT_REFUSALS.labels("replayed jti").inc()
         return False
     return True
+
+
+def _refusal(exc: Unauthorized) -> None:
+    """Count a refused client JWT by its reason (a fixed set of short phrases, never token content)."""
+    metrics.JWT_REFUSALS.labels(str(exc)[:40]).inc()
 
 
 def _unauthorized() -> Response:
@@ -147,6 +156,18 @@ def _unauthorized() -> Response:
 
 @router.post("/cds-services/{service_id}", summary="CDS Hooks service call", openapi_extra=_HOOK_BODY)
 async def call_service(service_id: str, request: Request) -> Response:
+    began = time.perf_counter()
+    response: Response | None = None
+    try:
+        response = await _call_service(service_id, request)
+        return response
+    finally:
+        label = service_id if service_id in SERVICES else "<unknown>"
+        _hook_metrics(label, response.status_code if response is not None else 503)[0].inc()
+        _hook_metrics(label, 0)[1].observe(time.perf_counter() - began)
+
+
+async def _call_service(service_id: str, request: Request) -> Response:
     started = await _start_auth(request, f"/cds-services/{service_id}")
     if isinstance(started, Response):
         return started
@@ -192,6 +213,12 @@ def _in_background(awaitable: Any) -> None:
     task = asyncio.ensure_future(_best_effort(awaitable))
     _BACKGROUND.add(task)  # a strong reference until done (the loop keeps only weak ones)
     task.add_done_callback(_BACKGROUND.discard)
+
+
+@functools.lru_cache(maxsize=256)
+def _hook_metrics(service_id: str, status: int) -> tuple[Any, Any]:
+    """(calls counter for this status, latency histogram) children, built once per label set."""
+    return metrics.HOOK_CALLS.labels(service_id, str(status)), metrics.HOOK_LATENCY.labels(service_id)
 
 
 @functools.lru_cache(maxsize=64)

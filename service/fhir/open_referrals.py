@@ -47,6 +47,12 @@ class OpenReferral:
     def from_card(self) -> bool:
         return any(str(i.get("value", "")).startswith(CARD_DRAFT_PREFIX) for i in _our_identifiers(self.referral))
 
+    def written_by(self, entries: list[dict[str, Any]]) -> bool:
+        """This referral is one the given entries write (an interrupted attempt at the same signing committed
+        it): it is to be found again by identifier, not revised as an older referral."""
+        ours = {i["value"] for i in _our_identifiers(self.referral)}
+        return any(i["value"] in ours for e in entries for i in _our_identifiers(e.get("resource") or {}))
+
     @property
     def careplan_ref(self) -> str | None:
         for b in self.referral.get("basedOn") or ():

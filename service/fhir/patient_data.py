@@ -70,12 +70,14 @@ async def fetch_patient_data(client: FhirClient, patient_id: str, now: datetime,
         if task in pending:
             failures.append(f"{label}: not fetched within the {budget_seconds:g} s budget")
             continue
-        exc = task.exception()
+        exc = task.exception()  # retrieved for every task: none is left "never retrieved"
         if isinstance(exc, FhirError):
             failures.append(f"{label}: {exc.status} {exc.message}")
             continue
-        if exc is not None:
-            raise exc
+        if exc is not None:  # e.g. a URL the HTTP client refuses: one failure per query, not a crash
+            log.warning("patient query %s failed: %s", q.key, type(exc).__name__)
+            failures.append(f"{label}: request failed ({type(exc).__name__})")
+            continue
         out = task.result()
         found = out.resources if isinstance(out, SearchResult) else out
         if isinstance(out, SearchResult) and out.truncated:

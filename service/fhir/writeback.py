@@ -175,8 +175,15 @@ def choose_strategy(capability: Capability | None, override: str | None = None,
 async def write_back(ehr: FhirClient, entries: list[Entry], document: DocumentArg = None, *, strategy: str,
                      store: Store, signing_key: str, care_coordination: FhirClient | None = None,
                      capability: Capability | None = None, cc_capability: Capability | None = None,
-                     lock_ttl: float = 120.0, wait_seconds: float = 60.0) -> WriteResult:
-    """Write per `strategy` (see the module docstring); idempotent per `signing_key`."""
+                     lock_ttl: float = 15.0, wait_seconds: float = 60.0, resume: bool = False) -> WriteResult:
+    """Write per `strategy` (see the module docstring); idempotent per `signing_key`.
+
+    The per-signing lock is a lease (service.lease) renewed while this call runs, so a worker killed mid-write
+    blocks the signing for `lock_ttl` seconds, not longer. `resume=True` (an earlier attempt was interrupted)
+    first reads the server for every resource by its business identifier, so what the dead attempt wrote is
+    found and reported as `existing`, and only the rest is created."""
+    from service.lease import Lease
+
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown write-back strategy {strategy!r}")
     if strategy == "care-coordination" and care_coordination is None:
@@ -185,15 +192,17 @@ async def write_back(ehr: FhirClient, entries: list[Entry], document: DocumentAr
         raise ValueError("signing_key is required (it makes the write idempotent)")
 
     done = await store.get(NS_RESULT, signing_key)
+    lease = Lease(store, NS_LOCK, signing_key, lock_ttl)
     if done is None:
-        done = await _acquire(store, signing_key, lock_ttl, wait_seconds)
+        done = await _acquire(store, lease, wait_seconds)
     if done is not None:
         metrics.WRITEBACK.labels(done.get("strategy", strategy), "replayed").inc()
         log.info("write-back of this signing already done: returning the first result")
         return WriteResult.from_json(done, replayed=True)
-    try:
+    async with lease.held():
         try:
-            result = await _write(ehr, entries, document, strategy, care_coordination, capability, cc_capability)
+            result = await _write(ehr, entries, document, strategy, care_coordination, capability, cc_capability,
+                                  resume)
         except WritebackError:
             metrics.WRITEBACK.labels(strategy, "error").inc()
             raise
@@ -203,25 +212,27 @@ async def write_back(ehr: FhirClient, entries: list[Entry], document: DocumentAr
         if result.failed:
             metrics.WRITEBACK.labels(strategy, "partial").inc()
         else:
-            await store.put(NS_RESULT, signing_key, result.to_json(), ttl=RESULT_TTL)
-            metrics.WRITEBACK.labels(strategy, "ok").inc()
-        log.info("write-back %s: %d resources (%s)", strategy, len(result.written),
-                 ", ".join(w["reference"] for w in result.written))
+            try:  # the replay cache only saves a later call some reads: losing it (store down) loses nothing
+                await store.put(NS_RESULT, signing_key, result.to_json(), ttl=RESULT_TTL)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("write-back result not cached (%s); the write itself is done", type(exc).__name__)
+            found = any(w.get("status") == "existing" for w in result.written)
+            metrics.WRITEBACK.labels(strategy, "resumed" if resume and found else "ok").inc()
+        log.info("write-back %s: %d resources (%d created)", strategy, len(result.written),
+                 sum(1 for w in result.written if w.get("status") == "created"))
         return result
-    finally:
-        await store.delete(NS_LOCK, signing_key)
 
 
-async def _acquire(store: Store, key: str, ttl: float, wait_seconds: float) -> dict[str, Any] | None:
-    """Take the per-signing lock (returns None), or wait for the holder and return its stored result."""
+async def _acquire(store: Store, lease: Any, wait_seconds: float) -> dict[str, Any] | None:
+    """Take the per-signing lease (returns None), or wait for the holder and return its stored result."""
     deadline = time.monotonic() + wait_seconds
     while True:
-        if await store.add(NS_LOCK, key, {"since": time.time()}, ttl=ttl):
-            done = await store.get(NS_RESULT, key)  # finished between our first look and the lock
+        if await lease.acquire():
+            done = await store.get(NS_RESULT, lease.key)  # finished between our first look and the lease
             if done is not None:
-                await store.delete(NS_LOCK, key)
+                await lease.release()
             return done
-        done = await store.get(NS_RESULT, key)
+        done = await store.get(NS_RESULT, lease.key)
         if done is not None:
             return done
         if time.monotonic() > deadline:
@@ -232,7 +243,7 @@ async def _acquire(store: Store, key: str, ttl: float, wait_seconds: float) -> d
 
 async def _write(ehr: FhirClient, entries: list[Entry], document: DocumentArg, strategy: str,
                  cc: FhirClient | None, capability: Capability | None,
-                 cc_capability: Capability | None) -> WriteResult:
+                 cc_capability: Capability | None, resume: bool = False) -> WriteResult:
     result = WriteResult(strategy=strategy)
     entries = [_normalise_entry(e) for e in entries]
     if strategy == "care-coordination":
@@ -241,7 +252,7 @@ async def _write(ehr: FhirClient, entries: list[Entry], document: DocumentArg, s
         cc_set = _select(entries, None, result)
         if not cc_set:
             raise WritebackError("nothing to write to the care-coordination server", status=500)
-        result.written += await _write_set(cc, cc_cap, cc_set, result, strategy)
+        result.written += await _write_set(cc, cc_cap, cc_set, result, strategy, resume=resume)
         if document is None:
             result.notes.append("no DocumentReference given: nothing linked in the EHR")
             return result
@@ -249,7 +260,7 @@ async def _write(ehr: FhirClient, entries: list[Entry], document: DocumentArg, s
         doc = _document_entry(document, links)
         try:
             ehr_cap = capability or await ehr.capabilities()
-            result.written += await _write_set(ehr, ehr_cap, [doc], result, strategy, optional=())
+            result.written += await _write_set(ehr, ehr_cap, [doc], result, strategy, optional=(), resume=resume)
         except (WritebackError, FhirError) as exc:
             msg = exc.message
             result.failed.append(f"DocumentReference in the EHR ({ehr.base_url}) was not written: {msg}; "
@@ -263,7 +274,7 @@ async def _write(ehr: FhirClient, entries: list[Entry], document: DocumentArg, s
             docs = [_document_entry(document, [])]
         if not docs:
             raise WritebackError("the document strategy needs a DocumentReference", status=500)
-        result.written += await _write_set(ehr, cap, docs[:1], result, strategy, optional=())
+        result.written += await _write_set(ehr, cap, docs[:1], result, strategy, optional=(), resume=resume)
         return result
 
     selected = _select(entries, STRATEGY_TYPES[strategy], result)
@@ -271,7 +282,7 @@ async def _write(ehr: FhirClient, entries: list[Entry], document: DocumentArg, s
         selected.append(_document_entry(document, [e["fullUrl"] for e in selected]))
     if not selected:
         raise WritebackError(f"nothing to write with the {strategy} strategy", status=500)
-    result.written += await _write_set(ehr, cap, selected, result, strategy)
+    result.written += await _write_set(ehr, cap, selected, result, strategy, resume=resume)
     return result
 
 
@@ -411,13 +422,18 @@ def _lookup_ok(cap: Capability, e: Entry) -> bool:
     return not r.search_params or all(p in r.search_params for p in _params_of(e["ifNoneExist"]))
 
 
-def _lookup_params(cap: Capability, e: Entry) -> list[tuple[str, str]]:
-    """The identifier search, narrowed to the patient when the resource names one: servers that enforce
-    SMART `patient/` scopes refuse searches that do not name the launch patient (403)."""
+def _patient_of(res: dict[str, Any]) -> str | None:
+    return next((res[k].get("reference") for k in ("subject", "for", "patient")
+                 if isinstance(res.get(k), dict)), None)
+
+
+def _lookup_params(cap: Capability, e: Entry, set_patient: str | None = None) -> list[tuple[str, str]]:
+    """The identifier search, narrowed to the patient when the resource names one (or, for a Provenance, the
+    set's patient): servers that enforce SMART `patient/` scopes refuse searches that do not name the launch
+    patient (403)."""
     params = parse_qsl(e["ifNoneExist"], keep_blank_values=True)
     res = e["resource"]
-    ref = next((res[k].get("reference") for k in ("subject", "for", "patient")
-                if isinstance(res.get(k), dict)), None)
+    ref = _patient_of(res) or set_patient
     r = cap.resources.get(res["resourceType"])
     if isinstance(ref, str) and ref.startswith("Patient/") and r is not None and "patient" in r.search_params:
         params.append(("patient", ref))
@@ -460,8 +476,12 @@ def rewrite_references(node: Any, mapping: dict[str, str]) -> None:
 
 
 async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], result: WriteResult,
-                     strategy: str, optional: tuple[str, ...] = OPTIONAL_TYPES) -> list[dict[str, Any]]:
+                     strategy: str, optional: tuple[str, ...] = OPTIONAL_TYPES,
+                     resume: bool = False) -> list[dict[str, Any]]:
     """Validate, then write `entries` to one server; returns the written items in entry order.
+
+    With `resume`, every entry the server can search is looked up by its identifier first (even those it
+    could create conditionally): the interrupted attempt's writes are read back, not assumed.
 
     Entries of `optional` types the server cannot create are dropped with a note; any other type it cannot
     create fails the whole set before anything is sent."""
@@ -490,12 +510,14 @@ async def _write_set(client: FhirClient, cap: Capability, entries: list[Entry], 
 
     by_url: dict[str, dict[str, Any]] = {}
     mapping: dict[str, str] = {e["fullUrl"]: e["url"] for e in entries if _is_update(e) and e["fullUrl"] != e["url"]}
-    # 1. Look up, by business identifier, what the server cannot create conditionally.
+    set_patient = next((r for e in entries if (r := _patient_of(e["resource"])) and r.startswith("Patient/")), None)
+    # 1. Look up, by business identifier, what the server cannot create conditionally (everything, on resume);
+    #    updates name their resource already.
     for e in entries:
-        if _is_update(e) or _conditional_ok(cap, e) or not _lookup_ok(cap, e):
+        if _is_update(e) or (_conditional_ok(cap, e) and not resume) or not _lookup_ok(cap, e):
             continue
         rtype = e["resource"]["resourceType"]
-        found = await client.search(rtype, _lookup_params(cap, e), max_pages=1)
+        found = await client.search(rtype, _lookup_params(cap, e, set_patient), max_pages=1)
         hit = next((r for r in found.resources if r.get("resourceType") == rtype and _matches(r, e["ifNoneExist"])),
                    None)
         if hit is not None:

@@ -10,6 +10,7 @@ auth_server runs each authlib call in a worker thread; the few storage calls aut
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import contextvars
 import logging
 import secrets
@@ -38,6 +39,12 @@ T = TypeVar("T")
 NS_CLIENT = "sandbox-client"
 NS_CODE = "sandbox-code"
 NS_REFRESH = "sandbox-refresh"
+
+
+def secret_key(value: str) -> str:
+    """Store key for a credential (code, refresh token): its SHA-256, so the store never holds it in the clear
+    (values are sealed; keys are not)."""
+    return hashlib.sha256(value.encode()).hexdigest()
 NS_LAUNCH = "sandbox-launch"
 NS_JTI = "sandbox-jti"
 NS_PENDING = "sandbox-authz"
@@ -266,10 +273,10 @@ class CodeGrant(AuthorizationCodeGrant):
             "code_challenge_method": data.get("code_challenge_method"),
             "auth_time": int(time.time()),
         }
-        on_loop(self.sb.store.put(NS_CODE, code, record, ttl=CODE_SECONDS))
+        on_loop(self.sb.store.put(NS_CODE, secret_key(code), record, ttl=CODE_SECONDS))
 
     def query_authorization_code(self, code: str, client: SandboxClient) -> CodeRecord | None:
-        data = on_loop(self.sb.store.pop(NS_CODE, code))  # single use: consumed by the first attempt
+        data = on_loop(self.sb.store.pop(NS_CODE, secret_key(code)))  # single use: consumed by the first attempt
         if data is None or data.get("client_id") != client.client_id:
             return None
         return CodeRecord(code, data)
@@ -290,7 +297,7 @@ class RefreshGrant(RefreshTokenGrant):
         return self.server  # type: ignore[return-value]
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshRecord | None:
-        data = on_loop(self.sb.store.get(NS_REFRESH, refresh_token))
+        data = on_loop(self.sb.store.get(NS_REFRESH, secret_key(refresh_token)))
         return RefreshRecord(refresh_token, data) if data else None
 
     def authenticate_user(self, refresh_token: RefreshRecord) -> dict[str, Any]:
@@ -426,7 +433,7 @@ class SandboxOAuthServer(AuthorizationServer):
         scope = token.get("scope", "")
         ttl = OFFLINE_SECONDS if "offline_access" in scope.split() else ONLINE_SECONDS
         user = {k: v for k, v in dict(request.user).items() if k != "nonce"}
-        on_loop(self.store.put(NS_REFRESH, rt, {"client_id": request.client.client_id, "scope": scope,
+        on_loop(self.store.put(NS_REFRESH, secret_key(rt), {"client_id": request.client.client_id, "scope": scope,
                                                 "user": user}, ttl=ttl))
 
     def create_oauth2_request(self, request: Any) -> OAuth2Request:

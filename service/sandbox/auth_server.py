@@ -351,7 +351,7 @@ def build_router(rt: Any) -> APIRouter:
     async def launch(request: Request) -> Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             body = None
         if not isinstance(body, dict) or not isinstance(body.get("patient"), str) or not body["patient"]:
             return JSONResponse({"error": "invalid_request", "error_description":
@@ -370,7 +370,7 @@ def build_router(rt: Any) -> APIRouter:
     async def register(request: Request) -> Response:
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
             body = None
         problem = _registration_problem(body)
         if problem:
@@ -385,7 +385,16 @@ def build_router(rt: Any) -> APIRouter:
                                auth_method=body.get("token_endpoint_auth_method", "none"),
                                jwks_uri=body.get("jwks_uri"), jwks=body.get("jwks"),
                                name=str(body.get("client_name", "")))
-        await rt.store.put(NS_CLIENT, client_id, client.to_json())
+        # Registration never overwrites: taking over a client id would redirect its codes elsewhere. The same
+        # registration again is answered as it stands (tests and demos register on every start).
+        if not await rt.store.add(NS_CLIENT, client_id, client.to_json()):
+            existing = await rt.store.get(NS_CLIENT, client_id) or {}
+            same = {k: existing.get(k) for k in ("redirect_uris", "auth_method", "jwks_uri", "jwks")} == \
+                {k: client.to_json().get(k) for k in ("redirect_uris", "auth_method", "jwks_uri", "jwks")}
+            if not same:
+                return JSONResponse({"error": "invalid_client_metadata", "error_description":
+                                     "client_id is already registered with other metadata"}, status_code=409)
+            return JSONResponse(existing, status_code=200)
         return JSONResponse({**client.to_json(), "client_id_issued_at": int(time.time())}, status_code=201)
 
     @router.get("/jwks")

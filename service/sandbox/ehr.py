@@ -18,6 +18,7 @@ import html
 import inspect
 import json
 import logging
+import re
 import secrets
 from datetime import date, datetime, timezone
 from html.parser import HTMLParser
@@ -27,13 +28,15 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 from markdown_it import MarkdownIt
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Path as PathParam, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from jinja2 import ChainableUndefined
 from markupsafe import Markup
 
+from service.cds_hooks.models import FHIR_ID_PATTERN as FHIR_ID
 from service.sandbox import cohort
+from service.webfiles import static_path
 from service.sandbox.cds_client import CdsClient, CdsService, HookCall, valid_http_url
 
 log = logging.getLogger("onco.sandbox.ehr")
@@ -223,21 +226,38 @@ def html_errors(fn: Any) -> Any:
     return wrapper
 
 
-def csrf_token(request: Request) -> str:
+def _browser_nonce(request: Request) -> str:
+    """The random value in this browser's CSRF cookie (a new one when it has none)."""
     token = request.cookies.get(CSRF_COOKIE)
-    if not token or len(token) < 20:
+    if not token or not 20 <= len(token) <= 100:
         token = getattr(request.state, "new_csrf", None) or secrets.token_urlsafe(24)
         request.state.new_csrf = token
     return token
 
 
+def sandbox_secret(request: Request) -> bytes:
+    """A per-process secret that signs CSRF tokens and inbox sign-ins (a restart asks for a reload)."""
+    secret = getattr(request.app.state, "sandbox_secret", None)
+    if secret is None:
+        secret = request.app.state.sandbox_secret = secrets.token_bytes(32)
+    return secret
+
+
+def csrf_token(request: Request) -> str:
+    """The form token: an HMAC of the cookie's random value, so a cookie planted by another site or port
+    (cookies are shared by every port of 127.0.0.1) and a form value it chose never match."""
+    nonce = _browser_nonce(request)
+    return hmac.new(sandbox_secret(request), f"csrf:{nonce}".encode(), "sha256").hexdigest()
+
+
 async def check_csrf(request: Request) -> dict[str, str]:
-    """The posted form, after checking its csrf field against the cookie; 403 otherwise."""
+    """The posted form, after checking its csrf field against the signed cookie; 403 otherwise."""
     form = await request.form()
     data = {k: v for k, v in form.items() if isinstance(v, str)}
     cookie = request.cookies.get(CSRF_COOKIE) or ""
     sent = data.get("csrf") or ""
-    if not cookie or not sent or not hmac.compare_digest(cookie, sent):
+    expected = hmac.new(sandbox_secret(request), f"csrf:{cookie}".encode(), "sha256").hexdigest()
+    if not cookie or not sent or not hmac.compare_digest(expected, sent):
         raise PageError(403, "Form expired", "The form's security token is missing or stale. Reload the page and "
                         "try again.")
     return data
@@ -247,9 +267,10 @@ def page(request: Request, name: str, context: dict[str, Any], status: int = 200
     token = csrf_token(request)
     ctx = {"request": request, "csrf": token, **context}
     resp = templates.TemplateResponse(request, name, ctx, status_code=status)
-    if request.cookies.get(CSRF_COOKIE) != token:
+    if request.cookies.get(CSRF_COOKIE) != _browser_nonce(request):
         secure = request.app.state.settings.public_url.startswith("https://")
-        resp.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/sandbox")
+        resp.set_cookie(CSRF_COOKIE, _browser_nonce(request), httponly=True, samesite="strict", secure=secure,
+                        path="/sandbox")
     return resp
 
 
@@ -260,8 +281,8 @@ def error_page(request: Request, title: str, message: str, status: int, back: st
 
 @router.get("/static/{name}")
 async def static(name: str) -> Response:
-    path = (STATIC_DIR / name).resolve()
-    if path.parent != STATIC_DIR.resolve() or not path.is_file():
+    path = static_path(STATIC_DIR, name)
+    if path is None:
         raise HTTPException(404)
     return FileResponse(path, headers={"Cache-Control": "max-age=300"})
 
@@ -489,8 +510,11 @@ def _service_from_json(d: dict[str, Any]) -> CdsService:
 
 
 @router.get("/patients/{pid}", response_class=HTMLResponse)
-async def chart(request: Request, pid: str) -> HTMLResponse:
+async def chart(request: Request, pid: str = PathParam(pattern=FHIR_ID)) -> HTMLResponse:
     encounter = request.query_params.get("encounter") or None
+    if encounter is not None and not re.fullmatch(FHIR_ID, encounter):
+        return error_page(request, "Encounter not found", "That is not an encounter id.", 404,
+                          back=f"/sandbox/patients/{pid}")
     urls = await service_urls(request)
     async with fhir_client(request) as fhir:
         data = await chart_data(fhir, pid)

@@ -13,6 +13,7 @@ on Goal fails, `Goal?identifier=` silently returns every Goal) and lacks CarePla
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 
 import httpx
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.private_files import private_dir
 
 log = logging.getLogger("onco.sandbox.fhir")
 
@@ -147,10 +150,12 @@ def add_sort_index(store: Any) -> None:
 
 def open_fhir(public_url: str, sandbox_dir: Path, reset: bool = False) -> SandboxFhir:
     """Start sekmet on `{sandbox_dir}/fhir.db`; `reset` deletes the database first."""
-    sandbox_dir = Path(sandbox_dir)
-    sandbox_dir.mkdir(parents=True, exist_ok=True)
+    sandbox_dir = private_dir(Path(sandbox_dir))
     if reset:
         reset_fhir_data(sandbox_dir)
+    db = sandbox_dir / "fhir.db"
+    if not db.exists():  # created 0600 before sekmet opens it (SQLite gives -wal/-shm the same mode)
+        os.close(os.open(db, os.O_RDWR | os.O_CREAT, 0o600))
     patch_search_params()
 
     root = logging.getLogger()

@@ -25,11 +25,13 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path as PathParam, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from service.cds_hooks.models import FHIR_ID_PATTERN as FHIR_ID
 from service.fhir.resources import CLINICIAN_NOTE_PREFIX
 from service.sandbox.ehr import PageError, _codeable_text, _day, _value, check_csrf, fhir_client, html_errors, page
+from service.sandbox.staff import SIGN_IN, STAFF, require_staff, safe_next, sign_in_response, signed_in
 
 router = APIRouter(prefix="/sandbox/exercise-service", include_in_schema=False)
 
@@ -229,9 +231,31 @@ def goal_targets(goal: dict[str, Any]) -> list[str]:
     return out
 
 
+@router.get("/sign-in", response_class=HTMLResponse)
+async def sign_in_page(request: Request) -> HTMLResponse:
+    return page(request, "inbox/sign_in.html", {"staff": STAFF, "next": safe_next(request.query_params.get("next"))})
+
+
+@router.post("/sign-in")
+@html_errors
+async def sign_in(request: Request) -> Response:
+    form = await check_csrf(request)
+    user = form.get("user", "")
+    if user not in STAFF:
+        raise PageError(400, "Sign-in failed", "Choose one of the listed staff members.", SIGN_IN)
+    return sign_in_response(request, user, safe_next(form.get("next")))
+
+
+def _staff_context(request: Request) -> dict[str, str]:
+    name, role = STAFF[signed_in(request) or ""]
+    return {"staff_name": name, "staff_role": role}
+
+
 @router.get("/", response_class=HTMLResponse)
 @html_errors
-async def inbox(request: Request) -> HTMLResponse:
+async def inbox(request: Request) -> Response:
+    if (login := require_staff(request)) is not None:
+        return login
     async with fhir_client(request) as fhir:
         tasks, included = await list_tasks(fhir)
         base = str(fhir.base_url).rstrip("/")
@@ -245,14 +269,17 @@ async def inbox(request: Request) -> HTMLResponse:
     open_ = [r for r in rows if r["task"].get("status") in ("requested", "received", "accepted", "in-progress")]
     pending = [r for r in rows if r["task"].get("status") == "draft"]  # signed while deferred: nothing to start
     closed = [r for r in rows if r not in open_ and r not in pending]
-    return page(request, "inbox/list.html", {"open": open_, "pending": pending, "closed": closed, "org": org,
+    return page(request, "inbox/list.html", {**_staff_context(request), "open": open_, "pending": pending,
+                                              "closed": closed, "org": org,
                                               "org_name": _name(org) or "Exercise oncology service",
                                               "notice": request.query_params.get("notice")})
 
 
 @router.get("/tasks/{tid}", response_class=HTMLResponse)
 @html_errors
-async def task_detail(request: Request, tid: str) -> HTMLResponse:
+async def task_detail(request: Request, tid: str = PathParam(pattern=FHIR_ID)) -> Response:
+    if (login := require_staff(request)) is not None:
+        return login
     async with fhir_client(request) as fhir:
         ctx = await referral_context(fhir, tid)
     from service.sandbox.inbox_report import REPORTING, measure_choices, programme_observations, reported_rows
@@ -261,7 +288,7 @@ async def task_detail(request: Request, tid: str) -> HTMLResponse:
         observations = await programme_observations(fhir, ctx["task"].get("focus", {}).get("reference", ""))
     ctx.update(reported=reported_rows(observations), measures=measure_choices(),
                can_report=ctx["task"].get("status") in REPORTING, today=datetime.now(timezone.utc).date())
-    return page(request, "inbox/task.html", {**ctx, "notice": request.query_params.get("notice"),
+    return page(request, "inbox/task.html", {**ctx, **_staff_context(request), "notice": request.query_params.get("notice"),
                                               "error": request.query_params.get("error"),
                                               "actions": allowed_actions(ctx["task"].get("status", "")),
                                               "labels": {a: v[3] for a, v in ACTIONS.items()}})
@@ -347,7 +374,9 @@ async def referral_context(fhir: httpx.AsyncClient, tid: str) -> dict[str, Any]:
 
 @router.post("/tasks/{tid}")
 @html_errors
-async def act(request: Request, tid: str) -> Response:
+async def act(request: Request, tid: str = PathParam(pattern=FHIR_ID)) -> Response:
+    if (login := require_staff(request)) is not None:
+        return login
     form = await check_csrf(request)
     action = form.get("action", "")
     back = f"/sandbox/exercise-service/tasks/{tid}"

@@ -9,12 +9,13 @@ JWKS valid across restarts; deleting the file rotates both.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from joserfc import jwk
+
+from service.private_files import write_private
 
 AUTH_ALG = "RS256"
 CDS_ALG = "ES384"
@@ -50,13 +51,8 @@ def load_keys(sandbox_dir: Path) -> SandboxKeys:
                 return keys
         except (ValueError, KeyError, TypeError):
             pass  # damaged file: replace it (sandbox keys carry no value beyond this machine)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = _new_keys()
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data).encode())
     return SandboxKeys(auth=jwk.RSAKey.import_key(data["auth"]), cds=jwk.ECKey.import_key(data["cds"]))
 
 

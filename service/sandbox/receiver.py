@@ -15,13 +15,13 @@ server (a real service would use SMART Backend Services, client_credentials with
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
 import httpx
+import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -145,9 +145,11 @@ async def notify(request: Request) -> Response:
         await _log(request, {"result": "simulated outage: answered 503"})
         return _problem(503, "simulated outage")
     try:
-        bundle = json.loads(body)
-    except ValueError:
+        bundle = orjson.loads(body)  # orjson refuses nesting deeper than 1024 (json.loads recursed out)
+    except (ValueError, RecursionError):
         return _problem(400, "the body is not JSON")
+    if not isinstance(bundle, dict):
+        return _problem(400, "the body is not a FHIR Bundle")
     auth = request.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         try:
@@ -157,7 +159,7 @@ async def notify(request: Request) -> Response:
             await _log(request, {"result": f"rejected: {reason}"})
             return _problem(401, f"notification rejected: {reason}")
         source, nid = "onco-exercise (JWT verified)", str(claims["notification_id"])
-        if nid != (bundle.get("id") if isinstance(bundle, dict) else None):
+        if nid != bundle.get("id"):
             await _log(request, {"result": "rejected: notification id differs from the Bundle id"})
             return _problem(401, "notification id differs from the Bundle id")
     else:

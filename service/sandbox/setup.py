@@ -136,6 +136,10 @@ def install(app: FastAPI, settings: Settings) -> None:
         if router is not None:
             app.include_router(router)
     app.add_middleware(FhirGuard, runtime=runtime)
+    from service.sandbox.perimeter import SandboxPerimeter, cors_exempt
+
+    app.add_middleware(SandboxPerimeter, public_url=settings.public_url)
+    app.state.cors_exempt = cors_exempt  # service.ops: no CORS on the sandbox's pages and authorization endpoints
 
     @asynccontextmanager
     async def sandbox_lifespan(app: FastAPI) -> AsyncIterator[None]:

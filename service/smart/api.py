@@ -20,17 +20,19 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from service.lease import Lease
 from service.smart.csrf import csrf_ok
 from service.smart.load import Loaded, LoadError, ensure_loaded, fhir_client
 from service.smart.pages import no_store, outcome
 from service.smart.runtime import SmartRuntime, of
 from service.smart.sessions import SessionNotFound, browser_binding, load_session, update_session
+from service.state import StoreUnavailable
 
 log = logging.getLogger("service.smart.api")
 router = APIRouter()
 
-SIGN_NS = "smart-sign"
-SIGN_WAIT_SECONDS = 90.0
+SIGN_NS = "smart-sign"  # the finished result of a signing, replayed to repeated presses
+LEASE_NS = "sign-lease"  # who is signing right now (service.lease; plain: no PHI, owner-checked)
 MAX_BODY = 200_000
 
 
@@ -453,20 +455,27 @@ async def sign(request: Request, s: str | None = None) -> Response:
     previous = sess.get("signed") or {}
     if previous.get("key") == key and previous.get("status") == "partial":
         await store.delete(SIGN_NS, key)  # a retry completes the set (write-back is idempotent on the key)
-    if not await store.add(SIGN_NS, key, {"status": "pending", "at": time.time()},
-                           ttl=settings.session_ttl_seconds):
-        return await _wait_for_first(store, key)
-    try:
+    done = await store.get(SIGN_NS, key)
+    if done is not None:
+        return _replay(done)
+    lease = Lease(store, LEASE_NS, key, settings.sign_lease_seconds)
+    if not await lease.acquire():
+        waited = await _wait_for_first(store, lease, settings.sign_wait_seconds)
+        if waited is not None:
+            return waited
+    async with lease.held():
+        done = await store.get(SIGN_NS, key)  # finished between our first look and the lease
+        if done is not None:
+            return _replay(done)
         answer, status = await _sign_and_send(request, of(request), str(s), sess, loaded, key, service)
-    except BaseException:
-        await store.delete(SIGN_NS, key)
-        raise
-    if status >= 400 and not answer.get("written"):
-        await store.delete(SIGN_NS, key)  # nothing was written: let the clinician try again
-    else:
-        await store.put(SIGN_NS, key, {"status": "done", "answer": answer, "httpStatus": status},
-                        ttl=settings.session_ttl_seconds)
-        await update_session(store, str(s), settings, signed=answer)
+        if status < 400 or answer.get("written"):
+            try:
+                await store.put(SIGN_NS, key, {"status": "done", "answer": answer, "httpStatus": status},
+                                ttl=settings.session_ttl_seconds)
+                await update_session(store, str(s), settings, signed=answer)
+            except StoreUnavailable:
+                return _sent_but_unrecorded(answer)
+        # else nothing was written: the lease's release lets the clinician (or a waiting twin) try again
     return no_store(JSONResponse(answer, status_code=status,
                                  media_type="application/fhir+json" if status >= 400 else None))
 
@@ -480,17 +489,36 @@ def _chosen_service(settings: Any, reference: Any) -> Any:
     return service_for(settings.exercise_service_list(), reference)
 
 
-async def _wait_for_first(store: Any, key: str) -> Response:
-    deadline = time.monotonic() + SIGN_WAIT_SECONDS
+def _replay(rec: dict[str, Any]) -> Response:
+    return no_store(JSONResponse(dict(rec["answer"], replayed=True), status_code=rec.get("httpStatus", 200)))
+
+
+def _sent_but_unrecorded(answer: dict[str, Any]) -> Response:
+    """The EHR took the referral but the state store went away before we could record it: say exactly that
+    (with what was written), so the clinician does not think nothing happened; the next attempt, or the
+    reconciler, completes the record without writing anything twice."""
+    body = dict(answer, resourceType="OperationOutcome", issue=[{
+        "severity": "error", "code": "transient",
+        "diagnostics": "The referral was sent to the EHR (see 'written'), but the service could not record it "
+                       "because its state store is unavailable. Press Sign & send again in a minute: nothing "
+                       "will be written twice."}])
+    return no_store(JSONResponse(body, status_code=503, headers={"Retry-After": "30"},
+                                 media_type="application/fhir+json"))
+
+
+async def _wait_for_first(store: Any, lease: Lease, wait_seconds: float) -> Response | None:
+    """Wait for the signer holding the lease: its result (replayed), or None once the lease is ours (the holder
+    finished without writing anything, or died and stopped renewing: then we resume its work)."""
+    deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
-        rec = await store.get(SIGN_NS, key)
-        if rec is None:
-            return outcome(409, "The first attempt to sign failed; try again.", code="conflict")
-        if rec.get("status") == "done":
-            answer = dict(rec["answer"], replayed=True)
-            return no_store(JSONResponse(answer, status_code=rec.get("httpStatus", 200)))
+        rec = await store.get(SIGN_NS, lease.key)
+        if rec is not None and rec.get("status") == "done":
+            return _replay(rec)
+        if await lease.acquire():
+            return None
         await asyncio.sleep(0.1)
-    return outcome(409, "Signing is still in progress; check the result in a moment.", code="conflict")
+    return outcome(409, "Signing is still in progress; check the result in a moment.", code="conflict",
+                   headers={"Retry-After": "5"})
 
 
 def _written_item(w: dict[str, Any], default_server: str) -> dict[str, Any]:
@@ -570,7 +598,7 @@ def _unauthored(signing: Any) -> list[str]:
 
 async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dict[str, Any], loaded: Loaded,
                          key: str, service: Any) -> tuple[dict[str, Any], int]:
-    from service.audit import record_writeback
+    from service.audit import record_intent, record_writeback
     from service.clinical.rules import RULESET_VERSION
     from service.fhir.client import FhirClient
     from service.fhir.errors import FhirError
@@ -603,12 +631,19 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
         document = lambda refs: build_document_reference(p, snap, signing, refs)  # noqa: E731
 
     entries, ungranted = _within_grants(entries, sess.get("scope_granted"))
-    existing = [o for o in loaded.open_referrals if o.ours] if strategy in REVISING_STRATEGIES else []
+    existing = [o for o in loaded.open_referrals if o.ours and not o.written_by(entries)] \
+        if strategy in REVISING_STRATEGIES else []
     request_id = getattr(request.state, "request_id", None) or request.headers.get("x-request-id")
     answer: dict[str, Any] = {"key": key, "strategy": strategy, "target": sess["iss"],
                               "signedAt": now.isoformat(), "requester": sess["requester"],
                               "draftVersion": draft.version, "written": [], "failed": [], "notes": []}
     status = 200
+    # the intent is on record before anything is sent (a store that cannot take it stops the signing here)
+    intent = await record_intent(store, signing_key=key, practitioner=sess["requester"],
+                                 patient_ref=f"Patient/{sess['patient']}", strategy=strategy, target=sess["iss"],
+                                 identifiers=intent_searches(entries, key, with_document=document is not None),
+                                 session=sid, request_id=request_id, retention_days=settings.audit_retention_days)
+    resume = bool(intent["interrupted"])
     cc = FhirClient(settings.care_coordination_fhir_url, timeout=settings.fhir_timeout_seconds) \
         if strategy == "care-coordination" and settings.care_coordination_fhir_url else None
     try:
@@ -616,7 +651,9 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
             if existing:
                 entries = await _revising(ehr, entries, existing, signing, sess.get("scope_granted"), ungranted)
             result = await write_back(ehr, entries, document, strategy=strategy, store=store, signing_key=key,
-                                      care_coordination=cc, capability=loaded.capability)
+                                      care_coordination=cc, capability=loaded.capability, resume=resume,
+                                      lock_ttl=settings.sign_lease_seconds,
+                                      wait_seconds=settings.sign_wait_seconds)
             if not result.failed:
                 answer["notifications"] = await notify_after_write(
                     settings=settings, store=store, keys=rt.keys, entries=entries, written=result.written,
@@ -625,6 +662,11 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
         answer["written"] = [_written_item(w, sess["iss"]) for w in result.written]
         answer["failed"] = list(result.failed)
         answer["notes"] = ungranted + list(result.notes) + _unauthored(signing)
+        if resume:
+            found = sum(1 for w in result.written if w.get("status") == "existing")
+            answer["notes"].insert(0, f"An earlier attempt at this signing was interrupted: the EHR was read by the "
+                                      f"referral's identifiers; {found} resource(s) were already there and "
+                                      f"{len(result.written) - found} were written now.")
         answer["status"] = "partial" if result.failed else "sent"
     except WritebackError as exc:
         status = exc.status if 400 <= exc.status < 600 else 502
@@ -649,8 +691,25 @@ async def _sign_and_send(request: Request, rt: SmartRuntime, sid: str, sess: dic
             await cc.aclose()
     audit = await record_writeback(store, practitioner=sess["requester"], patient_ref=f"Patient/{sess['patient']}",
                                    strategy=strategy, written=answer["written"], failed=answer["failed"],
-                                   request_id=request_id,
-                                   retention_days=getattr(settings, "audit_retention_days", 400))
+                                   request_id=request_id, retention_days=settings.audit_retention_days,
+                                   signing_key=key, intent=intent, how="resumed" if resume else "signed",
+                                   settled=not (status >= 500 and not answer["written"]))
     answer["outcome"] = audit.get("outcome")
     log.info("smart sign: %s, %d written, %d failed", strategy, len(answer["written"]), len(answer["failed"]))
     return answer, status
+
+
+def intent_searches(entries: list[dict[str, Any]], key: str, *, with_document: bool) -> list[str]:
+    """`Type?search` for every resource the signing will write: how the EHR is read back after a crash."""
+    from service import canonical
+    from service.fhir.resources import identifier_value
+
+    out = []
+    for e in entries:
+        rtype = e["resource"]["resourceType"]
+        ine = e.get("ifNoneExist")
+        if ine:
+            out.append(f"{rtype}?{ine}")
+    if with_document:
+        out.append(f"DocumentReference?identifier={canonical.ID_PRESCRIPTION}|{identifier_value(key, 'document')}")
+    return out

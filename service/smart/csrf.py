@@ -18,9 +18,13 @@ from service.smart.sessions import same
 HEADER = "X-CSRF-Token"
 
 
-def _origin(url: str) -> tuple[str, str, int | None]:
-    p = urlsplit(url)
-    return p.scheme, (p.hostname or "").lower(), p.port or (443 if p.scheme == "https" else 80)
+def _origin(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port); None for what is not a valid origin (e.g. a port out of range or not a number)."""
+    try:
+        p = urlsplit(url)
+        return p.scheme, (p.hostname or "").lower(), p.port or (443 if p.scheme == "https" else 80)
+    except ValueError:
+        return None
 
 
 def csrf_ok(request: Request, sess: dict[str, Any], public_url: str) -> bool:
@@ -28,5 +32,6 @@ def csrf_ok(request: Request, sess: dict[str, Any], public_url: str) -> bool:
         return False
     origin = request.headers.get("origin")
     if origin and origin != "null":
-        return _origin(origin) in (_origin(public_url), _origin(str(request.base_url)))
+        mine = _origin(origin)
+        return mine is not None and mine in (_origin(public_url), _origin(str(request.base_url)))
     return True

@@ -8,7 +8,6 @@ restarts; an operator may supply their own private JWKS with ONCO_EXERCISE_SMART
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from service.config import Settings
+from service.private_files import write_private
 
 KEY_FILE_NAME = "smart-client-jwks.json"
 SUPPORTED_ALGS = ("ES384", "RS384")
@@ -91,15 +91,7 @@ def load_or_create_keys(settings: Settings) -> AppKeys:
     if path.exists():
         return AppKeys(_read(path))
     keyset = _generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(keyset.as_dict(private=True), fh)
-    try:
-        os.link(tmp, path)  # atomic and refuses to overwrite: a concurrent first start keeps one key set
-    except FileExistsError:
+    # atomic and refuses to overwrite: a concurrent first start keeps one key set
+    if not write_private(path, json.dumps(keyset.as_dict(private=True)).encode(), exclusive=True):
         return AppKeys(_read(path))
-    finally:
-        tmp.unlink(missing_ok=True)
     return AppKeys(keyset)

@@ -281,7 +281,7 @@ async def ensure_loaded(rt: SmartRuntime, store: Any, sid: str, sess: dict[str, 
             except RefreshFailed:
                 raise LoadError("The EHR session has expired and could not be renewed.", 401, relaunch=True) \
                     from None
-            await store.put(DATA_NS, sid, data, ttl=rt.settings.session_ttl_seconds)
+            await store.put(DATA_NS, sid, data, ttl=rt.settings.patient_cache_seconds)
         loaded = _build(rt, sess, data, _capability_from(data.get("capability")))
         rt.remember(sid, loaded)
         return loaded

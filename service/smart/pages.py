@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from service.outcome import operation_outcome
+from service.webfiles import static_path
 
 HERE = Path(__file__).parent
 TEMPLATES = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
@@ -47,14 +48,16 @@ def error_page(status: int, title: str, message: str, *, relaunch: bool = False,
 
 
 def outcome(status: int, message: str, *, code: str = "processing",
-            issues: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
+            issues: list[dict[str, Any]] | None = None, extra: dict[str, Any] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
     """An API error: OperationOutcome body (one issue per problem, with `expression` paths when known)."""
     body = operation_outcome(message, status=status, code=code)
     if issues:
         body["issue"] = issues
     if extra:
         body.update(extra)
-    return no_store(JSONResponse(body, status_code=status, media_type="application/fhir+json"))  # type: ignore
+    return no_store(JSONResponse(body, status_code=status, media_type="application/fhir+json",  # type: ignore
+                                 headers=headers))
 
 
 def json_for_script(data: Any) -> str:
@@ -64,8 +67,8 @@ def json_for_script(data: Any) -> str:
 
 
 def static_file(name: str) -> Response:
-    path = (STATIC_DIR / name).resolve()
-    if path.parent != STATIC_DIR.resolve() or path.suffix not in STATIC_TYPES or not path.is_file():
+    path = static_path(STATIC_DIR, name, frozenset(STATIC_TYPES))
+    if path is None:
         return Response(status_code=404)
     return Response(path.read_bytes(), media_type=STATIC_TYPES[path.suffix],
                     headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})

@@ -4,6 +4,7 @@ in-process cache of loaded patients (the store holds the durable copy; any repli
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -18,13 +19,40 @@ from service.smart.tokens import ClientConfig
 CACHE_SIZE = 200
 
 
+class PatientCache(OrderedDict):  # type: ignore[type-arg]
+    """The loaded patients of recent sessions, each kept `ttl` seconds (ONCO_EXERCISE_PATIENT_CACHE_SECONDS):
+    patient data stays in memory only as long as the app page needs it, then is read again from the EHR."""
+
+    def __init__(self, ttl: float, size: int = CACHE_SIZE) -> None:
+        super().__init__()
+        self.ttl, self.size = ttl, size
+
+    def remember(self, sid: str, value: Any) -> None:
+        super().__setitem__(sid, (time.monotonic() + self.ttl, value))
+        self.move_to_end(sid)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+    def get(self, sid: str, default: Any = None) -> Any:  # type: ignore[override]
+        item = super().get(sid)
+        if item is None:
+            return default
+        if item[0] < time.monotonic():
+            super().pop(sid, None)
+            return default
+        return item[1]
+
+    def __contains__(self, sid: object) -> bool:
+        return isinstance(sid, str) and self.get(sid) is not None
+
+
 class SmartRuntime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._keys: AppKeys | None = None
         self._http: httpx.AsyncClient | None = None
         self.loads: dict[str, asyncio.Task[Any]] = {}
-        self.cache: OrderedDict[str, Any] = OrderedDict()
+        self.cache = PatientCache(settings.patient_cache_seconds)
         self.locks: dict[str, asyncio.Lock] = {}
         self.transport: httpx.AsyncBaseTransport | None = None  # tests may route OAuth calls elsewhere
 
@@ -54,10 +82,8 @@ class SmartRuntime:
         return lock
 
     def remember(self, sid: str, loaded: Any) -> None:
-        self.cache[sid] = loaded
-        self.cache.move_to_end(sid)
-        while len(self.cache) > CACHE_SIZE:
-            old, _ = self.cache.popitem(last=False)
+        self.cache.remember(sid, loaded)
+        for old in [k for k in self.locks if k not in self.cache and not self.locks[k].locked()]:
             self.locks.pop(old, None)
 
     async def close(self) -> None:
@@ -81,9 +107,12 @@ def of(request: Request) -> SmartRuntime:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The router's lifespan (FastAPI merges it into the app's, inside the store's)."""
+    from service.smart.reconcile import reconciler
+
     rt = runtime(app)
     rt.keys  # generate (or load) the signing keys at start, not during the first launch
     try:
-        yield
+        async with reconciler(rt, app):  # interrupted signings get their audit outcome (service.smart.reconcile)
+            yield
     finally:
         await rt.close()

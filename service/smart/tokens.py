@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 from authlib.common.urls import add_params_to_qs
+from service import metrics
 from service.smart._authlib import AsyncOAuth2Client, OAuthError
 from joserfc import jwt
 
@@ -282,6 +283,7 @@ class TokenKeeper:
             new = await refresh(self.cfg, self.token_endpoint, rec["refresh_token"], self.transport)
         except TokenError as exc:
             unreachable = exc.error == "temporarily_unavailable"
+            metrics.TOKEN_REFRESH.labels("unreachable" if unreachable else "refused").inc()
             changes: dict[str, Any] = {"refresh_attempts": attempts}
             if unreachable:
                 changes["retry_after"] = time.time() + RETRY_AFTER
@@ -299,5 +301,6 @@ class TokenKeeper:
         updated["refreshed"] = int(rec.get("refreshed", 0)) + 1
         updated["refresh_attempts"] = attempts
         updated["refreshed_at"] = time.time()
+        metrics.TOKEN_REFRESH.labels("ok").inc()
         await self._save(updated)
         return updated["access_token"]

@@ -39,10 +39,9 @@ def _count(outcome: str, reason: str = "none") -> float:
 
 def _stored(service: Service, card_uuid: str) -> list[dict[str, Any]]:
     """Feedback rows for one card, read through a second connection to the service's SQLite file."""
-    from service.storage import SQLiteStore
+    from service.state import open_state_store
 
-    url = service.app.state.settings.resolved_storage_url()
-    store = SQLiteStore(url[len("sqlite:///"):])
+    store = open_state_store(service.app.state.settings)
 
     async def scan() -> list[tuple[str, dict[str, Any]]]:
         try:

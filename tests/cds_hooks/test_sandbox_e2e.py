@@ -110,9 +110,9 @@ def test_accept_creates_a_draft_service_request_and_override_is_stored(sandbox: 
     _, app, _ = sandbox
 
     async def rows() -> list[dict[str, Any]]:
-        from service.storage import SQLiteStore
+        from service.state import open_state_store
 
-        s = SQLiteStore(app.state.settings.resolved_storage_url()[len("sqlite:///"):])
+        s = open_state_store(app.state.settings)
         try:
             return [v for _, v in await s.scan("cds-feedback")]
         finally:

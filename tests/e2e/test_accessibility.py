@@ -22,6 +22,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from tests.e2e.conftest import Sandbox, ehr_launch_page
+from tests.support.browser import inbox_sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -430,6 +431,7 @@ def test_smart_app_handout_and_inbox(page: Page, sandbox: Sandbox) -> None:
     [task_id] = [r.locator("td").nth(1).inner_text().strip() for r in page.locator("#written tbody tr").all()
                  if r.locator("td").first.inner_text().strip() == "Task"]
     page.goto(f"{sandbox.url}/sandbox/exercise-service/")
+    inbox_sign_in(page)
     expect(page.get_by_role("heading", name="Referrals")).to_be_visible()
     open_link = page.locator(f"a[href='/sandbox/exercise-service/tasks/{task_id}']")
     audit(page, "Inbox list", "inbox-list", {"Open referral": open_link}, problems)

@@ -13,6 +13,7 @@ from playwright.sync_api import Page, expect
 
 from service.fhir.validate import validate_resource
 from tests.e2e.conftest import Sandbox, ehr_launch_page
+from tests.support.browser import inbox_sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -161,6 +162,7 @@ def test_card_launch_review_edit_sign_and_inbox_accept(page: Page, sandbox: Sand
 
     # 6. The exercise-service inbox shows the referral; open it and accept it.
     page.goto(f"{sandbox.url}/sandbox/exercise-service/")
+    inbox_sign_in(page)
     expect(page.get_by_role("heading", name="Referrals")).to_be_visible()
     link = page.locator(f"a[href='/sandbox/exercise-service/tasks/{task['id']}']")
     expect(link).to_be_visible()

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import Sandbox, ehr_launch_page
-from tests.support.browser import chromium_page
+from tests.support.browser import chromium_page, inbox_sign_in
 
 pytestmark = pytest.mark.browser
 
@@ -60,6 +60,7 @@ def test_defer_sign_inbox_clearance_release(page: Page, sandbox: Sandbox, shot: 
     expect(page.locator("#handout-clearance")).to_contain_text("on hold")
     shot(page, "deferred-handout")
     page.goto(f"{sandbox.url}/sandbox/exercise-service/")
+    inbox_sign_in(page)
     pending = page.locator("section[aria-labelledby=pending-h]")
     expect(pending).to_contain_text("pending medical clearance")
     expect(pending).to_contain_text("Nothing to start")
@@ -88,6 +89,7 @@ def test_defer_sign_inbox_clearance_release(page: Page, sandbox: Sandbox, shot: 
     expect(page.locator("#written")).to_contain_text("updated")
     shot(page, "released")
     page.goto(f"{sandbox.url}/sandbox/exercise-service/")
+    inbox_sign_in(page)
     expect(page.locator("section[aria-labelledby=pending-h]")).to_have_count(0)
     with sandbox.fhir() as fhir:
         name = fhir.get(f"/Patient/{DEFER_PATIENT}").json()["name"][0]["family"]

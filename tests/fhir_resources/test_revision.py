@@ -119,3 +119,11 @@ def test_a_task_the_service_closed_meanwhile_is_not_reopened() -> None:
     out = revise(new, open_referrals(stored), current, signed_at="2026-03-03T09:00:00Z", author=AUTHOR)
     urls = {e.get("url") for e in out if e.get("method") == "PUT"}
     assert "Task/x3" not in urls and "ServiceRequest/x2" not in urls
+
+
+def test_a_referral_this_signing_already_wrote_is_not_an_older_one() -> None:
+    """After an interrupted attempt committed the set, the retry finds it by identifier; it must not revise it."""
+    entries = R.build_prescription_resources(F.prescription(), F.snapshot(), F.signing(key="k1"))
+    [o] = open_referrals(_as_stored(entries))
+    assert o.written_by(entries)
+    assert not o.written_by(R.build_prescription_resources(F.prescription(), F.snapshot(), F.signing(key="k2")))

@@ -45,7 +45,8 @@ def test_no_token_or_jwt_in_the_logs_of_a_full_flow(tmp_path: Path) -> None:
     from service.sandbox.cds_client import CdsClient
     from service.sandbox.keys import load_keys
     from service.smart.sessions import TOKEN_NS
-    from service.storage import SQLiteStore
+    from service.config import Settings
+    from service.state import open_state_store
 
     port = free_port()
     proc = ServeProcess(onco_env(tmp_path, log_level="DEBUG", log_json="true"), tmp_path / "out.log",
@@ -92,7 +93,7 @@ def test_no_token_or_jwt_in_the_logs_of_a_full_flow(tmp_path: Path) -> None:
             secrets += [v for k in ("code", "state", "launch") for v in q.get(k, [])]
         secrets += [got.csrf, http.cookies["oe_smart"]]
         assert http.get("/smart/api/prescription", params={"s": got.sid}).status_code == 200
-        store = SQLiteStore(tmp_path / "state.db")
+        store = open_state_store(Settings(data_dir=tmp_path))
 
         async def expire() -> dict[str, Any]:
             rec = await store.get(TOKEN_NS, got.sid)

@@ -179,12 +179,11 @@ class App:
 
     def stored(self, ns: str, key: str) -> Any:
         """One record of the app's store (read from its SQLite file, off Playwright's event loop)."""
-        from service.storage import SQLiteStore
+        from service.state import open_state_store
 
-        path = self.settings.resolved_storage_url()[len("sqlite:///"):]
 
         async def read() -> Any:
-            store = SQLiteStore(path)
+            store = open_state_store(self.settings)
             try:
                 return await store.get(ns, key)
             finally:
@@ -194,12 +193,11 @@ class App:
             return pool.submit(asyncio.run, read()).result(timeout=30)
 
     def change(self, ns: str, key: str, **changes: Any) -> None:
-        from service.storage import SQLiteStore
+        from service.state import open_state_store
 
-        path = self.settings.resolved_storage_url()[len("sqlite:///"):]
 
         async def write() -> None:
-            store = SQLiteStore(path)
+            store = open_state_store(self.settings)
             try:
                 rec = await store.get(ns, key)
                 await store.put(ns, key, {**rec, **changes}, ttl=600)

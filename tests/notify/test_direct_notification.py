@@ -8,6 +8,7 @@ import time
 
 from tests.notify.conftest import FULL, LIGHT, receiver_log, sign, stored, wait_for
 from tests.smart.conftest import Sandbox, api, ehr_launch
+from tests.support.inbox import sign_in
 
 
 def _received(sandbox: Sandbox) -> list[dict]:
@@ -67,6 +68,7 @@ def test_the_light_service_works_from_the_inbox(sandbox: Sandbox) -> None:
         (LIGHT, "inbox", "listed")]
     task = next(w for w in answer["written"] if w["resourceType"] == "Task")
     with sandbox.browser() as b:
+        sign_in(b)
         assert f'/sandbox/exercise-service/tasks/{task["id"]}' in b.get("/sandbox/exercise-service/").text
 
 

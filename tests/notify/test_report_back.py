@@ -15,6 +15,7 @@ from service.fhir import reports
 from service.fhir.validate import validate_resource
 from tests.notify.conftest import FULL, receiver_log, sign, wait_for
 from tests.smart.conftest import Sandbox, api, ehr_launch
+from tests.support.inbox import fresh_token, sign_in
 
 PHYSIO = {"reference": "Practitioner/exercise-physiologist", "display": "Jordan Blake"}
 
@@ -121,8 +122,7 @@ def test_full_service_reports_back_through_the_fhir_api(sandbox: Sandbox) -> Non
 
 
 def _inbox(b: httpx.Client, path: str, **form: str) -> httpx.Response:
-    return b.post(f"/sandbox/exercise-service/tasks/{path}", data={"csrf": b.cookies.get("sandbox_csrf") or "",
-                                                                   **form})
+    return b.post(f"/sandbox/exercise-service/tasks/{path}", data={"csrf": fresh_token(b), **form})
 
 
 def test_light_service_reports_back_from_the_inbox(sandbox: Sandbox) -> None:
@@ -132,7 +132,7 @@ def test_light_service_reports_back_from_the_inbox(sandbox: Sandbox) -> None:
     tid = next(w["id"] for w in answer["written"] if w["resourceType"] == "Task")
     today = datetime.now(timezone.utc).date()
     with httpx.Client(base_url=sandbox.url, timeout=60, follow_redirects=False) as b:
-        b.get("/sandbox/exercise-service/")
+        sign_in(b)
         for action, extra in (("accept", {}), ("start", {}), ("hold", {"reason": "Admitted for a chest infection"}),
                               ("resume", {})):
             r = _inbox(b, tid, action=action, **extra)

@@ -85,6 +85,18 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}/fhir"
 
 
+_SHARED_STATE_KEY: dict[str, str] = {}
+
+
+def shared_state_keys() -> str:
+    """ONCO_EXERCISE_STATE_KEYS shared by every replica of this test run (replicas must share the key ring)."""
+    if not _SHARED_STATE_KEY:
+        from service.sealing import new_key
+
+        _SHARED_STATE_KEY.update(new_key())
+    return f"{_SHARED_STATE_KEY['kid']}:{_SHARED_STATE_KEY['k']}"
+
+
 def onco_env(tmp: Path, **values: str) -> dict[str, str]:
     """A clean environment for a subprocess: no inherited ONCO_EXERCISE_* variables, data in tmp."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ONCO_EXERCISE_")}

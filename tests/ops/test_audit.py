@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.audit import AUDIT_LOGGER, AUDIT_NS, record_writeback, recent_writebacks
+from service.logs import JsonFormatter
 from service.storage import open_store
 
 NOW = datetime(2026, 1, 22, 9, 30, tzinfo=timezone.utc)
@@ -35,8 +36,11 @@ async def test_record_is_logged_and_stored(tmp_path: Path, caplog: pytest.LogCap
             "failed": ["Provenance: 400 invalid"], "requestId": "rid-7",
         }
         logged = [r for r in caplog.records if r.name == AUDIT_LOGGER]
-        assert len(logged) == 1 and json.loads(logged[0].getMessage()) == rec
-        assert "PHI text" not in logged[0].getMessage()  # references only, never contents
+        assert len(logged) == 1
+        line = json.loads(JsonFormatter().format(logged[0]))
+        # structured: the record's fields are the line's fields (not a JSON string inside msg)
+        assert {k: line[k] for k in rec} == rec and line["msg"] == "writeback partial"
+        assert "PHI text" not in json.dumps(line)  # references only, never contents
         stored = await store.scan(AUDIT_NS)
         assert len(stored) == 1 and stored[0][0].startswith("20260122T093000") and stored[0][1] == rec
         await record_writeback(store, practitioner=None, patient_ref="Patient/p-9", strategy="document",

@@ -4,6 +4,7 @@ commands work — run outside a container (there is no Docker engine here)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -51,9 +52,14 @@ def test_compose_config_parses() -> None:
     cli = compose_cli()
     if cli is None:
         pytest.skip("neither `docker compose` nor docker-compose is installed")
+    env = {**os.environ, "REDIS_PASSWORD": "example-only"}
     out = subprocess.run([*cli, "-f", str(DOCKER / "compose.yaml"), "config", "-q"], capture_output=True,
-                         text=True, timeout=60)
+                         text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stderr
+    unset = {k: v for k, v in os.environ.items() if k != "REDIS_PASSWORD"}
+    out = subprocess.run([*cli, "-f", str(DOCKER / "compose.yaml"), "config", "-q"], capture_output=True,
+                         text=True, timeout=60, env=unset)
+    assert out.returncode != 0 and "REDIS_PASSWORD" in out.stderr  # no Redis without a password
 
 
 def test_compose_stack_shape() -> None:
@@ -63,7 +69,11 @@ def test_compose_stack_shape() -> None:
     assert app["deploy"]["replicas"] == 2
     assert app["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
     env = app["environment"]
-    assert env["ONCO_EXERCISE_STORAGE_URL"].startswith("redis://redis:")
+    assert env["ONCO_EXERCISE_STORAGE_URL"].startswith("redis://:${REDIS_PASSWORD")  # Redis asks for a password
+    assert env["ONCO_EXERCISE_STATE_KEY_FILE"].startswith("/run/secrets/")
+    redis_cmd = " ".join(services["redis"]["command"])
+    assert "--requirepass" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
+    assert "rediss://" in (DOCKER / "compose.yaml").read_text()  # the TLS option is spelled out
     assert env["ONCO_EXERCISE_FHIR_SERVERS"].endswith("http://hapi:8080/fhir}")
     json.loads(env["ONCO_EXERCISE_CDS_CLIENTS"])  # a valid example, not a placeholder
     assert services["hapi"]["image"].startswith("hapiproject/hapi:")
@@ -74,6 +84,14 @@ def test_compose_stack_shape() -> None:
     assert "./nginx.conf:/etc/nginx/nginx.conf:ro" in proxy["volumes"]
     nginx = (DOCKER / "nginx.conf").read_text()
     assert "http://onco-exercise:8000" in nginx and "X-Request-ID" in nginx
+    # the proxy outlasts a second signer's wait (the service's default) and one write-back
+    from service.config import Settings
+
+    read_timeout = int(re.search(r"proxy_read_timeout (\d+)s", nginx).group(1))
+    defaults = Settings()
+    assert read_timeout > defaults.sign_wait_seconds + defaults.fhir_timeout_seconds
+    assert int(re.search(r"client_header_timeout (\d+)s", nginx).group(1)) <= defaults.header_timeout_seconds
+    assert "non_idempotent" not in nginx  # a POST that reached a replica is never replayed to another
 
 
 def test_dockerfile_promises() -> None:
@@ -93,9 +111,13 @@ def test_dockerfile_promises() -> None:
     assert "terminology /app/terminology" in copies and "profiles /app/profiles" in copies
     assert json.loads(instruction(final, "ENTRYPOINT")[0]) == ["onco-exercise", "serve"]
     health = instruction(final, "HEALTHCHECK")[0]
-    assert "/readyz" in health and "curl" not in health and '"python"' in health
+    # liveness, not readiness: an EHR outage must not mark every replica unhealthy
+    assert "/healthz" in health and "/readyz" not in health and "curl" not in health and '"python"' in health
+    build = " ".join(instruction(stages[0], "RUN"))
+    assert "--require-hashes" in build and "-r /tmp/requirements.lock" in build
+    assert "pip install --no-deps --no-build-isolation ." in build
     ignore = (ROOT / ".dockerignore").read_text().splitlines()
-    for needed in ("!service/", "!terminology/", "!profiles/", "!pyproject.toml"):
+    for needed in ("!service/", "!terminology/", "!profiles/", "!pyproject.toml", "!docker/requirements.lock"):
         assert needed in ignore
 
 
@@ -119,3 +141,25 @@ def test_entrypoint_and_healthcheck_commands_work_outside_a_container(fhir_base:
     finally:
         proc.stop()
     assert subprocess.run(health, capture_output=True, timeout=30).returncode != 0  # server gone: unhealthy
+
+
+def test_the_lock_file_pins_every_dependency_with_hashes() -> None:
+    """docker/requirements.lock (pip-compile --generate-hashes) covers pyproject's runtime dependencies, each
+    pinned to one version with at least one sha256; the image installs from it with --require-hashes."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    lock = (DOCKER / "requirements.lock").read_text()
+    pins = dict(re.findall(r"^([A-Za-z0-9_.\-]+)==([^ \\]+) \\$", lock, re.M))
+    names = {k.lower().replace("_", "-").replace(".", "-"): v for k, v in pins.items()}
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        req = Requirement(dep)
+        name = req.name.lower().replace("_", "-").replace(".", "-")
+        assert name in names, f"{req.name} is not in docker/requirements.lock: run pip-compile again"
+        assert req.specifier.contains(names[name], prereleases=True), (req, names[name])
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", lock.split("\n#\n", 1)[-1].strip())
+    for block in blocks:
+        if "==" in block.split("\n", 1)[0]:
+            assert "--hash=sha256:" in block, block.split("\n", 1)[0]

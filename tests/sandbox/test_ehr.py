@@ -44,12 +44,8 @@ def fhir(sandbox: tuple[str, Any]) -> httpx.Client:
 
 
 def csrf(browser: httpx.Client) -> str:
-    token = browser.cookies.get("sandbox_csrf")
-    if not token:
-        browser.get("/sandbox/")
-        token = browser.cookies.get("sandbox_csrf")
-    assert token
-    return token
+    """The form token the EHR screen embeds (an HMAC of the browser's CSRF cookie, not the cookie itself)."""
+    return hidden(browser.get("/sandbox/").text, "csrf")
 
 
 def hidden(html: str, name: str) -> str:

@@ -14,6 +14,7 @@ from fhirpathpy import evaluate
 
 from service.sandbox.inbox import ACTIONS, TransitionError, allowed_actions, taskrm_1_ok, transition
 from tests.conftest import running_sandbox
+from tests.support.inbox import form_token, sign_in
 
 PA_TASKRM_1 = "statusReason.exists() = (status = 'rejected' or status = 'on-hold' or status = 'cancelled' " \
               "or status = 'failed')"
@@ -43,7 +44,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Any
 @pytest.fixture(scope="module")
 def browser(sandbox: tuple[str, Any]) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=sandbox[0], timeout=60, follow_redirects=False) as c:
-        c.get(INBOX)
+        sign_in(c)
         yield c
 
 
@@ -57,7 +58,7 @@ def fhir(sandbox: tuple[str, Any]) -> Iterator[httpx.Client]:
 
 
 def act(browser: httpx.Client, tid: str, **form: str) -> httpx.Response:
-    data = {"csrf": browser.cookies.get("sandbox_csrf") or "", **form}
+    data = {"csrf": form_token(browser.get(f"{INBOX}sign-in").text), **form}
     return browser.post(f"{INBOX}tasks/{tid}", data=data)
 
 
@@ -279,3 +280,24 @@ def test_units_are_shown_as_people_read_them() -> None:
     bp = {"component": [{"valueQuantity": {"value": 127, "unit": "mm[Hg]", "system": "http://unitsofmeasure.org",
                                            "code": "mm[Hg]"}}, {"valueQuantity": {"value": 75}}]}
     assert _value(bp) == "127/75 mm Hg"
+
+
+def test_the_inbox_needs_a_sign_in_and_a_signed_form_token(sandbox: tuple[str, Any], fhir: httpx.Client) -> None:
+    url, _ = sandbox
+    with httpx.Client(base_url=url, timeout=60, follow_redirects=False) as stranger:
+        r = stranger.get(INBOX)
+        assert r.status_code == 303 and "/sign-in" in r.headers["location"]
+        assert stranger.post(f"{INBOX}tasks/x", data={"action": "accept"}).status_code == 303  # to the sign-in
+        # a forged staff cookie is not a sign-in
+        stranger.cookies.set("sandbox_staff", f"jordan-blake.{10 ** 12}.{'0' * 64}", path="/sandbox/exercise-service")
+        assert stranger.get(INBOX).status_code == 303
+        # an equal cookie/form pair chosen by an attacker (cookies are shared by every port of 127.0.0.1)
+        stranger.cookies.set("sandbox_csrf", "a" * 32, path="/sandbox")
+        r = stranger.post(f"{INBOX}sign-in", data={"csrf": "a" * 32, "user": "jordan-blake", "next": INBOX})
+        assert r.status_code == 403
+        r = sign_in(stranger)
+        assert r.status_code == 303 and r.headers["location"] == INBOX
+        assert stranger.get(INBOX).status_code == 200
+        # the sign-in page never sends anyone outside the inbox
+        page = stranger.get(f"{INBOX}sign-in", params={"next": "https://evil.example/"})
+        assert 'name="next" value="/sandbox/exercise-service/"' in page.text

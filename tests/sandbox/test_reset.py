@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service.cds_hooks.followup import CARD_NS, SHOWN_NS
-from service.storage import SQLiteStore
+from service.state import open_state_store
 from tests.conftest import running_sandbox
 from tests.support.stored import stored_rows
 
@@ -18,10 +18,9 @@ def _rows(app: Any, ns: str) -> list[str]:
 
 
 def _put(app: Any, ns: str, key: str) -> None:
-    path = app.state.settings.resolved_storage_url()[len("sqlite:///"):]
 
     async def put() -> None:
-        store = SQLiteStore(path)
+        store = open_state_store(app.state.settings)
         try:
             await store.put(ns, key, {"shownAt": 1.0}, ttl=3600)
         finally:

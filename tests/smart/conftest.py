@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.app import create_app
-from service.storage import SQLiteStore
+from service.state import StateStore, open_state_store
 from tests.conftest import sandbox_settings
 from tests.support.live import free_port, serve
 
@@ -27,9 +27,10 @@ class Sandbox:
     def iss(self) -> str:
         return f"{self.url}/sandbox/fhir"
 
-    def store(self) -> SQLiteStore:
-        """A second connection to the app's SQLite store (WAL): tests read and tamper with server-side state."""
-        return SQLiteStore(self.data_dir / "state.db")
+    def store(self) -> StateStore:
+        """A second connection to the app's store (SQLite in WAL mode, sealed with the app's state keys): tests
+        read and tamper with server-side state."""
+        return open_state_store(self.app.state.settings)
 
     def browser(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)

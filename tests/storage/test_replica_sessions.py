@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.ops.procs import ServeProcess, onco_env
+from tests.ops.procs import ServeProcess, onco_env, shared_state_keys
 from tests.smart.conftest import finish
 from tests.support.live import free_port
 
@@ -29,7 +29,8 @@ def test_a_session_started_on_one_replica_is_served_by_the_other(redis_url: str,
     def env(name: str) -> dict[str, str]:  # separate data dirs: Redis is the only thing the replicas share
         (tmp_path / name).mkdir()
         return onco_env(tmp_path / name, storage_url=redis_url, fhir_servers=iss, public_url=public,
-                        smart_client_id=CLIENT_ID, allow_no_cds_clients="true")
+                        smart_client_id=CLIENT_ID, allow_no_cds_clients="true",
+                        state_keys=shared_state_keys())
 
     a = ServeProcess(env("a"), tmp_path / "a.log", port=port_a)
     a.wait_ready()

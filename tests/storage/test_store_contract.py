@@ -96,3 +96,20 @@ async def test_scan_prefix(store: Store, ns: str) -> None:
 
 async def test_ping(store: Store) -> None:
     assert await store.ping() is True
+
+
+async def test_lease_renewal_and_release_are_owner_checked(store: Store, ns: str) -> None:
+    """`touch` and `release` (service.lease) act only for the entry's owner, atomically on the back end."""
+    assert await store.add(ns, "lease", {"owner": "a", "since": 1.0}, ttl=0.4)
+    assert await store.touch(ns, "lease", "b", 5) is False  # not b's lease
+    assert await store.release(ns, "lease", "b") is False
+    assert await store.touch(ns, "lease", "a", 5) is True  # the owner extends it ...
+    await asyncio.sleep(0.5)
+    assert await store.get(ns, "lease") is not None  # ... beyond its first lifetime
+    assert await store.release(ns, "lease", "a") is True
+    assert await store.get(ns, "lease") is None
+    assert await store.touch(ns, "lease", "a", 5) is False  # gone: nothing to extend
+    assert await store.add(ns, "short", {"owner": "a"}, ttl=0.2)
+    await asyncio.sleep(0.3)
+    assert await store.touch(ns, "short", "a", 5) is False  # expired: a dead holder cannot revive it
+    assert await store.add(ns, "short", {"owner": "b"}, ttl=5)  # and the next caller takes it over

@@ -61,3 +61,9 @@ def screenshot_taker(suite: str, test_name: str) -> Callable[[Any, str], Path]:
         return path
 
     return take
+
+
+def inbox_sign_in(page: Any) -> None:
+    """The exercise-service inbox asks who you are first (service.sandbox.staff): sign in as the default."""
+    if "/sign-in" in page.url:
+        page.get_by_role("button", name="Sign in").click()

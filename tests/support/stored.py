@@ -10,12 +10,10 @@ from typing import Any
 
 def stored_rows(app: Any, ns: str) -> list[tuple[str, Any]]:
     """(key, value) of every row in one namespace of the app's store."""
-    from service.storage import SQLiteStore
-
-    path = app.state.settings.resolved_storage_url()[len("sqlite:///"):]
+    from service.state import open_state_store  # values are sealed at rest: read them through the same keys
 
     async def rows() -> list[tuple[str, Any]]:
-        store = SQLiteStore(path)
+        store = open_state_store(app.state.settings)
         try:
             return list(await store.scan(ns))
         finally:
