@@ -38,6 +38,9 @@ CORE = "http://hl7.org/fhir/StructureDefinition"
 
 # The PA IG profiles our resources claim, and the Reference profiles they use.
 PA_PROFILES = ("PACarePlan", "PAGoal", "PAServiceRequest", "PATaskForReferralManagement", "ReferenceRest",
+               "PAObservationBase", "PAObservationActivityMeasure", "PAObservationActivityGroup",
+               "PAObservationTimeMeasure", "PAObservationEVS", "PAObservationEVSDaysPerWeek",
+               "PAObservationEVSMinutesPerDay", "PAObservationEVSMinutesPerWeek",
                "ReferenceRestOrLogical")
 # US Core 3.1.1 names the PA IG refers to but does not define (profile -> resource type; value sets by URL).
 US_CORE_NAMES: dict[str, tuple[str, str]] = {
@@ -111,6 +114,9 @@ class Names:
             return self.profiles[name][0]
         if name.startswith("http"):
             return name
+        by_id = [url for url, _ in self.profiles.values() if url.rsplit("/", 1)[-1] == name]
+        if by_id:  # FSH also accepts a profile's id (the PA IG writes `Reference(us-core-patient)`)
+            return by_id[0]
         return f"{CORE}/{name}"  # a core resource or type (Resource, Patient, Reference ...)
 
     def valueset(self, name: str) -> str:

@@ -91,10 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from service import ops
     from service.cds_hooks.routes import router as cds_router
+    from service.patient.routes import router as patient_router
     from service.smart.routes import router as smart_router
 
     app.include_router(cds_router)
     app.include_router(smart_router)
+    app.include_router(patient_router)
 
     if settings.mode == "sandbox":
         from service.sandbox.setup import install as install_sandbox

@@ -7,6 +7,7 @@ CS_SETTING = f"{BASE}/CodeSystem/setting"
 CS_LOCAL_OBSERVATION = f"{BASE}/CodeSystem/local-observation"
 CS_OVERRIDE_REASON = f"{BASE}/CodeSystem/override-reason"  # dismissing a CDS card
 CS_CLINICAL_OVERRIDE_REASON = f"{BASE}/CodeSystem/clinical-override-reason"  # signing beyond a safety limit
+CS_COMPANION_ALERT = f"{BASE}/CodeSystem/companion-alert"  # what a patient reported that the care team must hear
 
 ID_PRESCRIPTION = f"{BASE}/identifier/prescription"
 RULESET = f"{BASE}/ruleset"  # names a rule-set version (Provenance policy/entity)

@@ -91,10 +91,14 @@ async def _check_eviction(store: object, url: str, report: Report) -> None:
 
 def registration(settings: Settings) -> list[str]:
     """What the EHR's administrator registers for this service (SMART app and CDS service)."""
+    from service.patient.scopes import patient_scopes
+
     base = settings.public_url
     lines = [f"SMART client id: {settings.smart_client_id} ({settings.smart_client_auth})",
              f"SMART redirect URI: {base}/smart/callback",
              f"SMART launch URL: {base}/smart/launch",
+             f"Patient companion (patient-facing app, same client and redirect URI; patient-level scopes: "
+             f"{' '.join(patient_scopes())}): {base}/patient/launch",
              f"CDS Hooks discovery URL: {base}/cds-services"]
     if settings.smart_client_auth == "private_key_jwt":
         lines.insert(2, f"SMART JWKS URL (private_key_jwt): {base}/.well-known/jwks.json")

@@ -25,6 +25,7 @@ from functools import lru_cache
 from typing import Any
 
 from service.canonical import SNOMED
+from service.clinical.adaptation import Assessment, assess, proposal_text
 from service.clinical.facts import fmt_value
 from service.clinical.model import Measurement, PatientSnapshot, Prescription, Referral
 from service.clinical.programme import FUNCTIONAL as FUNCTIONAL_FOR_FOLLOW_UP  # the tests quoted, first found wins
@@ -326,6 +327,15 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
         summary += "; no exercise vital sign yet"
     lines = ["An exercise referral is in place. A brief word about how exercise is going helps people keep going.",
              ""]
+    alerts = s.patient_alerts
+    if alerts:
+        summary = f"Patient reported {_what(alerts[0].text)}; " + summary[0].lower() + summary[1:]
+        lines += [f"- **Reported by the patient**: {md(_clip(_what(a.text)))}"
+                  + (f" ({a.reported.date().isoformat()})" if a.reported else "") + f" `{a.rule}`" for a in alerts[:3]]
+        lines.append("")
+    home = assess(s, service_on_hold=ref.task_status == "on-hold")
+    if home is not None:
+        lines += _home_lines(home)
     authored = f", sent {ref.authored.date().isoformat()}" if ref.authored else ""
     lines.append(f"- **Referral**: {md(ref.status)}{authored}")
     if ref.task_status:
@@ -354,12 +364,30 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
                      + (f", {trend}" if trend else "") + f" ({gap} the {GUIDELINE_MINUTES} min/week guideline)")
     else:
         lines.append("- **Exercise vital sign**: not recorded — ask about minutes of moderate activity per week")
-    card = _card(ctx, "follow-up", "info", summary, lines, "Open the exercise plan in onco-exercise",
-                 {"referral": ref.ref})
+    card = _card(ctx, "follow-up", "warning" if alerts else "info", summary, lines,
+                 "Open the exercise plan in onco-exercise", {"referral": ref.ref})
     fp = _fp("follow-up", ref.ref, ref.status, ref.task_status, ref.task_business, ref.task_note,
              (evs.value, evs.effective.isoformat()) if evs else None,
-             (change[0].ref, change[0].value) if change else None, programme_lines(ref, s))
+             (change[0].ref, change[0].value) if change else None, programme_lines(ref, s),
+             [a.ref for a in alerts], home.fingerprint() if home else None)
     return CardPlan("follow-up", prune(card), fp)
+
+
+def _what(text: str) -> str:
+    """"Patient reports chest pain or pressure." -> "chest pain or pressure" (the card names the patient once)."""
+    t = text.strip().rstrip(".")
+    return t[len("Patient reports "):] if t.startswith("Patient reports ") else t
+
+
+def _home_lines(a: Assessment) -> list[str]:
+    """How it is going at home (the companion's logs and a wearable's minutes) and the proposed next step."""
+    out = [f"- **At home**: {md(a.line)}"]
+    if a.step != "none":
+        out.append(f"- **Proposed next step**: {md(proposal_text(a))}. {md(a.reason)} `{a.rule}` — sign it as a "
+                   "revision in onco-exercise")
+    else:
+        out.append(f"- **Next step**: {md(a.reason)} `{a.rule}`")
+    return out
 
 
 def programme_lines(ref: Referral, s: PatientSnapshot) -> list[str]:

@@ -109,6 +109,29 @@ class Referral:
 
 
 @dataclass(frozen=True)
+class PlannedDose:
+    """The weekly exercise minutes one signed prescription (a phase of it) asks for, and when."""
+
+    ref: str
+    minutes_per_week: float
+    start: date | None = None
+    end: date | None = None
+
+    def covers(self, day: date) -> bool:
+        return (self.start is None or self.start <= day) and (self.end is None or day <= self.end)
+
+
+@dataclass(frozen=True)
+class PatientAlert:
+    """An open Flag the patient companion raised (a red flag or stop rule the patient reported)."""
+
+    ref: str
+    rule: str
+    text: str
+    reported: datetime | None
+
+
+@dataclass(frozen=True)
 class PatientSnapshot:
     """Everything the rules need about one patient at `as_of`, and what was missing or stale."""
 
@@ -129,6 +152,8 @@ class PatientSnapshot:
     regional_nodes: tuple[CodedFact, ...] = ()  # regional lymph-node involvement: cancer, not distant spread
     brain_metastases: tuple[CodedFact, ...] = ()
     unreadable: tuple[Unreadable, ...] = ()
+    planned: tuple[PlannedDose, ...] = ()  # signed prescriptions' weekly minutes (active ones), per phase
+    patient_alerts: tuple[PatientAlert, ...] = ()  # open companion Flags
 
     @property
     def has_cancer(self) -> bool:

@@ -10,7 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.clinical.rules import RULES, RULESET_VERSION
+from service.clinical.adaptation import ADAPTATION_RULES
+from service.clinical.rules import RULES, RULESET_VERSION, Rule
+from service.clinical.selfreport import ALERT_RULES
 
 START, END = "<!-- rules:start -->", "<!-- rules:end -->"
 
@@ -28,9 +30,19 @@ def rules_markdown() -> str:
         "| Rule | Trigger | Effect | Source |",
         "|---|---|---|---|",
     ]
-    for r in RULES:
-        lines.append(f"| `{r.id}` {_cell(r.title)} | {_cell(r.trigger)} | {_cell(r.effect_text)} | {_cell(r.citation)} |")
+    lines += _rows(RULES)
+    lines += ["", "**Patient companion: answers that flag the care team** (`service/clinical/selfreport.py`; each "
+              "also a FHIR Flag and Communication)", "", "| Rule | Trigger | Effect | Source |", "|---|---|---|---|"]
+    lines += _rows(ALERT_RULES)
+    lines += ["", "**The next step at follow-up** (`service/clinical/adaptation.py`; first match wins, shown on the "
+              "follow-up card)", "", "| Rule | Trigger | Effect | Source |", "|---|---|---|---|"]
+    lines += _rows(ADAPTATION_RULES)
     return "\n".join(lines) + "\n"
+
+
+def _rows(rules: tuple[Rule, ...]) -> list[str]:
+    return [f"| `{r.id}` {_cell(r.title)} | {_cell(r.trigger)} | {_cell(r.effect_text)} | {_cell(r.citation)} |"
+            for r in rules]
 
 
 def replace_section(readme: str, table: str) -> str:

@@ -19,12 +19,15 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import Any, Callable, ClassVar
 
+from service.canonical import CS_COMPANION_ALERT as COMPANION_ALERT
 from service.clinical.drugs import classify as classify_drug
 from service.clinical.drugs import concepts as drug_concepts
 from service.clinical.model import (
     CodedFact,
     Measurement,
+    PatientAlert,
     PatientSnapshot,
+    PlannedDose,
     Referral,
     Treatment,
     TreatmentKind,
@@ -240,6 +243,8 @@ class _Builder:
     unreadable: list[Unreadable] = field(default_factory=list)
     service_requests: list[tuple[str, str, datetime | None, str | None]] = field(default_factory=list)
     tasks: list[tuple[str, str, str, datetime | None, dict[str, Any]]] = field(default_factory=list)
+    planned: list[PlannedDose] = field(default_factory=list)
+    alerts: list[PatientAlert] = field(default_factory=list)
     clearances: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (focus, what to resolve)
     # (focus, ref, status, time, the Task itself for its business status, reason and notes)
     medications: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -630,6 +635,23 @@ class _Builder:
                 ident = i["value"]
                 break
         self.service_requests.append((ref, status, parse_datetime(res.get("authoredOn")), ident))
+        if status == "active":
+            dose = _weekly_dose(res, ref)
+            if dose is not None:
+                self.planned.append(dose)
+
+    def _flag(self, res: dict[str, Any], ref: str) -> None:
+        """An open Flag the patient companion raised (its code is one of the companion's alert rules)."""
+        if res.get("status") != "active":
+            return
+        code = res.get("code") if isinstance(res.get("code"), dict) else {}
+        for c in code.get("coding") or ():
+            if isinstance(c, dict) and c.get("system") == COMPANION_ALERT and isinstance(c.get("code"), str):
+                when = parse_datetime((res.get("period") or {}).get("start")) if isinstance(res.get("period"), dict) \
+                    else None
+                text = code.get("text") if isinstance(code.get("text"), str) else c.get("display") or c["code"]
+                self.alerts.append(PatientAlert(ref, c["code"], str(text), when))
+                return
 
     def _task(self, res: dict[str, Any], ref: str) -> None:
         code = res.get("code")
@@ -660,6 +682,7 @@ class _Builder:
         "Device": _device,
         "ServiceRequest": _service_request,
         "Task": _task,
+        "Flag": _flag,
     }
 
     # ------------------------------------------------------------ result
@@ -714,7 +737,24 @@ class _Builder:
             regional_nodes=tuple(self.regional),
             brain_metastases=tuple(self.brain),
             unreadable=tuple(sorted(self.unreadable, key=lambda u: (u.requires != "defer", u.measure, u.ref))),
+            planned=tuple(sorted(self.planned, key=lambda d: (d.start or date.min, d.ref))),
+            patient_alerts=tuple(sorted(self.alerts, key=lambda a: (a.reported or self.now, a.ref), reverse=True)),
         )
+
+
+def _weekly_dose(res: dict[str, Any], ref: str) -> PlannedDose | None:
+    """Weekly minutes of a prescription timed as `frequency` sessions of `duration` minutes per week."""
+    timing = res.get("occurrenceTiming")
+    rep = timing.get("repeat") if isinstance(timing, dict) else None
+    if not isinstance(rep, dict) or rep.get("periodUnit") != "wk" or rep.get("durationUnit") != "min":
+        return None
+    freq, period, minutes = rep.get("frequency"), rep.get("period", 1), rep.get("duration")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (freq, period, minutes)):
+        return None
+    bounds = rep.get("boundsPeriod") if isinstance(rep.get("boundsPeriod"), dict) else {}
+    start, end = parse_datetime(bounds.get("start")), parse_datetime(bounds.get("end"))
+    return PlannedDose(ref, float(freq) * float(minutes) / float(period), start.date() if start else None,
+                       end.date() if end else None)
 
 
 def derived_anc(values: dict[str, list[Measurement]]) -> list[Measurement]:

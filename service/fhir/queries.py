@@ -109,6 +109,8 @@ def patient_queries() -> tuple[PatientQuery, ...]:
         PatientQuery("referralTasks", "Task",
                      (("patient", p), ("code", f"{TASK_CODE_SYSTEM}|fulfill,{TASK_CODE_SYSTEM}|approve"),
                       ("_count", "50"))),
+        # what the patient companion flagged for the care team (service.clinical.selfreport)
+        PatientQuery("patientFlags", "Flag", (("patient", p), ("status", "active"), ("_count", "50"))),
     ]
     return tuple(q for q in queries if not (q.key == "exerciseReferrals" and not exercise_codes))
 

@@ -457,7 +457,8 @@ class SandboxOAuthServer(AuthorizationServer):
         scope = scope or ""
         scopes = scope.split()
         practitioner = user.get("practitioner")
-        fhir_user = f"Practitioner/{practitioner}" if practitioner else None
+        fhir_user = f"Patient/{user['patient']}" if user.get("as_patient") and user.get("patient") else \
+            f"Practitioner/{practitioner}" if practitioner else None
         ehr = bool(user.get("launch"))
         patient = user.get("patient") if (("launch" in scopes and ehr) or "launch/patient" in scopes) else None
         encounter = user.get("encounter") if (("launch" in scopes and ehr) or "launch/encounter" in scopes) \

@@ -282,6 +282,9 @@ async def _choices(request: Request) -> tuple[list[dict[str, str]], list[dict[st
     return patients, practitioners
 
 
+PATIENT_LOGIN = "patient:self"  # the sign-in choice "I am the patient"
+
+
 def build_router(rt: Any) -> APIRouter:
     router = APIRouter(prefix="/sandbox/auth", tags=["sandbox auth"], include_in_schema=False)
 
@@ -305,8 +308,12 @@ def build_router(rt: Any) -> APIRouter:
         scopes = (data.get("scope") or "").split()
         patients, practitioners = await _choices(request)
         client = req.client
+        # a request with patient-level scopes only (no user/ or system/) is a patient-facing app: the patient
+        # signs in as themself by default (the sandbox's "patient portal login")
+        patient_app = "launch/patient" in scopes and not any(s.startswith(("user/", "system/")) for s in scopes)
         html = TEMPLATES.get_template("auth/authorize.html").render(
             txn=txn, client_name=client.name or client.client_id, client_id=client.client_id,
+            patient_login=PATIENT_LOGIN, patient_app=patient_app,
             scopes=[s for s in scopes if known_scope(s)], need_patient="launch/patient" in scopes,
             patients=patients, practitioners=practitioners, action=f"{rt.issuer}/authorize/decision")
         return HTMLResponse(html, headers=NO_STORE)
@@ -331,8 +338,14 @@ def build_router(rt: Any) -> APIRouter:
         patient = str(form.get("patient") or "") or None
         if "launch/patient" in scopes and not patient:
             return _error_page(400, "invalid_request", "Choose a patient.")
-        user = {"practitioner": _bare(str(form.get("practitioner") or "")) or DEFAULT_PRACTITIONER,
-                "patient": _bare(patient), "need_patient_banner": True}
+        who = str(form.get("practitioner") or "")
+        if who == PATIENT_LOGIN:  # the patient signs in to their own record (a patient-facing app)
+            if not patient:
+                return _error_page(400, "invalid_request", "Choose who you are.")
+            user = {"patient": _bare(patient), "as_patient": True, "need_patient_banner": False}
+        else:
+            user = {"practitioner": _bare(who) or DEFAULT_PRACTITIONER, "patient": _bare(patient),
+                    "need_patient_banner": True}
         return await _issue_code(rt, req, grant, user)
 
     @router.post("/token")

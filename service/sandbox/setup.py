@@ -131,7 +131,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     app.include_router(well_known_router(runtime))
     app.include_router(auth_router(runtime))
     for module in ("service.sandbox.ehr", "service.sandbox.inbox", "service.sandbox.inbox_report",
-                   "service.sandbox.receiver"):
+                   "service.sandbox.receiver", "service.sandbox.month_later"):
         router = _optional_router(module)
         if router is not None:
             app.include_router(router)

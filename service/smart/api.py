@@ -125,6 +125,25 @@ def _trends(snap: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _at_home(snap: Any) -> dict[str, Any] | None:
+    """The patient companion's side (service.clinical.adaptation): open Flags, the weeks logged against the plan,
+    and the proposed next step; None when the patient logs nothing and flagged nothing."""
+    from service.clinical.adaptation import assess, proposal_text
+
+    a = assess(snap, service_on_hold=any(r.task_status == "on-hold" for r in snap.referrals))
+    alerts = [{"text": x.text, "rule": x.rule, "reported": _iso(x.reported), "source": x.ref}
+              for x in snap.patient_alerts]
+    if a is None and not alerts:
+        return None
+    out: dict[str, Any] = {"alerts": alerts}
+    if a is not None:
+        out.update(line=a.line, step=a.step, rule=a.rule, reason=a.reason, proposal=proposal_text(a),
+                   planned=a.planned, proposed=a.proposed,
+                   weeks=[{"start": w.start.isoformat(), "minutes": w.minutes, "planned": w.planned,
+                           "atGoal": w.at_goal} for w in a.weeks])
+    return out
+
+
 def _flagged(rationale: Any) -> dict[str, str]:
     """Source reference -> the finding of the first rule it triggered (shown beside the value as abnormal)."""
     out: dict[str, str] = {}
@@ -241,6 +260,7 @@ def build_view(sid: str, sess: dict[str, Any], loaded: Loaded, draft: Draft,
         "settingName": setting_name(draft.prescription.setting),
         "openReferrals": [o.summary() for o in loaded.open_referrals],
         "exerciseProgramme": _programme(snap),
+        "atHome": _at_home(snap),
         "exerciseServices": [x.to_json() for x in services or ()],
         "clearance": {"canRecord": rx.get("setting") == "defer" and bool(rx.get("redFlags"))
                       and bool(sess.get("requester")) and not signed,

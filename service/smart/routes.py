@@ -62,6 +62,12 @@ async def static(name: str) -> Response:
 
 @router.get("/smart/launch", include_in_schema=False)
 async def launch(request: Request, iss: str | None = None, launch: str | None = None) -> Response:
+    return await begin_launch(request, iss, launch)
+
+
+async def begin_launch(request: Request, iss: str | None, launch: str | None, *, patient: bool = False) -> Response:
+    """Check `iss` against the allowlist, discover its authorization server, and send the browser there (an EHR
+    launch with `launch`, a standalone one without; `patient`: the patient companion's standalone launch)."""
     settings = request.app.state.settings
     rt = of(request)
     if launch is not None and not iss:
@@ -71,7 +77,8 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
         if len(settings.fhir_servers) == 1:
             iss = settings.fhir_servers[0]
         else:
-            return render("choose.html", servers=settings.fhir_servers)
+            return render("choose.html", servers=settings.fhir_servers,
+                          action="/patient/launch" if patient else "/smart/launch")
     if len(iss) > MAX_ISS or (launch is not None and (len(launch) > MAX_OPAQUE or not launch.strip())):
         return error_page(400, "Launch refused", "The launch parameters are malformed.", relaunch=True)
     if not settings.fhir_allowed(iss):
@@ -85,24 +92,31 @@ async def launch(request: Request, iss: str | None = None, launch: str | None = 
         capability, disc = await asyncio.gather(fetch_capability(rt.http, iss), discover(rt.http, iss))
     except LaunchError as exc:
         return error_page(exc.status, "Cannot reach the EHR's sign-in service", exc.message, relaunch=True)
-    writes = planned_writes(capability, settings.writeback_strategy, bool(settings.care_coordination_fhir_url))
+    writes = [] if patient else planned_writes(capability, settings.writeback_strategy,
+                                               bool(settings.care_coordination_fhir_url))
+    mode = "patient" if patient else "ehr" if launch else "standalone"
     response = RedirectResponse("/", status_code=302)  # the location is set once the state is stored
     binding = ensure_browser_cookie(request, response, settings)
     tier = CONFIGURED if settings.smart_scopes.strip() else "full"
-    response.headers["location"] = await _authorize(request, {
+    response.headers["location"] = await start_authorization(request, {
         "browser": binding, "iss": iss, "launch": launch, "writes": writes, "discovery": disc.to_json(),
-        "mode": "ehr" if launch else "standalone"}, tier)
-    log.info("smart launch (%s) redirecting to the authorization endpoint", "ehr" if launch else "standalone")
+        "mode": mode}, tier)
+    log.info("smart launch (%s) redirecting to the authorization endpoint", mode)
     return no_store(response)
 
 
-async def _authorize(request: Request, launch_rec: dict[str, Any], tier: str) -> str:
+async def start_authorization(request: Request, launch_rec: dict[str, Any], tier: str) -> str:
     """Store a new single-use state (with its PKCE verifier and this launch's facts) and return the authorize
     URL asking for the scopes of `tier`."""
     settings = request.app.state.settings
     disc = Discovery(**launch_rec["discovery"])
-    scopes = build_scopes(disc, launch_rec["writes"], ehr_launch=launch_rec["launch"] is not None, tier=tier,
-                          configured=settings.smart_scopes)
+    if launch_rec["mode"] == "patient":
+        from service.patient.scopes import patient_scopes
+
+        scopes = patient_scopes(v1=disc.v1_only, refresh=disc.refresh_scope)
+    else:
+        scopes = build_scopes(disc, launch_rec["writes"], ehr_launch=launch_rec["launch"] is not None, tier=tier,
+                              configured=settings.smart_scopes)
     state, verifier = new_state(), new_pkce_verifier()
     url = authorize_url(disc, client_id=settings.smart_client_id, redirect_uri=redirect_uri(request),
                         scopes=scopes, state=state, verifier=verifier, aud=launch_rec["iss"],
@@ -129,7 +143,7 @@ async def _ask_again_with_fewer_scopes(request: Request, rec: dict[str, Any], re
     fallback = {"tier": smaller, "first": previous.get("first") or tier, "reason": reason,
                 "dropped": sorted(set(previous.get("dropped") or []) | (set(rec["scopes"]) - set(fewer)))}
     launch_rec = {k: rec[k] for k in ("browser", "iss", "launch", "writes", "discovery", "mode")}
-    url = await _authorize(request, {**launch_rec, "fallback": fallback}, smaller)
+    url = await start_authorization(request, {**launch_rec, "fallback": fallback}, smaller)
     log.info("smart callback: the EHR refused the %s scopes; asking for the %s set", tier, smaller)
     return no_store(RedirectResponse(url, status_code=302))
 
@@ -171,7 +185,7 @@ async def callback(request: Request, state: str | None = None, code: str | None 
                           "This sign-in was started in another browser (or its cookie was lost).", relaunch=True)
     if error:
         text = (error_description or error)[:300]
-        if error == "invalid_scope":
+        if error == "invalid_scope" and rec["mode"] != "patient":
             return await _ask_again_with_fewer_scopes(request, rec, text)
         return error_page(403 if error == "access_denied" else 400, "The EHR did not authorize the app", text,
                           relaunch=True)
@@ -214,6 +228,10 @@ async def callback(request: Request, state: str | None = None, code: str | None 
         fhir_user = claims.get("fhirUser") or claims.get("profile")
         display = claims.get("name") if isinstance(claims.get("name"), str) else None
 
+    if rec["mode"] == "patient":
+        from service.patient.routes import start_patient_session
+
+        return await start_patient_session(request, rec, token, patient.strip(), granted, fhir_user, binding)
     app_context = _app_context(token.get("appContext"))
     encounter = token.get("encounter") or (app_context or {}).get("encounterId")
     need_banner = token.get("need_patient_banner")
@@ -279,7 +297,9 @@ async def handout(request: Request, s: str | None = None) -> Response:
     if view is None:
         return error_page(502, "The prescription is not available",
                           "The patient's data could not be loaded from the EHR.", relaunch=True)
-    return render("handout.html", view=view, sid=s, h=_handout(view["prescription"], request.app.state.settings))
+    settings = request.app.state.settings
+    return render("handout.html", view=view, sid=s, h=_handout(view["prescription"], settings),
+                  companion_url=f"{settings.public_url}/patient/launch")
 
 
 def _handout(rx_json: dict[str, Any], settings: Any) -> Any:

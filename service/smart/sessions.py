@@ -51,7 +51,7 @@ def cookie_header(value: str, settings: Settings) -> str:
     CSRF header and a same-origin Origin, the callback a state bound to this cookie) and `Partitioned` (CHIPS:
     kept per top-level site, so it survives browsers that block other third-party cookies). Plain-http
     development keeps SameSite=Lax: browsers drop SameSite=None cookies that are not Secure."""
-    attrs = [f"{COOKIE}={value}", f"Max-Age={int(settings.session_ttl_seconds)}", "Path=/smart", "HttpOnly"]
+    attrs = [f"{COOKIE}={value}", f"Max-Age={int(settings.session_ttl_seconds)}", "Path=/", "HttpOnly"]  # /smart and /patient
     attrs += ["Secure", "SameSite=None", "Partitioned"] if settings.cookie_secure else ["SameSite=Lax"]
     return "; ".join(attrs)
 
@@ -77,11 +77,13 @@ class SessionNotFound(Exception):
     """No live session for this id and browser: expired, unknown, or another browser's."""
 
 
-async def load_session(store: Any, sid: str | None, binding: str | None) -> dict[str, Any]:
+async def load_session(store: Any, sid: str | None, binding: str | None, *, patient: bool = False) -> dict[str, Any]:
+    """The session of this browser; a patient's companion session never opens the clinician's app or API, nor
+    the reverse (`patient` says which kind the caller serves)."""
     if not sid or not binding or len(sid) > 100:
         raise SessionNotFound()
     sess = await store.get(SESSION_NS, sid)
-    if not sess or not same(sess.get("browser"), binding):
+    if not sess or not same(sess.get("browser"), binding) or (sess.get("mode") == "patient") != patient:
         raise SessionNotFound()
     return sess
 

@@ -27,3 +27,12 @@ def test_replace_section_keeps_the_rest() -> None:
     new = replace_section(text, "T\n")
     assert new == "# x\n<!-- rules:start -->\nT\n<!-- rules:end -->\ntail\n"
     assert readme_section(new) == "T\n"
+
+
+def test_table_lists_the_companion_rules_too() -> None:
+    from service.clinical.adaptation import ADAPTATION_RULES
+    from service.clinical.selfreport import ALERT_RULES
+
+    table = rules_markdown()
+    for rule in (*ALERT_RULES, *ADAPTATION_RULES):
+        assert f"`{rule.id}`" in table

@@ -40,6 +40,12 @@ _EDITS = {"type": "object", "properties": {
     "removePrecautions": {"type": "array", "items": _STR, "maxItems": 3},
     "overrideReasons": {"type": "object", "additionalProperties": {"type": "object", "properties": {
         "code": {"type": "string", "enum": ["specialist-cleared", "other", "patient-declined"]}, "text": _STR}}}}}
+_ENTRY_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
+    "entryId": {"type": "string", "maxLength": 70}, "day": _STR, "steps": {"type": ["integer", "string", "null"]},
+    "session": {"type": "object", "properties": {"activity": _STR, "minutes": {"type": ["integer", "string"]},
+                                                 "effort": {"type": "string", "enum": ["easy", "moderate", "x"]}}},
+    "symptoms": {"type": "object", "additionalProperties": {"type": ["integer", "string", "null"]}},
+    "warnings": {"type": "object", "additionalProperties": {"type": ["boolean", "string"]}}}}}}}
 _SMART_BODY = {"required": True, "content": {"application/json": {"schema": {"type": "object", "properties": {
     "preferences": _PREFERENCES, "edits": _EDITS, "draftVersion": {"type": "integer"}}}}}}
 
@@ -53,9 +59,12 @@ def refined(schema: dict[str, Any], sid: str) -> dict[str, Any]:
                     p["schema"] = {"type": "string", "enum": [ES, PV]}
                 if p["name"] == "s":
                     p["required"] = True
-                    p["schema"] = {"type": "string", "enum": [sid]}
+                    p["schema"] = {"type": "string", "enum": [PATIENT_SESSION if path.startswith("/patient/")
+                                                              else sid]}
             if path.startswith("/smart/api/") and "requestBody" not in op and op is item.get("post"):
                 op["requestBody"] = _SMART_BODY
+            if path.startswith("/patient/api/") and "requestBody" not in op and op is item.get("post"):
+                op["requestBody"] = _ENTRY_BODY
     return s
 
 
@@ -64,6 +73,18 @@ def session(rig: Rig) -> tuple[Launched, str]:
     with rig.browser() as b:
         got = ehr_launch(b, patient="onc-30")
         assert b.get("/smart/api/prescription", params={"s": got.sid}).status_code == 200
+        return got, b.cookies["oe_smart"]
+
+
+@pytest.fixture(scope="module")
+def patient_session(rig: Rig) -> tuple[Any, str]:
+    """The patient companion's session (its own sign-in: the patient's own record)."""
+    from tests.notify.conftest import sign
+    from tests.patient.conftest import patient_launch
+
+    with rig.browser() as b:
+        sign(b, "onc-29", service=None)
+        got = patient_launch(b, rig.fhir_base, "onc-29")
         return got, b.cookies["oe_smart"]
 
 
@@ -79,20 +100,23 @@ def _published_schema() -> dict[str, Any]:
 
 PUBLISHED = _published_schema()
 SESSION = "live-session"  # replaced by the live session id in each call
+PATIENT_SESSION = "live-patient-session"
 schema = schemathesis.openapi.from_dict(refined(PUBLISHED, SESSION))
 
 
 def test_the_fuzzed_operations_are_the_rigs(rig: Rig) -> None:
     assert {"/cds-services", "/cds-services/{service_id}", "/cds-services/{service_id}/feedback",
-            "/smart/api/prescription", "/smart/api/prescription/sign"} <= set(PUBLISHED["paths"])
+            "/smart/api/prescription", "/smart/api/prescription/sign", "/patient/api/plan",
+            "/patient/api/entries"} <= set(PUBLISHED["paths"])
     assert rig.app.openapi()["paths"].keys() == PUBLISHED["paths"].keys()
 
 
 @schema.parametrize()
 @settings(max_examples=15, derandomize=True, deadline=None,
           suppress_health_check=list(HealthCheck))
-def test_openapi_operations_never_fail(case: Any, rig: Rig, session: tuple[Launched, str]) -> None:
-    got, cookie = session
+def test_openapi_operations_never_fail(case: Any, rig: Rig, session: tuple[Launched, str],
+                                      patient_session: tuple[Any, str]) -> None:
+    got, cookie = patient_session if case.operation.path.startswith("/patient/") else session
     path = case.formatted_path
     headers: dict[str, str] = {}
     cookies: dict[str, str] = {}
@@ -101,7 +125,7 @@ def test_openapi_operations_never_fail(case: Any, rig: Rig, session: tuple[Launc
     else:
         headers["X-CSRF-Token"] = got.csrf
         cookies["oe_smart"] = cookie
-    if case.query and case.query.get("s") == SESSION:
+    if case.query and case.query.get("s") in (SESSION, PATIENT_SESSION):
         case.query["s"] = got.sid
     resp = case.call(base_url=rig.direct, headers=headers, cookies=cookies, timeout=REQUEST_TIMEOUT)
     SEEN.setdefault(f"{case.method} {case.operation.path}", set()).add(resp.status_code)
@@ -120,3 +144,4 @@ def test_the_fuzz_got_past_the_front_door() -> None:
         assert statuses - {401, 403}, f"{op}: only {statuses}: the fuzz never passed authentication"
     assert 200 in SEEN["POST /cds-services/{service_id}/feedback"] | SEEN["GET /cds-services"]
     assert {200, 422} & SEEN["POST /smart/api/prescription"], SEEN["POST /smart/api/prescription"]
+    assert {201, 422} & SEEN["POST /patient/api/entries"], SEEN["POST /patient/api/entries"]

@@ -43,8 +43,8 @@ def follow_up_card(sandbox: Sandbox, patient: str) -> dict[str, Any]:
     cards = getattr(result, "cards", None)
     if cards is None:
         cards = (getattr(result, "response", None) or {}).get("cards", [])
-    [card] = [c for c in cards if (c.get("summary") if isinstance(c, dict) else c.summary).startswith(
-        "Exercise referral")]
+    [card] = [c for c in cards if "exercise referral" in (c.get("summary") if isinstance(c, dict) else c.summary
+                                                          ).lower()]
     return card if isinstance(card, dict) else card.__dict__
 
 

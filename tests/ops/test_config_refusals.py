@@ -58,6 +58,8 @@ def test_check_config_warns_on_http_and_prints_the_registration(fhir_base: str, 
     for line in ("register SMART client id: abc-123 (private_key_jwt)",
                  "register SMART redirect URI: https://onco.hospital.example/smart/callback",
                  "register SMART launch URL: https://onco.hospital.example/smart/launch",
+                 "patient-level scopes: openid fhirUser launch/patient offline_access patient/Patient.rs",
+                 "): https://onco.hospital.example/patient/launch",
                  "register SMART JWKS URL (private_key_jwt): https://onco.hospital.example/.well-known/jwks.json",
                  "register CDS Hooks discovery URL: https://onco.hospital.example/cds-services"):
         assert line in out.stdout, out.stdout

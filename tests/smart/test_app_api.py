@@ -156,6 +156,9 @@ def test_handout_is_plain_language_and_printable(sandbox: Sandbox):
         html = r.text
         assert 'class="handout"' in html and 'id="handout-stop"' in html and "Stop and get help" in html
         assert 'id="handout-help"' in html and "Where to get help" in html
+        # the companion on paper: a weekly log with the same questions, and the companion's address
+        assert 'id="handout-log"' in html and html.count("<th scope=\"row\">") == 7
+        assert f"{sandbox.url}/patient/launch" in html and "chest pain, fainting" in html
         assert "@media print" in b.get("/smart/static/app.css").text
         assert b.get("/smart/static/print.js").status_code == 200
 

@@ -168,6 +168,77 @@
     box.appendChild(ul);
   }
 
+  // The patient companion's side: open Flags first, the weeks logged against the plan as bars (the planned
+  // minutes as a dashed line), and the proposed next step, which the clinician can put into the plan below.
+  function renderHome(v) {
+    var box = clear($("at-home"));
+    var h = v.atHome;
+    box.hidden = !h;
+    if (!h) return;
+    box.appendChild(el("h3", "At home (patient companion)")).id = "at-home-h";
+    (h.alerts || []).forEach(function (a) {
+      var p = el("p", null, "home-alert");
+      p.appendChild(el("strong", "Reported by the patient: "));
+      p.appendChild(document.createTextNode(a.text + (a.reported ? " (" + day(a.reported) + ")" : "") + " "));
+      p.appendChild(el("code", a.rule));
+      box.appendChild(p);
+    });
+    if (!h.line) return;
+    box.appendChild(el("p", h.line, "home-line"));
+    var weeks = h.weeks || [];
+    if (weeks.length) {
+      var w = 176, ht = 56, pad = 4, bw = (w - 2 * pad) / weeks.length;
+      var top = Math.max.apply(null, weeks.map(function (x) { return Math.max(x.minutes, x.planned || 0); })) || 1;
+      var s = svg("svg", { viewBox: "0 0 " + w + " " + ht, role: "img", id: "home-chart",
+        "aria-label": "Minutes per week: " + weeks.map(function (x) { return num(x.minutes) + (x.planned ? " of " + num(x.planned) : ""); }).join(", ") });
+      weeks.forEach(function (x, i) {
+        var bh = (ht - 2 * pad) * x.minutes / top;
+        s.appendChild(svg("rect", { "class": x.atGoal ? "bar at-goal" : "bar", x: (pad + i * bw + 2).toFixed(1),
+          y: (ht - pad - bh).toFixed(1), width: (bw - 4).toFixed(1), height: bh.toFixed(1) }));
+        if (x.planned) {
+          var py = (ht - pad - (ht - 2 * pad) * x.planned / top).toFixed(1);
+          s.appendChild(svg("line", { "class": "planned", x1: (pad + i * bw).toFixed(1), x2: (pad + (i + 1) * bw).toFixed(1), y1: py, y2: py }));
+        }
+      });
+      var fig = el("figure", undefined, "trend");
+      fig.appendChild(s);
+      fig.appendChild(el("figcaption", "Minutes per week, last " + weeks.length + " weeks (dashed: planned): " +
+        weeks.map(function (x) { return num(x.minutes); }).join(", ")));
+      box.appendChild(fig);
+    }
+    var p = el("p", null, "home-proposal");
+    p.id = "home-proposal";
+    p.appendChild(el("strong", (h.step === "none" ? "Next step: " : "Proposed: ") + h.proposal + ". "));
+    p.appendChild(document.createTextNode(h.reason + " "));
+    p.appendChild(el("code", h.rule));
+    box.appendChild(p);
+    if ((h.step === "progress" || h.step === "step-down") && h.proposed && h.planned && !v.signed) {
+      var b = el("button", "Put this step into the plan below", "secondary");
+      b.type = "button"; b.id = "apply-step";
+      b.addEventListener("click", function () {
+        // the draft may already differ from the signed plan (new data): aim its weekly total at the proposal
+        var total = (v.prescription.components || []).reduce(function (t, c) {
+          return t + (c.frequencyPerWeek || 0) * (c.minutesPerSession || 0); }, 0);
+        applyStep(total ? h.proposed / total : h.proposed / h.planned);
+      });
+      box.appendChild(b);
+    }
+  }
+  // Scales every component's minutes per session (same days) so that the plan's weekly total is the proposal's;
+  // the edit then goes through the usual limits on Update (a step beyond a rule's cap needs a clinical reason).
+  function applyStep(factor) {
+    (view.prescription.components || []).forEach(function (c, i) {
+      if (!c.minutesPerSession) return;
+      var input = $("component-" + i + "-minutes");
+      input.value = Math.max(5, Math.min(120, Math.round(c.minutesPerSession * factor)));
+      input.dataset.dirty = "1";
+      input.dispatchEvent(new Event("input", { bubbles: true }));
+    });
+    markUnsaved();
+    $("update-button").disabled = false;
+    status("The proposed step is in the plan below: press Update prescription, then Sign & send (it replaces the open referral).");
+  }
+
   // More than one configured exercise service: the clinician picks where the referral goes (the first by default).
   function renderServices(v) {
     var list = v.exerciseServices || [];
@@ -468,6 +539,7 @@
     view = v;
     renderBanner(v);
     renderDecision(v);
+    renderHome(v);
     renderData(v);
     renderForm(v);
     renderSend(v);
