@@ -43,7 +43,7 @@ def plan_view(resources: list[dict[str, Any]], today: date, *, care_team_contact
             "referral": o.ref, "requester": (o.referral.get("requester") or {}).get("reference"),
             "thisWeek": [_this_week(sr, today) for sr in _by_code(o) if _covers(sr, today)] or
             [_this_week(sr, today) for sr in _by_code(o)[:1]],
-            "stopRules": _lines(o.referral.get("patientInstruction")),
+            "stopRules": [ln for ln in _lines(o.referral.get("patientInstruction")) if not ln.endswith(":")],
             "goals": [g["description"]["text"] for g in resources if g.get("resourceType") == "Goal"
                       and g.get("lifecycleStatus") in ("active", "on-hold") and _ours(g)
                       and isinstance((g.get("description") or {}).get("text"), str)]}

@@ -65,9 +65,9 @@ class Launcher:
         """The FHIR base of EHR launches (the launcher's proxy of sekmet)."""
         return f"{self.url}/v/r4/fhir"
 
-    def standalone_iss(self, **options: Any) -> str:
+    def standalone_iss(self, launch_type: str = "provider-standalone", **options: Any) -> str:
         """Standalone launches carry their options in the iss: each set of options is its own FHIR base."""
-        return f"{self.url}/v/r4/sim/{encode_launch(launch_type='provider-standalone', **options)}/fhir"
+        return f"{self.url}/v/r4/sim/{encode_launch(launch_type=launch_type, **options)}/fhir"
 
     def launch_url(self, app_url: str, **options: Any) -> str:
         """What the EHR opens for an EHR launch (the launcher UI's "Launch" link)."""

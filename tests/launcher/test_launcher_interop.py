@@ -144,6 +144,35 @@ def test_standalone_launch_with_the_launchers_approval_page(page: Any, app: App,
         app.settings.fhir_servers.remove(iss)
 
 
+def test_patient_companion_with_the_launchers_patient_standalone_launch(page: Any, app: App, launcher: Launcher,
+                                                                        sekmet: str, shot: Any):
+    """The companion's /patient/launch against the launcher's patient-standalone launch: the patient's own
+    token (fhirUser Patient/...) reads the plan and writes an entry; sekmet holds the PA IG observations."""
+    patient = "onc-03"  # the cohort holds an open referral of ours for her
+    iss = launcher.standalone_iss("patient-standalone", patient=patient, redirect_uris=f"{app.url}/smart/callback")
+    app.settings.fhir_servers.append(iss)
+    try:
+        page.goto(f"{app.url}/patient/launch?iss={quote(iss, safe='')}")
+        approve = page.locator("#approve")
+        expect(approve).to_be_visible()
+        shot(page, "launcher-patient-approval")
+        approve.click()
+        page.wait_for_url(re.compile(r"/patient/app\?s="))
+        expect(page.locator("#plan-state")).not_to_be_empty()
+        shot(page, "companion-via-launcher")
+        page.locator("#minutes").fill("21")
+        page.locator("#log-form input[name=effort][value=moderate]").check()
+        page.locator("#log-form button[type=submit]").click()
+        expect(page.locator("#answer")).to_contain_text("Saved")
+    finally:
+        app.settings.fhir_servers.remove(iss)
+    with httpx.Client(base_url=sekmet, timeout=30, headers={"Accept": "application/fhir+json"}) as fhir:
+        found = fhir.get("Observation", params={"subject": f"Patient/{patient}", "code": "http://loinc.org|55411-3",
+                                                "_count": 200}).json().get("entry", [])
+    assert [e["resource"]["valueQuantity"]["value"] for e in found
+            if e["resource"].get("performer", [{}])[0].get("reference") == f"Patient/{patient}"] == [21]
+
+
 # -- confidential asymmetric client: private_key_jwt with a JWKS URL, and long codes ----------------------------
 
 
