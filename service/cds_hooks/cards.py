@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
@@ -327,12 +327,6 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
         summary += "; no exercise vital sign yet"
     lines = ["An exercise referral is in place. A brief word about how exercise is going helps people keep going.",
              ""]
-    alerts = s.patient_alerts
-    if alerts:
-        summary = f"Patient reported {_what(alerts[0].text)}; " + summary[0].lower() + summary[1:]
-        lines += [f"- **Reported by the patient**: {md(_clip(_what(a.text)))}"
-                  + (f" ({a.reported.date().isoformat()})" if a.reported else "") + f" `{a.rule}`" for a in alerts[:3]]
-        lines.append("")
     home = assess(s, service_on_hold=ref.task_status == "on-hold")
     if home is not None:
         lines += _home_lines(home)
@@ -364,12 +358,12 @@ def _follow_up_card(ref: Referral, s: PatientSnapshot, ctx: CardContext) -> Card
                      + (f", {trend}" if trend else "") + f" ({gap} the {GUIDELINE_MINUTES} min/week guideline)")
     else:
         lines.append("- **Exercise vital sign**: not recorded — ask about minutes of moderate activity per week")
-    card = _card(ctx, "follow-up", "warning" if alerts else "info", summary, lines,
-                 "Open the exercise plan in onco-exercise", {"referral": ref.ref})
+    card = _card(ctx, "follow-up", "info", summary, lines, "Open the exercise plan in onco-exercise",
+                 {"referral": ref.ref})
     fp = _fp("follow-up", ref.ref, ref.status, ref.task_status, ref.task_business, ref.task_note,
              (evs.value, evs.effective.isoformat()) if evs else None,
              (change[0].ref, change[0].value) if change else None, programme_lines(ref, s),
-             [a.ref for a in alerts], home.fingerprint() if home else None)
+             home.fingerprint() if home else None)
     return CardPlan("follow-up", prune(card), fp)
 
 
@@ -456,9 +450,15 @@ def _day(ts: Any) -> str | None:
 
 def decide(prescription: Prescription | None, snapshot: PatientSnapshot, ctx: CardContext, *,
            complete: bool = True, missing: list[str] | None = None, budget: float = 0.0) -> CardPlan:
-    """At most one card for this patient now (see the module docstring for the order)."""
+    """At most one card for this patient now (see the module docstring for the order); whatever it is, it leads
+    with what the patient reported through the companion (open Flags)."""
     if prescription is None or not prescription.eligible:
         return CardPlan("none", None)
+    return with_patient_reports(_decide(prescription, snapshot, ctx, complete, missing, budget), snapshot)
+
+
+def _decide(prescription: Prescription, snapshot: PatientSnapshot, ctx: CardContext, complete: bool,
+            missing: list[str] | None, budget: float) -> CardPlan:
     ref = referral_in_place(snapshot)
     if prescription.red_flags:
         return _warning_card(prescription, ctx, ref)
@@ -467,3 +467,26 @@ def decide(prescription: Prescription | None, snapshot: PatientSnapshot, ctx: Ca
     if ref is not None:
         return _pending_card(ref, ctx) if ref.pending_clearance else _follow_up_card(ref, snapshot, ctx)
     return _referral_card(prescription, snapshot, ctx, missing or [])
+
+
+REPORTS_SHOWN = 3
+
+
+def with_patient_reports(plan: CardPlan, s: PatientSnapshot) -> CardPlan:
+    """The card led by the patient's open reports (most urgent first; the rest counted), as a warning; its
+    fingerprint names them, so a new report shows the card again."""
+    alerts = s.patient_alerts
+    if not alerts or plan.card is None:
+        return plan
+    card = dict(plan.card)
+    lines = [f"- **Reported by the patient**: {md(_clip(_what(a.text)))}"
+             + (f" ({a.reported.date().isoformat()})" if a.reported else "") + f" `{a.rule}`"
+             for a in alerts[:REPORTS_SHOWN]]
+    if len(alerts) > REPORTS_SHOWN:
+        lines.append(f"- and {len(alerts) - REPORTS_SHOWN} more report(s) from the patient: open the plan")
+    card["detail"] = "\n".join(lines + ["", card.get("detail") or ""])
+    summary = f"Patient reported {_what(alerts[0].text)}; " + card["summary"][:1].lower() + card["summary"][1:]
+    card["summary"] = shorten(summary)
+    if card.get("indicator") == "info":
+        card["indicator"] = "warning"
+    return replace(plan, card=card, fingerprint=_fp(plan.fingerprint, [a.ref for a in alerts]))

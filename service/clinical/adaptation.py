@@ -6,9 +6,8 @@ minutes per phase, the exercise service's Task, the companion's open Flags) and 
 follow-up card and a proposal with its rule and reason. A brief, repeated conversation: the card that shows it
 repeats only when this assessment changes (its fingerprint), not at every encounter.
 
-Minutes are counted per day as the largest single entry of that day, never the sum: a walk logged by hand and
-by a watch must not count twice (a second session that day is then missed: the safe side, it can only slow a
-progression). Weeks are 7-day windows ending at `as_of`, at most `WINDOW_WEEKS`, from the first logged day.
+Minutes per day: the patient's own sessions add up; a device's total stands alone; the day counts the larger of
+the two, so a walk logged by hand and by a watch counts once. Weeks are 7-day windows ending at `as_of`, at most `WINDOW_WEEKS`, from the first logged day.
 """
 
 from __future__ import annotations
@@ -41,19 +40,20 @@ ADAPTATION_RULES: tuple[Rule, ...] = (
          "hold: review the report before any change", f"{PRACTICE}; stop rules of the plan", None),
     Rule("ADAPT-SERVICE-HOLD", "Exercise service paused", "the exercise service put its Task on hold",
          "hold at the current dose, with the service's reason", PRACTICE, None),
-    Rule("ADAPT-TOO-EARLY", "Too little logged", f"fewer than {MIN_WEEKS} weeks with entries",
+    Rule("ADAPT-TOO-EARLY", "Too little logged", f"fewer than {MIN_WEEKS} weeks with entries (and nothing above)",
          "no proposal yet; the card says what is logged so far", PRACTICE, None),
     Rule("ADAPT-STEP-DOWN", "Not tolerated", f"typical effort CR-10 >= {EFFORT_TOO_HARD:g} (hard) over the last 2 "
          f"weeks, fatigue up {FATIGUE_RISE:g}+ points, or a symptom >= {SYMPTOM_SEVERE}/10 in the last week",
-         f"step down {STEP_DOWN_PCT}% (not below {MIN_MINUTES} min/week); keep the number of days",
+         f"step down about {STEP_DOWN_PCT}% (at least 5 minutes less, never more than now); keep the number of days",
          f"{CAMPBELL_2019}; {PRACTICE} (lower the volume, keep consistency during treatment)", None),
     Rule("ADAPT-LOW-ADHERENCE", "Below the plan most weeks", "at the planned minutes in fewer than half the weeks",
          "hold, and ask what gets in the way", f"{SCHMITZ_2019}; brief, repeated conversations (seed 000)", None),
     Rule("ADAPT-PROGRESS", "Managing well", f"at the planned minutes in 3 of the last 4 weeks (or every week "
-         f"logged), typical effort CR-10 <= {EFFORT_EASY_ENOUGH:g}, fatigue not up",
+         f"logged), typical effort reported and CR-10 <= {EFFORT_EASY_ENOUGH:g}, fatigue not up",
          f"progress +{PROGRESS_PCT}% per week, up to {UPPER_MINUTES} min/week",
          f"{PAG_2018}; {PRACTICE} (about 10% per week)", None),
-    Rule("ADAPT-HOLD", "Keep going", "none of the above", "hold at the current dose", PRACTICE, None),
+    Rule("ADAPT-HOLD", "Keep going", "none of the above (including: no effort reported, minutes only)",
+         "hold at the current dose", PRACTICE, None),
 )
 
 
@@ -93,7 +93,7 @@ class Assessment:
 def assess(s: PatientSnapshot, as_of: date | None = None, service_on_hold: bool = False) -> Assessment | None:
     """The assessment of the last weeks, or None when nothing was logged at all (no companion, no wearable)."""
     today = as_of or s.as_of.date()
-    minutes = _per_day(s.history.get("exercise-minutes", ()), today)
+    minutes = _per_day(s.history.get("exercise-minutes", ()), today, s.device_refs)
     if not minutes:
         return None
     first = min(minutes)
@@ -115,30 +115,31 @@ def assess(s: PatientSnapshot, as_of: date | None = None, service_on_hold: bool 
                    "changing the plan.", planned)
     if service_on_hold:
         return out("hold", "ADAPT-SERVICE-HOLD", "The exercise service has paused the programme.", planned)
-    if len(weeks) < MIN_WEEKS:
-        return out("none", "ADAPT-TOO-EARLY", "Less than two weeks logged: too early to change the plan.", None)
     too_hard = effort is not None and effort >= EFFORT_TOO_HARD
     tiring = fatigue is not None and fatigue >= FATIGUE_RISE
-    if too_hard or tiring or severe:
+    if too_hard or tiring or severe:  # before "too early": a plan that is too hard is not left for two weeks
         why = "; ".join(x for x in (
             f"typical effort {effort_word(effort)}" if too_hard and effort is not None else "",
             f"fatigue up {fatigue:g} points" if tiring and fatigue is not None else "",
             f"{severe} in the last week" if severe else "") if x)
         base = planned if planned else weeks[-1].minutes
-        return out("step-down", "ADAPT-STEP-DOWN", f"Not tolerated at this dose ({why}).",
-                   _round5(max(MIN_MINUTES, base * (100 - STEP_DOWN_PCT) / 100)) if base else None)
+        return out("step-down", "ADAPT-STEP-DOWN", f"Not tolerated at this dose ({why}).", _lower(base))
+    if len(weeks) < MIN_WEEKS:
+        return out("none", "ADAPT-TOO-EARLY", "Less than two weeks logged: too early to change the plan.", None)
     if planned and at_goal * 2 < len(weeks):
         return out("hold", "ADAPT-LOW-ADHERENCE", "Below the planned minutes in most weeks: ask what gets in the "
                    "way before changing the dose.", planned)
-    managing = at_goal >= min(3, len(weeks)) and (effort is None or effort <= EFFORT_EASY_ENOUGH) and not (
+    if effort is None:
+        return out("hold", "ADAPT-HOLD", "No effort reported in the last two weeks (minutes alone, e.g. from a "
+                   "watch, cannot say how hard it was): ask before progressing.", planned)
+    managing = at_goal >= min(3, len(weeks)) and effort <= EFFORT_EASY_ENOUGH and not (
         fatigue is not None and fatigue > 0)
     if planned and managing:
         if planned >= UPPER_MINUTES:
             return out("hold", "ADAPT-HOLD", f"At {planned:g} min/week, the top of the guideline range: keep it "
                        "up.", planned)
         return out("progress", "ADAPT-PROGRESS", f"At the planned minutes in {at_goal} of {len(weeks)} weeks with "
-                   "moderate effort or less: ready for a little more.",
-                   min(UPPER_MINUTES, _round5(planned * (100 + PROGRESS_PCT) / 100)))
+                   "moderate effort or less: ready for a little more.", _higher(planned))
     return out("hold", "ADAPT-HOLD", "Keep going at the current dose.", planned)
 
 
@@ -158,14 +159,21 @@ def proposal_text(a: Assessment) -> str:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _per_day(values: tuple[Measurement, ...], today: date) -> dict[date, float]:
-    out: dict[date, float] = {}
+def _per_day(values: tuple[Measurement, ...], today: date, device_refs: frozenset[str]) -> dict[date, float]:
+    """Minutes per day: the patient's own sessions add up (aerobic and strength on one day), a device's total
+    stands alone (its largest), and the day counts the larger of the two, so one walk logged by hand and by a
+    watch counts once."""
+    own: dict[date, float] = {}
+    device: dict[date, float] = {}
     floor = today - timedelta(days=7 * WINDOW_WEEKS - 1)
     for m in values:
         d = m.effective.date()
         if floor <= d <= today:
-            out[d] = max(out.get(d, 0.0), m.value)
-    return out
+            if m.ref in device_refs:
+                device[d] = max(device.get(d, 0.0), m.value)
+            else:
+                own[d] = own.get(d, 0.0) + m.value
+    return {d: max(own.get(d, 0.0), device.get(d, 0.0)) for d in own.keys() | device.keys()}
 
 
 def _week(s: PatientSnapshot, minutes: dict[date, float], start: date) -> Week:
@@ -220,3 +228,17 @@ def _line(weeks: tuple[Week, ...], at_goal: int, effort: float | None, fatigue: 
 
 def _round5(x: float) -> float:
     return float(5 * round(x / 5))
+
+
+def _lower(base: float) -> float | None:
+    """About 20% less, never more than now: rounded to 5 minutes, at least 5 below, not under MIN_MINUTES
+    unless the dose already is (then 5 minutes less, down to 5)."""
+    if not base:
+        return None
+    target = min(_round5(base * (100 - STEP_DOWN_PCT) / 100), base - 5)
+    return max(target, min(float(MIN_MINUTES), base - 5), 5.0)
+
+
+def _higher(planned: float) -> float:
+    """About 10% more, at least 5 minutes more, up to UPPER_MINUTES."""
+    return min(float(UPPER_MINUTES), max(_round5(planned * (100 + PROGRESS_PCT) / 100), planned + 5))

@@ -153,7 +153,8 @@ class PatientSnapshot:
     brain_metastases: tuple[CodedFact, ...] = ()
     unreadable: tuple[Unreadable, ...] = ()
     planned: tuple[PlannedDose, ...] = ()  # signed prescriptions' weekly minutes (active ones), per phase
-    patient_alerts: tuple[PatientAlert, ...] = ()  # open companion Flags
+    patient_alerts: tuple[PatientAlert, ...] = ()  # open companion Flags, most urgent first, then newest
+    device_refs: frozenset[str] = frozenset()  # activity Observations a device recorded (not the patient)
 
     @property
     def has_cancer(self) -> bool:

@@ -25,6 +25,7 @@ EFFORT_WORDS: dict[str, tuple[int, str]] = {
     "hard": (6, "Hard: only a few words at a time"),
     "very-hard": (8, "Very hard: I could not talk"),
 }
+ALERT_DAYS = 14  # a report stays open (Flag.period.end) this long: the card leads with it, the plan is held
 SYMPTOM_SEVERE = 7  # of 10: the pain threshold the rules use (rules.PAIN_SEVERE), applied to each symptom
 MAX_MINUTES = 600  # one session; more is a typing slip, refused with a readable message
 MAX_STEPS = 100_000
@@ -131,8 +132,9 @@ def screen(report: Report) -> tuple[Alert, ...]:
                          "Patient reports chest pain or pressure."))
     if w.fever:
         out.append(Alert("PT-FEVER", "today",
-                         "Do not exercise. Call your 24-hour cancer helpline now: a temperature of 38 °C or more "
-                         "during cancer treatment needs checking straight away.",
+                         "Do not exercise. Call your 24-hour cancer helpline now (the number is on your treatment "
+                         "card, or under \"Whom to call\"): a temperature of 38 °C or more during cancer "
+                         "treatment needs checking straight away.",
                          "Patient reports a temperature of 38 °C or more (or feeling hot and shivery)."))
     if w.fainting:
         out.append(Alert("PT-FAINTING", "today",
@@ -159,6 +161,12 @@ def _severe_symptoms(s: Symptoms | None) -> list[tuple[str, int]]:
         return []
     values = (("fatigue", s.fatigue), ("pain", s.pain), ("breathlessness", s.breathlessness))
     return [(k, v) for k, v in values if v is not None and v >= SYMPTOM_SEVERE]
+
+
+def urgency_rank(rule: str) -> int:
+    """Order of the alert rules (most urgent first); unknown rules last."""
+    ids = [r.id for r in ALERT_RULES]
+    return ids.index(rule) if rule in ids else len(ids)
 
 
 def effort_score(word: str) -> int:

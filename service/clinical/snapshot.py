@@ -20,6 +20,7 @@ from operator import attrgetter
 from typing import Any, Callable, ClassVar
 
 from service.canonical import CS_COMPANION_ALERT as COMPANION_ALERT
+from service.clinical.selfreport import urgency_rank
 from service.clinical.drugs import classify as classify_drug
 from service.clinical.drugs import concepts as drug_concepts
 from service.clinical.model import (
@@ -133,6 +134,7 @@ PROC_CLASS_ORDER: tuple[tuple[TreatmentKind, str], ...] = (
 # Procedures that are facts rather than treatments: (snapshot key, value set).
 PROC_FACTS: tuple[tuple[str, str], ...] = (("hsct", "hsct"), ("central-line", "central-venous-line-insertion"))
 TASK_FULFILL = ("http://hl7.org/fhir/CodeSystem/task-code", "fulfill")
+DEVICE_SOURCED = frozenset({"exercise-minutes", "steps-per-day"})  # whose source (a device or not) matters
 TASK_CLEARANCE = ("http://hl7.org/fhir/CodeSystem/task-code", "approve")  # the clinician's clearance of a deferral
 TASK_OPEN = frozenset({"draft", "requested", "received", "accepted", "ready", "in-progress", "on-hold"})
 # A chemotherapy/immunotherapy dose within this window means "on treatment" (a typical 2-4 week cycle).
@@ -245,6 +247,7 @@ class _Builder:
     tasks: list[tuple[str, str, str, datetime | None, dict[str, Any]]] = field(default_factory=list)
     planned: list[PlannedDose] = field(default_factory=list)
     alerts: list[PatientAlert] = field(default_factory=list)
+    device_refs: set[str] = field(default_factory=set)
     clearances: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)  # (focus, what to resolve)
     # (focus, ref, status, time, the Task itself for its business status, reason and notes)
     medications: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -471,6 +474,8 @@ class _Builder:
             self._unreadable(measure, ref, value + (f" (the lab flagged it {flag})" if flag else ""), effective)
             return
         m = _measurement(measure, value[0], units[measure], effective, ref, code_str, (), value[1], flag)
+        if "device" in res and measure in DEVICE_SOURCED:
+            self.device_refs.add(ref)
         values = self.values.get(measure)  # _add, inlined
         if values is None:
             self.values[measure] = [m]
@@ -641,14 +646,18 @@ class _Builder:
                 self.planned.append(dose)
 
     def _flag(self, res: dict[str, Any], ref: str) -> None:
-        """An open Flag the patient companion raised (its code is one of the companion's alert rules)."""
+        """An open Flag the patient companion raised (its code is one of the companion's alert rules); one whose
+        period has ended is closed."""
         if res.get("status") != "active":
+            return
+        period = res.get("period") if isinstance(res.get("period"), dict) else {}
+        end = parse_datetime(period.get("end"))
+        if end is not None and end < self.now:
             return
         code = res.get("code") if isinstance(res.get("code"), dict) else {}
         for c in code.get("coding") or ():
             if isinstance(c, dict) and c.get("system") == COMPANION_ALERT and isinstance(c.get("code"), str):
-                when = parse_datetime((res.get("period") or {}).get("start")) if isinstance(res.get("period"), dict) \
-                    else None
+                when = parse_datetime(period.get("start"))
                 text = code.get("text") if isinstance(code.get("text"), str) else c.get("display") or c["code"]
                 self.alerts.append(PatientAlert(ref, c["code"], str(text), when))
                 return
@@ -738,7 +747,9 @@ class _Builder:
             brain_metastases=tuple(self.brain),
             unreadable=tuple(sorted(self.unreadable, key=lambda u: (u.requires != "defer", u.measure, u.ref))),
             planned=tuple(sorted(self.planned, key=lambda d: (d.start or date.min, d.ref))),
-            patient_alerts=tuple(sorted(self.alerts, key=lambda a: (a.reported or self.now, a.ref), reverse=True)),
+            patient_alerts=tuple(sorted(self.alerts, key=lambda a: (urgency_rank(a.rule),
+                                                                    -(a.reported or self.now).timestamp(), a.ref))),
+            device_refs=frozenset(self.device_refs),
         )
 
 

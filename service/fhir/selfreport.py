@@ -11,11 +11,11 @@ online) is created once (conditional create).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from service import canonical
-from service.clinical.selfreport import Alert, Report
+from service.clinical.selfreport import ALERT_DAYS, Alert, Report
 
 ID_ENTRY = f"{canonical.BASE}/identifier/companion-entry"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -30,9 +30,10 @@ Entry = dict[str, Any]
 
 
 def report_bundle(report: Report, alerts: tuple[Alert, ...], *, entry_id: str, patient_ref: str,
-                  now: datetime, care_team: str | None = None) -> dict[str, Any]:
+                  now: datetime, care_team: str | None = None, flags: bool = True,
+                  communications: bool = True) -> dict[str, Any]:
     """The transaction Bundle for one report; `care_team` (e.g. the referral's requester) receives the
-    Communications when known."""
+    Communications when known; `flags`/`communications`: what the token may create."""
     b = _Builder(entry_id, patient_ref, report.day.isoformat(), now.isoformat(timespec="seconds"))
     if report.session is not None:
         s = report.session
@@ -67,8 +68,9 @@ def report_bundle(report: Report, alerts: tuple[Alert, ...], *, entry_id: str, p
                                **_qty(r.minutes_per_week, "min/wk", "minutes per week"),
                                "derivedFrom": [{"reference": days}, {"reference": per_day}]})
     for alert in alerts:
-        flag_url = b.add(f"flag-{alert.rule}", b.flag(alert))
-        b.add(f"communication-{alert.rule}", b.communication(alert, flag_url, care_team))
+        flag_url = b.add(f"flag-{alert.rule}", b.flag(alert)) if flags else None
+        if communications:
+            b.add(f"communication-{alert.rule}", b.communication(alert, flag_url, care_team))
     return {"resourceType": "Bundle", "type": "transaction", "entry": b.entries}
 
 
@@ -125,19 +127,25 @@ class _Builder:
                 "category": [{"coding": [{"system": FLAG_CATEGORY, "code": "clinical", "display": "Clinical"}]}],
                 "code": {"coding": [{"system": canonical.CS_COMPANION_ALERT, "code": alert.rule}],
                          "text": alert.clinician_text},
-                "subject": {"reference": self.patient_ref}, "period": {"start": self.now},
+                "subject": {"reference": self.patient_ref}, "period": {"start": self.now, "end": self.until},
                 "author": {"reference": self.patient_ref}}
 
-    def communication(self, alert: Alert, flag_url: str, care_team: str | None) -> dict[str, Any]:
+    @property
+    def until(self) -> str:
+        """When a report stops being news (ALERT_DAYS): the Flag's period ends, so it closes by itself."""
+        return (datetime.fromisoformat(self.now) + timedelta(days=ALERT_DAYS)).isoformat(timespec="seconds")
+
+    def communication(self, alert: Alert, flag_url: str | None, care_team: str | None) -> dict[str, Any]:
         res: dict[str, Any] = {
             "resourceType": "Communication", "status": "completed", "priority": PRIORITY[alert.urgency],
             "subject": {"reference": self.patient_ref}, "sent": self.now,
             "sender": {"reference": self.patient_ref},
             "reasonCode": [{"coding": [{"system": canonical.CS_COMPANION_ALERT, "code": alert.rule}],
                             "text": alert.clinician_text}],
-            "about": [{"reference": flag_url}],
             "payload": [{"contentString": f"{alert.clinician_text} Reported in the exercise companion on "
                                           f"{self.day}. The patient was told: {alert.patient_text}"}]}
+        if flag_url:
+            res["about"] = [{"reference": flag_url}]
         if care_team:
             res["recipient"] = [{"reference": care_team}]
         return res

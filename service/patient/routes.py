@@ -5,9 +5,11 @@ sessions; a patient session opens only these routes (service.smart.sessions.load
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
+import uuid
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -20,6 +22,7 @@ from service.patient.plan import plan_view, weekly_minutes
 from service.smart.csrf import csrf_ok
 from service.smart.pages import error_page, json_for_script, no_store, outcome, render
 from service.smart.runtime import of
+from service.smart.scopes import Grants
 from service.smart.sessions import (SESSION_NS, TOKEN_NS, SessionNotFound, browser_binding, load_session,
                                     new_csrf_token, new_session_id)
 from service.smart.tokens import token_record
@@ -49,6 +52,11 @@ async def start_patient_session(request: Request, rec: dict[str, Any], token: di
     """After the callback of a patient launch: the companion's session (tokens kept apart, as the app's)."""
     settings = request.app.state.settings
     store = request.app.state.store
+    if fhir_user and not _is_patient(fhir_user, patient):
+        log.warning("patient companion: signed in as someone other than the patient; refused")
+        return error_page(403, "This page is for the patient",
+                          "The exercise companion records what the patient reports, in their name, so it opens only "
+                          "with the patient's own sign-in. Clinicians use the exercise plan in the EHR.")
     sid, now = new_session_id(), time.time()
     sess = {"browser": binding, "iss": rec["iss"], "token_endpoint": rec["discovery"]["token_endpoint"],
             "mode": "patient", "patient": patient, "scope_granted": granted, "fhir_user": fhir_user,
@@ -57,6 +65,12 @@ async def start_patient_session(request: Request, rec: dict[str, Any], token: di
     await store.put(SESSION_NS, sid, sess, ttl=settings.session_ttl_seconds)
     log.info("patient companion: session started")
     return no_store(RedirectResponse(f"/patient/app?s={sid}", status_code=303))
+
+
+def _is_patient(fhir_user: str, patient: str) -> bool:
+    """fhirUser (relative or absolute) names the launch's patient."""
+    parts = fhir_user.rstrip("/").split("/")
+    return len(parts) >= 2 and parts[-2] == "Patient" and parts[-1] == patient
 
 
 async def _session(request: Request, s: str | None) -> dict[str, Any] | None:
@@ -135,8 +149,11 @@ async def app_page(request: Request, s: str | None = None) -> Response:
                           "The hospital's system did not answer. Please try again in a few minutes.")
     advice = {w: [a.patient_text for a in screen(Report(_today(request), warnings=Warnings(**{w: True})))][0]
               for w in WARNINGS}
+    grants = Grants.parse(sess.get("scope_granted"))
+    can_alert = grants.can_create("Flag") or grants.can_create("Communication")
     return render("companion.html", sid=s, csrf=sess["csrf"], view=view, today=_today(request).isoformat(),
-                  efforts=EFFORT_WORDS, data=json_for_script({"advice": advice, "sid": s}))
+                  efforts=EFFORT_WORDS, can_alert=can_alert,
+                  data=json_for_script({"advice": advice, "sid": s, "queue": queue_key(sess)}))
 
 
 @router.get("/patient/api/plan")
@@ -149,13 +166,17 @@ async def api_plan(request: Request, s: str | None = None) -> Response:
     try:
         return no_store(JSONResponse(await _plan(request, s, sess)))
     except FhirError as exc:
-        return outcome(502, f"The FHIR server did not answer: {exc.message}", code="transient")
+        log.warning("patient companion: plan not readable (%s)", exc.status)
+        return outcome(502, "The hospital's system did not answer: try again in a few minutes.", code="transient")
 
 
 @router.post("/patient/api/entries")
 async def api_entry(request: Request, s: str | None = None) -> Response:
     """One report (a session, steps, the weekly check-in and the warning questions): written to the FHIR server
-    as PA IG observations; every alert also as a Flag and a Communication. Answers what to do now."""
+    as PA IG observations; every alert also as a Flag and a Communication. Answers what to do now.
+
+    A warning answer is never lost to another problem: when the rest of the entry is invalid, or the FHIR
+    server refuses it, the alerts are still written on their own and the answer carries them with the problem."""
     sess = await _session(request, s)
     if sess is None or s is None:
         return outcome(401, "The companion session has expired: sign in again.", code="login")
@@ -168,34 +189,92 @@ async def api_entry(request: Request, s: str | None = None) -> Response:
         import orjson
 
         data = orjson.loads(body)
-        entry_id, report = parse_entry(data, _today(request))
-    except (ValueError, RecursionError) as exc:
-        return outcome(422, str(exc) if isinstance(exc, EntryInvalid) else "The entry is not valid JSON.",
-                       code="invalid")
+    except (ValueError, RecursionError):
+        return outcome(422, "The entry is not valid JSON.", code="invalid")
+    if isinstance(data, dict) and data.get("queue") not in (None, queue_key(sess)):
+        return outcome(409, "This entry was kept on this device for another person's sign-in, so it was not "
+                            "recorded here.", code="conflict")
+    today = _today(request)
+    problem: str | None = None
+    try:
+        entry_id, report = parse_entry(data, today)
+    except EntryInvalid as exc:
+        warnings = warnings_only(data)
+        if warnings is None:
+            return outcome(422, str(exc), code="invalid")
+        problem = str(exc)  # the warnings still go to the care team, dated today
+        entry_id = data["entryId"] if isinstance(data.get("entryId"), str) and ENTRY_ID.match(data["entryId"]) \
+            else str(uuid.uuid4())
+        report = Report(today, warnings=warnings)
     alerts = screen(report)
+    result = await _write(request, s, sess, report, alerts, entry_id)
+    if isinstance(result, Response):
+        return result
+    body_out = {**result, "alerts": [_alert_json(a) for a in alerts]}
+    if problem is not None:
+        return outcome(422, problem + " The rest of the entry was not recorded; your warning answers were.",
+                       code="invalid", extra=body_out)
+    if result.get("refused"):
+        return outcome(502, "The hospital's system did not accept this entry, so it was not recorded. Write it on "
+                            "your paper log or tell your care team.", code="processing",
+                       extra={**body_out, "retry": False})
+    log.info("patient companion: entry written (%d resources, %d alerts)", result["written"], len(alerts))
+    return no_store(JSONResponse(body_out, status_code=201))
+
+
+async def _write(request: Request, s: str, sess: dict[str, Any], report: Report, alerts: tuple[Any, ...],
+                 entry_id: str) -> dict[str, Any] | Response:
+    """Write the report; on a refusal by the FHIR server, the alerts alone. {"written", "flagged",
+    "toldCareTeam", "refused"} or a Response (nothing to record; the server unreachable: sent again later)."""
     from service.fhir.errors import FhirError
     from service.fhir.selfreport import report_bundle
     from service.smart.load import fhir_client
+    from service.smart.scopes import Grants
 
+    grants = Grants.parse(sess.get("scope_granted"))
+    may = {t: grants.can_create(t) for t in ("Flag", "Communication")}
     now = datetime.now(timezone.utc)
+    patient_ref = f"Patient/{sess['patient']}"
     try:
         async with fhir_client(of(request), request.app.state.store, s, sess) as ehr:
-            care_team = await _care_team(ehr, request, sess["patient"])
-            bundle = report_bundle(report, alerts, entry_id=entry_id, patient_ref=f"Patient/{sess['patient']}",
-                                   now=now, care_team=care_team)
+            care_team = await _care_team(ehr, request, sess["patient"]) if alerts else None
+            bundle = report_bundle(report, alerts, entry_id=entry_id, patient_ref=patient_ref, now=now,
+                                   care_team=care_team, flags=may["Flag"], communications=may["Communication"])
             if not bundle["entry"]:
                 return outcome(422, "Nothing to record: fill in at least one part of the form.", code="required")
-            answer = await ehr.transaction(bundle)
+            try:
+                answer = await ehr.transaction(bundle)
+                refused = False
+            except FhirError as exc:
+                if exc.status == 401 or exc.status >= 500 or not alerts:
+                    raise
+                log.warning("patient companion: entry refused (%s); writing the alerts alone", exc.status)
+                only = report_bundle(Report(report.day), alerts, entry_id=entry_id, patient_ref=patient_ref,
+                                     now=now, care_team=care_team, flags=may["Flag"],
+                                     communications=may["Communication"])
+                answer = await ehr.transaction(only) if only["entry"] else {}
+                refused = True
     except FhirError as exc:
         log.warning("patient companion: entry not written (%s)", exc.status)
-        return outcome(502 if exc.status >= 500 or exc.status == 0 else exc.status,
-                       "Your entry could not be sent to the hospital's system. It is kept on this phone and will be "
-                       "sent again.", code="transient",
-                       extra={"alerts": [_alert_json(a) for a in alerts]})
-    written = len(answer.get("entry") or ())
-    log.info("patient companion: entry written (%d resources, %d alerts)", written, len(alerts))
-    return no_store(JSONResponse({"written": written, "alerts": [_alert_json(a) for a in alerts],
-                                  "flagged": bool(alerts)}, status_code=201))
+        if exc.status == 401:
+            return outcome(401, "The sign-in has expired: sign in again. Your entry is kept on this phone.",
+                           code="login", extra={"alerts": [_alert_json(a) for a in alerts]})
+        if 400 <= exc.status < 500:
+            return outcome(502, "The hospital's system did not accept this entry, so it was not recorded. Write it "
+                                "on your paper log or tell your care team.", code="processing",
+                           extra={"alerts": [_alert_json(a) for a in alerts], "retry": False, "flagged": False})
+        return outcome(503, "The hospital's system did not answer. Your entry is kept on this phone and will be "
+                            "sent again.", code="transient", extra={"alerts": [_alert_json(a) for a in alerts],
+                                                                    "retry": True})
+    flagged = bool(alerts) and may["Flag"]
+    told = bool(alerts) and may["Communication"] and care_team is not None
+    return {"written": len(answer.get("entry") or ()), "flagged": flagged or told, "toldCareTeam": told,
+            "refused": refused}
+
+
+def queue_key(sess: dict[str, Any]) -> str:
+    """Names this sign-in's offline queue on the device (a hash: never the patient id in the browser's storage)."""
+    return hashlib.sha256(f"{sess['iss']}|{sess['patient']}".encode()).hexdigest()[:24]
 
 
 async def _care_team(ehr: Any, request: Request, patient: str) -> str | None:
@@ -228,15 +307,31 @@ def parse_entry(data: Any, today: date) -> tuple[str, Report]:
         day = date.fromisoformat(str(data.get("day") or today.isoformat()))
     except ValueError:
         raise EntryInvalid("day: use a date such as 2026-12-04.") from None
-    if day > today or day < today - timedelta(days=BACKDATE_DAYS):
-        raise EntryInvalid(f"day: the date must be today or within the last {BACKDATE_DAYS} days.")
+    if day > today + timedelta(days=1) or day < today - timedelta(days=BACKDATE_DAYS):  # +1: the patient's
+        raise EntryInvalid(f"day: the date must be today or within the last {BACKDATE_DAYS} days.")  # zone
     session = _session_of(data.get("session"), day)
     steps = _int(data.get("steps"), "steps", 0, MAX_STEPS)
     symptoms = _symptoms_of(data.get("symptoms"), day)
-    warnings = data.get("warnings") or {}
-    if not isinstance(warnings, dict) or any(k not in WARNINGS or not isinstance(v, bool) for k, v in warnings.items()):
+    warnings = _warnings_of(data.get("warnings"))
+    return entry_id, Report(day, session, steps, symptoms, warnings, _recall_of(data.get("recall")))
+
+
+def _warnings_of(d: Any) -> Warnings:
+    d = d or {}
+    if not isinstance(d, dict) or any(k not in WARNINGS or not isinstance(v, bool) for k, v in d.items()):
         raise EntryInvalid(f"warnings: yes/no answers to {', '.join(WARNINGS)} only.")
-    return entry_id, Report(day, session, steps, symptoms, Warnings(**warnings), _recall_of(data.get("recall")))
+    return Warnings(**d)
+
+
+def warnings_only(data: Any) -> Warnings | None:
+    """The entry's warning answers when at least one is yes and they are well formed (else None)."""
+    if not isinstance(data, dict):
+        return None
+    try:
+        w = _warnings_of(data.get("warnings"))
+    except EntryInvalid:
+        return None
+    return w if any((w.chest_pain, w.fainting, w.fever, w.bone_pain)) else None
 
 
 def _recall_of(d: Any) -> Recall | None:
@@ -246,9 +341,11 @@ def _recall_of(d: Any) -> Recall | None:
         raise EntryInvalid("recall: days (0-7) and minutesPerDay (0-300) are expected.")
     days = _int(d.get("days"), "recall.days", 0, 7)
     minutes = _int(d.get("minutesPerDay"), "recall.minutesPerDay", 0, 300)
-    if days is None or minutes is None:
-        return None if days is None and minutes is None else Recall(days or 0, minutes or 0)
-    return Recall(days, minutes)
+    if days is None and minutes is None:
+        return None
+    if days is None or (minutes is None and days > 0):  # never store a half answer as zero
+        raise EntryInvalid("recall: answer both questions (days, and minutes on those days), or neither.")
+    return Recall(days, minutes or 0)
 
 
 def _int(value: Any, name: str, low: int, high: int) -> int | None:
@@ -278,7 +375,7 @@ def _session_of(d: Any, day: date) -> Session | None:
     if minutes is None:
         raise EntryInvalid("session.minutes: how many minutes?")
     effort = d.get("effort")
-    if effort not in EFFORT_WORDS:
+    if not isinstance(effort, str) or effort not in EFFORT_WORDS:
         raise EntryInvalid(f"session.effort: one of {', '.join(EFFORT_WORDS)}.")
     return Session(day, activity.strip(), minutes, effort_score(effort))
 

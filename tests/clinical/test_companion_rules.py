@@ -126,10 +126,36 @@ def test_too_early_and_nothing_logged() -> None:
 
 def test_a_hand_entry_and_a_watch_for_the_same_walk_count_once() -> None:
     s = _snap(_weeks_of([60, 60]))
-    watch = tuple(_m("exercise-minutes", m.effective.date(), m.value) for m in s.history["exercise-minutes"])
-    doubled = PatientSnapshot(**{**s.__dict__, "history": {**s.history,
-                                                           "exercise-minutes": s.history["exercise-minutes"] + watch}})
+    watch = tuple(Measurement("exercise-minutes", m.value, "min", m.effective, "Observation/watch-" + m.ref[-20:],
+                              "x") for m in s.history["exercise-minutes"])
+    doubled = PatientSnapshot(**{**s.__dict__, "history": {**s.history, "exercise-minutes":
+                                                           s.history["exercise-minutes"] + watch},
+                                 "device_refs": frozenset(m.ref for m in watch)})
     assert [w.minutes for w in assess(doubled, TODAY).weeks] == [w.minutes for w in assess(s, TODAY).weeks]
+    # without the device mark the same entries are the patient's own sessions: they add up
+    own = PatientSnapshot(**{**doubled.__dict__, "device_refs": frozenset()})
+    assert [w.minutes for w in assess(own, TODAY).weeks] == [2 * w.minutes for w in assess(s, TODAY).weeks]
+
+
+def test_step_down_never_proposes_more_and_progress_always_a_little_more() -> None:
+    small = assess(_snap(_weeks_of([20, 20, 20, 20]), effort=7, planned=20), TODAY)
+    assert small is not None and small.step == "step-down" and small.proposed == 15
+    tiny = assess(_snap({1: 5, 8: 5}, effort=8, planned=None), TODAY)
+    assert tiny is not None and tiny.step == "step-down" and tiny.proposed == 5  # 5 min: never more than now
+    low = assess(_snap(_weeks_of([20, 20, 20, 20]), planned=20), TODAY)
+    assert low is not None and (low.step, low.proposed) == ("progress", 25)
+
+
+def test_too_hard_in_the_first_week_steps_down_at_once() -> None:
+    a = assess(_snap({1: 30, 3: 30}, effort=8), TODAY)
+    assert a is not None and (a.step, a.rule) == ("step-down", "ADAPT-STEP-DOWN")
+
+
+def test_minutes_without_any_reported_effort_never_progress() -> None:
+    s = _snap(_weeks_of([60, 60, 66, 66]))
+    watch_only = PatientSnapshot(**{**s.__dict__, "history": {"exercise-minutes": s.history["exercise-minutes"]}})
+    a = assess(watch_only, TODAY)
+    assert a is not None and (a.step, a.rule) == ("hold", "ADAPT-HOLD") and "No effort reported" in a.reason
 
 
 def test_every_adaptation_rule_has_a_source_and_words() -> None:

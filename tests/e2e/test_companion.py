@@ -61,6 +61,14 @@ def test_companion_at_phone_size(sandbox: Sandbox, tmp_path: Any, shot: Callable
         page.locator("#answer").scroll_into_view_if_needed()
         page.screenshot(path=str(path.with_name("03b-red-flag-viewport-360.png")))
 
+        # a warning ticked on an unfinished session (no minutes): the warning still reaches the care team
+        page.locator("#log-form input[name=fainting]").check()
+        page.locator("#log-form button[type=submit]").click()
+        expect(page.locator("#answer")).to_contain_text("Do not exercise again until you have spoken")
+        expect(page.locator("#answer")).to_contain_text("Your care team has been told.")
+        expect(page.locator("#log-form .form-problem")).to_contain_text("your warning answers were")
+        page.locator("#log-form input[name=fainting]").uncheck()
+
         # offline: the entry waits on the phone (advice for warnings is shown anyway), then goes when online
         page.context.set_offline(True)
         page.locator("#minutes").fill("20")
@@ -80,7 +88,7 @@ def test_companion_at_phone_size(sandbox: Sandbox, tmp_path: Any, shot: Callable
         shot(page, "clinician-next-encounter")
     with sandbox.fhir() as fhir:
         flags = fhir.get("/Flag", params={"patient": PATIENT}).json().get("entry", [])
-        assert [e["resource"]["code"]["coding"][0]["code"] for e in flags] == ["PT-CHEST-PAIN"]
+        assert sorted(e["resource"]["code"]["coding"][0]["code"] for e in flags) == ["PT-CHEST-PAIN", "PT-FAINTING"]
         minutes = fhir.get("/Observation", params={"patient": PATIENT, "code": "http://loinc.org|55411-3"}).json()
         assert sorted(e["resource"]["valueQuantity"]["value"] for e in minutes.get("entry", [])) == [20, 30]
 

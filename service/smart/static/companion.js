@@ -1,24 +1,41 @@
-// The patient companion: entries are queued on this phone (localStorage) and sent when online; every entry
-// carries its own id, so one sent twice is recorded once. Warning answers get their advice at once, even offline.
+// The patient companion: entries are queued on this device (localStorage, one queue per sign-in) and sent when
+// online; every entry carries its own id, so one sent twice is recorded once. Warning answers get their advice
+// at once, even offline; a warning is never dropped with a bad entry (the server records it on its own).
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("companion-data").textContent);
   var csrf = document.getElementById("csrf").value;
-  var KEY = "onco-exercise-companion-queue";
+  var KEY = "onco-exercise-companion-queue-" + data.queue;
   var answer = document.getElementById("answer");
   var queueStatus = document.getElementById("queue-status");
+  var notRecorded = [];
 
+  function localDay() {
+    var d = new Date();
+    return d.getFullYear() + "-" + String(d.getMonth() + 1).padStart(2, "0") + "-" + String(d.getDate()).padStart(2, "0");
+  }
+  function resetDay() {
+    var day = document.getElementById("day");
+    day.value = localDay(); day.max = localDay();
+  }
   function newId() {
     if (window.crypto && crypto.randomUUID) { return crypto.randomUUID(); }
     return "e-" + Date.now().toString(36) + "-" + Math.random().toString(36).slice(2, 12);
   }
   function queue() { try { return JSON.parse(localStorage.getItem(KEY) || "[]"); } catch (e) { return []; } }
-  function saveQueue(q) { localStorage.setItem(KEY, JSON.stringify(q)); showQueue(); }
+  function saveQueue(q) {
+    if (q.length) { localStorage.setItem(KEY, JSON.stringify(q)); } else { localStorage.removeItem(KEY); }
+    showQueue();
+  }
+  function drop(id) { saveQueue(queue().filter(function (x) { return x.entryId !== id; })); }
   function showQueue() {
-    var n = queue().length;
-    queueStatus.hidden = n === 0;
-    queueStatus.textContent = n === 0 ? "" : n + (n === 1 ? " entry is" : " entries are") +
-      " saved on this phone and will be sent when you are back online.";
+    var n = queue().length, lines = [];
+    if (n) {
+      lines.push(n + (n === 1 ? " entry is" : " entries are") + " saved on this phone and will be sent when you are back online.");
+    }
+    notRecorded.forEach(function (t) { lines.push("Not recorded: " + t); });
+    queueStatus.hidden = lines.length === 0;
+    queueStatus.textContent = lines.join(" ");
   }
   function say(lines, urgent) {
     answer.hidden = lines.length === 0;
@@ -27,13 +44,21 @@
     lines.forEach(function (t) { var p = document.createElement("p"); p.textContent = t; answer.appendChild(p); });
     if (lines.length) { answer.scrollIntoView({block: "start"}); }
   }
+  function toldLines(body) {
+    var lines = (body.alerts || []).map(function (a) { return a.text; });
+    if (!lines.length) { return lines; }
+    if (body.toldCareTeam) { lines.push("Your care team has been told."); }
+    else if (body.flagged) { lines.push("This is on your record for your care team, but the app could not message them: please call them."); }
+    else { lines.push("This app could not alert your care team: please call them now."); }
+    return lines;
+  }
   function warnings(form) {
     var w = {};
     ["chest_pain", "fainting", "fever", "bone_pain"].forEach(function (k) { if (form.elements[k].checked) { w[k] = true; } });
     return w;
   }
   function entryOf(form) {
-    var e = {entryId: newId(), warnings: warnings(form)};
+    var e = {entryId: newId(), queue: data.queue, warnings: warnings(form)};
     if (form.dataset.kind === "session") {
       e.day = form.elements.day.value;
       var effort = form.querySelector("input[name=effort]:checked");
@@ -41,6 +66,7 @@
                    effort: effort ? effort.value : null};
       if (form.elements.steps.value !== "") { e.steps = form.elements.steps.value; }
     } else {
+      e.day = localDay();
       e.symptoms = {};
       ["fatigue", "pain", "breathlessness"].forEach(function (k) {
         if (form.elements[k].value !== "") { e.symptoms[k] = form.elements[k].value; }
@@ -55,11 +81,12 @@
     var p = form.querySelector(".form-problem");
     p.hidden = !text; p.textContent = text || "";
   }
-  function check(form, e) {
-    if (e.session) {
+  function check(e) {
+    var warned = Object.keys(e.warnings).length > 0;
+    if (e.session && !warned) {
       if (!e.session.minutes) { return "Please say for how many minutes."; }
       if (!e.session.effort) { return "Please choose how hard it felt."; }
-    } else if (Object.keys(e.symptoms).length === 0 && Object.keys(e.warnings).length === 0 && !e.recall) {
+    } else if (e.symptoms && Object.keys(e.symptoms).length === 0 && !warned && !e.recall) {
       return "Please answer at least one question.";
     }
     return "";
@@ -70,51 +97,56 @@
       headers: {"Content-Type": "application/json", "X-CSRF-Token": csrf}, body: JSON.stringify(e)
     }).then(function (r) { return r.json().then(function (body) { return {status: r.status, body: body}; }); });
   }
+  function issue(body) { return ((body.issue || [])[0] || {}).diagnostics || "Please check the entry."; }
+  // Final answers leave the queue: recorded (201), refused for good (422, 409, or not accepted by the hospital's
+  // system); a missing sign-in stops here (kept); anything else is tried again later, after the others.
+  function settle(e, res, background) {
+    if (res.status === 201) { drop(e.entryId); return "done"; }
+    if (res.status === 422 || res.status === 409 || res.status === 413 || (res.body && res.body.retry === false)) {
+      drop(e.entryId);
+      if (background) { notRecorded.push(issue(res.body)); showQueue(); }  // else the form shows it
+      return "done";
+    }
+    if (res.status === 401) { return "stop"; }
+    return "later";
+  }
   function flush() {
-    var q = queue();
-    if (!q.length || !navigator.onLine) { showQueue(); return Promise.resolve(); }
-    var e = q[0];
-    return send(e).then(function (res) {
-      if (res.status === 201 || res.status === 422) {  // recorded, or refused for good: never resend a bad one
-        saveQueue(queue().filter(function (x) { return x.entryId !== e.entryId; }));
-        return flush();
-      }
-      showQueue();
-    }, function () { showQueue(); });
+    if (!navigator.onLine) { showQueue(); return Promise.resolve(); }
+    var pending = queue();
+    return pending.reduce(function (chain, e) {
+      return chain.then(function (go) {
+        if (!go) { return false; }
+        return send(e).then(function (res) { return settle(e, res, true) !== "stop"; }, function () { return false; });
+      });
+    }, Promise.resolve(true)).then(showQueue);
   }
   function onSubmit(ev) {
     ev.preventDefault();
-    var form = ev.target, e = entryOf(form), bad = check(form, e);
+    var form = ev.target, e = entryOf(form), bad = check(e);
     problem(form, bad);
     if (bad) { return; }
     // advice for a warning answer is shown now, whatever the network does
     var local = Object.keys(e.warnings).map(function (k) { return data.advice[k]; });
     say(local, local.length > 0);
     saveQueue(queue().concat([e]));
-    var q = queue();
-    if (q[0].entryId !== e.entryId) { return flush(); }  // older ones first
     send(e).then(function (res) {
+      var outcome = settle(e, res, false);
+      var lines = toldLines(res.body || {});
       if (res.status === 201) {
-        saveQueue(queue().filter(function (x) { return x.entryId !== e.entryId; }));
-        var lines = (res.body.alerts || []).map(function (a) { return a.text; });
-        if (res.body.flagged) { lines.push("Your care team has been told."); }
         say(lines.length ? lines : ["Saved. Well done."], lines.length > 1);
-        form.reset();
-        if (form.elements.day) { form.elements.day.value = form.elements.day.max; }
-        return flush();
+        form.reset(); resetDay();
+      } else if (outcome === "done") {
+        if (lines.length) { say(lines, true); }
+        problem(form, issue(res.body));
+      } else if (outcome === "stop") {
+        problem(form, "Please sign in again: your entry is kept on this phone.");
       }
-      if (res.status === 422 || res.status === 413) {
-        saveQueue(queue().filter(function (x) { return x.entryId !== e.entryId; }));
-        var issue = (res.body.issue || [])[0] || {};
-        problem(form, issue.diagnostics || "Please check the form.");
-        return;
-      }
-      if (res.status === 401) { problem(form, "Please sign in again: your entry is kept on this phone."); return; }
-      showQueue();
+      return flush();
     }, function () { showQueue(); });
   }
   document.getElementById("log-form").addEventListener("submit", onSubmit);
   document.getElementById("check-form").addEventListener("submit", onSubmit);
   window.addEventListener("online", flush);
+  resetDay();
   flush();
 })();
