@@ -87,7 +87,7 @@ function request()
 end
 
 function response(status, headers, body)
-  if status ~= 200 or not body:find('"cards":[{', 1, true) then
+  if status ~= 200 or not body:find('"cards"%s*:%s*%[%s*{') then
     nocard = nocard + 1
   end
 end
