@@ -79,9 +79,12 @@ def recognition_cost(bundles: dict[str, Any], rounds: int) -> dict[str, Any]:
     spent = [0.0]
     calls = [0]
     depth = [0]
+    by_part: dict[str, list[float]] = {}  # part -> [seconds, calls]
     clock = time.perf_counter
 
-    def timed(fn: Any) -> Any:
+    def timed(fn: Any, part: str = "probe") -> Any:
+        mine = by_part.setdefault(part, [0.0, 0])
+
         def wrapper(*a: Any, **k: Any) -> Any:
             if depth[0]:
                 return fn(*a, **k)
@@ -91,7 +94,10 @@ def recognition_cost(bundles: dict[str, Any], rounds: int) -> dict[str, Any]:
             try:
                 return fn(*a, **k)
             finally:
-                spent[0] += clock() - t0
+                dt = clock() - t0
+                spent[0] += dt
+                mine[0] += dt
+                mine[1] += 1
                 depth[0] -= 1
         return wrapper
 
@@ -104,20 +110,23 @@ def recognition_cost(bundles: dict[str, Any], rounds: int) -> dict[str, Any]:
     spent[0] = 0.0
     calls[0] = 0
 
-    patched = [(Terminology, "match"), (Terminology, "display"), (ValueReader, "read"),
-               (snapshot_module, "classify_drug"), (snapshot_module, "drug_concepts"),
-               (drugs, "classify"), (drugs, "concepts")]
-    saved = [(owner, name, getattr(owner, name)) for owner, name in patched]
+    patched = [(Terminology, "match", "codes: value sets"), (Terminology, "display", "codes: value sets"),
+               (ValueReader, "read", "values: units and shapes"), (snapshot_module, "classify_drug", "drugs"),
+               (snapshot_module, "drug_concepts", "drugs"), (drugs, "classify", "drugs"), (drugs, "concepts", "drugs")]
+    saved = [(owner, name, part, getattr(owner, name)) for owner, name, part in patched]
     out: dict[str, Any] = {}
     try:
-        for owner, name, fn in saved:
-            setattr(owner, name, timed(fn))
+        for owner, name, part, fn in saved:
+            setattr(owner, name, timed(fn, part))
         for label, items in bundles.items():
             for data in items:  # warm the memos (units, memberships), as a running service has them
                 prescribe(build_snapshot(data, NOW), NOW)
             totals, inside, n_calls = [], [], []
+            parts: dict[str, list[float]] = {}
             for _ in range(rounds):
                 spent[0], calls[0] = 0.0, 0
+                for v in by_part.values():
+                    v[0] = v[1] = 0
                 t0 = clock()
                 for data in items:
                     prescribe(build_snapshot(data, NOW), NOW)
@@ -125,13 +134,17 @@ def recognition_cost(bundles: dict[str, Any], rounds: int) -> dict[str, Any]:
                 totals.append(total)
                 inside.append(max(0.0, spent[0] - calls[0] * overhead))
                 n_calls.append(calls[0])
+                for part, (sec, n) in by_part.items():
+                    parts.setdefault(part, []).append(max(0.0, sec - n * overhead))
             total, rec = statistics.median(totals), statistics.median(inside)
             out[label] = {"bundles": len(items), "core_ms_per_bundle": round(1000 * total / len(items), 3),
                           "recognition_ms_per_bundle": round(1000 * rec / len(items), 3),
                           "recognition_share": round(rec / total, 3),
-                          "recognition_calls_per_bundle": round(statistics.median(n_calls) / len(items), 1)}
+                          "recognition_calls_per_bundle": round(statistics.median(n_calls) / len(items), 1),
+                          "ms_per_bundle_by_part": {part: round(1000 * statistics.median(v) / len(items), 3)
+                                                    for part, v in parts.items() if part != "probe"}}
     finally:
-        for owner, name, fn in saved:
+        for owner, name, _, fn in saved:
             setattr(owner, name, fn)
     out["timer_overhead_us_per_call_subtracted"] = round(overhead * 1e6, 3)
     return out
@@ -182,7 +195,7 @@ def main() -> int:
             if isinstance(r, dict):
                 print(f"recognition, {label} ({r['bundles']} bundles): {r['recognition_ms_per_bundle']:.3f} ms of "
                       f"{r['core_ms_per_bundle']:.3f} ms per bundle ({100 * r['recognition_share']:.0f}%), "
-                      f"{r['recognition_calls_per_bundle']} calls")
+                      f"{r['recognition_calls_per_bundle']} calls; by part (ms): {r['ms_per_bundle_by_part']}")
     out = ROOT / "benchmarks" / "results" / "snapshot_core.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
