@@ -12,7 +12,8 @@ Targets (each its own process with one uvicorn worker, all up at once, sent call
    Every call carries its own pre-signed ES384 JWT (unique jti) and a new patient id (the Lua script
    `cds_hooks_wrk.lua` fills the body template per call), so the replay cache and the card claim do real work
    and every call answers the referral card with its draft ServiceRequest (a call that does not is counted).
-4. `--baseline REF` adds **service@REF**: the same, run from `git archive REF` (before/after in one run).
+4. `--baseline REF` adds **service@REF**: the same, run from `git archive REF` (before/after in one run; use the
+   commit a change started from, e.g. `git merge-base main HEAD`, not a moving branch).
 
 Method: per concurrency level, `--rounds` rounds; in each round every target gets one wrk run of `--duration`
 seconds (the order rotates per round). Throughput, wrk's p50 and server CPU per call (user+system of the
@@ -22,7 +23,7 @@ per-worker RSS (VmRSS and peak VmHWM of each process after the runs) and, with `
 of each target (the service on a shared Redis, as replicas are deployed) loaded by two wrk processes at once.
 
     .venv/bin/python benchmarks/cds_hooks_wrk.py [--runs 3] [--rounds 3] [--duration 4] [--levels 1,8,32]
-        [--baseline main] [--two-workers 32] [--max-load 1.5] [--wait 600]
+        [--baseline REF] [--two-workers 32] [--max-load 1.5] [--wait 600]
 
 Prints a table and writes benchmarks/results/cds_hooks_wrk.json.
 """
