@@ -170,17 +170,19 @@ class Target:
     def url(self) -> str:
         return f"{self.base}{PATH}"
 
-    def requests(self, bodies: list[bytes]) -> list[tuple[bytes, dict[str, str]]]:
+    def tokens(self, n: int) -> list[str]:
+        """n client JWTs for this target, each with its own jti (CDS Hooks: exp at most 5 minutes after iat)."""
         from joserfc import jwt
 
         now = int(time.time())
-        out = []
-        for body in bodies:
-            tok = jwt.encode({"alg": self.alg, "kid": self.key.kid, "typ": "JWT"},
-                             {"iss": ISS, "aud": f"{self.base}{PATH}", "exp": now + 300, "iat": now,  # CDS Hooks: at most 5 minutes
-                              "jti": str(uuid.uuid4())}, self.key, algorithms=[self.alg])
-            out.append((body, {"Content-Type": "application/json", "Authorization": f"Bearer {tok}"}))
-        return out
+        header = {"alg": self.alg, "kid": self.key.kid, "typ": "JWT"}
+        return [jwt.encode(header, {"iss": ISS, "aud": f"{self.base}{PATH}", "exp": now + 300, "iat": now,
+                                    "jti": str(uuid.uuid4())}, self.key, algorithms=[self.alg])
+                for _ in range(n)]
+
+    def requests(self, bodies: list[bytes]) -> list[tuple[bytes, dict[str, str]]]:
+        return [(body, {"Content-Type": "application/json", "Authorization": f"Bearer {tok}"})
+                for body, tok in zip(bodies, self.tokens(len(bodies)))]
 
 
 def make_bodies(template: bytes, n: int, pid: str | None = None) -> list[bytes]:
@@ -274,9 +276,11 @@ def interleaved(targets: list[Target], template: bytes, levels: list[int], calls
     return rows
 
 
-def start_service(storage: str, tmp: str, key: Any, fhir_base: str) -> tuple[str, list[subprocess.Popen[bytes]]]:
-    """`onco-exercise serve` with one store back end; (base URL, processes to stop; the service last)."""
-    name = "service" if storage == "sqlite" else f"service-{storage}"
+def start_service(storage: str, tmp: str, key: Any, fhir_base: str, name: str | None = None,
+                  env_extra: dict[str, str] | None = None) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """`onco-exercise serve` with one store back end; (base URL, processes to stop; the service last).
+    `env_extra` is added to its environment (PYTHONPATH: another checkout of the service)."""
+    name = name or ("service" if storage == "sqlite" else f"service-{storage}")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {
@@ -284,6 +288,7 @@ def start_service(storage: str, tmp: str, key: Any, fhir_base: str) -> tuple[str
         "ONCO_EXERCISE_FHIR_SERVERS": fhir_base, "ONCO_EXERCISE_LOG_LEVEL": "WARNING",
         "ONCO_EXERCISE_HOOK_BUDGET_SECONDS": "2", "ONCO_EXERCISE_COOKIE_SECURE": "false",  # plain-http loopback
         "ONCO_EXERCISE_CDS_CLIENTS": json.dumps([{"iss": ISS, "jwks": {"keys": [key.as_dict(private=False)]}}]),
+        **(env_extra or {}),
     }
     procs: list[subprocess.Popen[bytes]] = []
     if storage == "redis":
@@ -296,6 +301,18 @@ def start_service(storage: str, tmp: str, key: Any, fhir_base: str) -> tuple[str
     command = [str(Path(sys.executable).parent / "onco-exercise"), "serve", "--host", "127.0.0.1", "--port", str(port)]
     procs.append(start(command, port, env))
     return base, procs
+
+
+def hook_template(months: int) -> tuple[Any, bytes]:
+    """(the bench patient, the encounter-start body with @@PID@@ and @@HOOK@@ to fill in per call)."""
+    from tests.cds_hooks import patients
+
+    patient = patients.bulky("bench-patient", months=months)
+    context = {"userId": "Practitioner/onc-1", "patientId": "@@PID@@", "encounterId": "enc-1"}
+    # the prefetched Patient (and every reference to it) carries the call's patientId, as the service checks
+    full = json.dumps({"hook": "encounter-start", "hookInstance": "@@HOOK@@", "context": context,
+                       "prefetch": patient.prefetch()}).replace("bench-patient", "@@PID@@").encode()
+    return patient, full
 
 
 def main() -> int:
@@ -327,17 +344,11 @@ def main() -> int:
     import httpx
     from joserfc.jwk import ECKey, RSAKey
 
-    from tests.cds_hooks import patients
-
     levels = [int(x) for x in args.levels.split(",")]
     key = (ECKey.generate_key("P-384", parameters={"kid": "bench-1"}) if args.alg == "ES384"
            else RSAKey.generate_key(2048, parameters={"kid": "bench-1"}))
-    patient = patients.bulky("bench-patient", months=args.months)
-    prefetch = patient.prefetch()
+    patient, full = hook_template(args.months)
     context = {"userId": "Practitioner/onc-1", "patientId": "@@PID@@", "encounterId": "enc-1"}
-    # the prefetched Patient (and every reference to it) carries the call's patientId, as the service checks
-    full = json.dumps({"hook": "encounter-start", "hookInstance": "@@HOOK@@", "context": context,
-                       "prefetch": prefetch}).replace("bench-patient", "@@PID@@").encode()
     py = sys.executable
     me = str(Path(__file__).resolve())
     loads: dict[str, Any] = {"waited": wait_for_quiet(args.max_load, args.wait)}

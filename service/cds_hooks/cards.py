@@ -81,15 +81,26 @@ def prune(value: Any) -> Any:
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            v = prune(v)
-            if v is None or v == "" or v == [] or v == {}:
-                continue
-            out[k] = v
+            if (v := _pruned(v)) is not _EMPTY:
+                out[k] = v
         return out
     if isinstance(value, list):
-        items = [prune(v) for v in value]
-        return [v for v in items if not (v is None or v == "" or v == [] or v == {})]
+        return [v for v in map(_pruned, value) if v is not _EMPTY]
     return value
+
+
+_EMPTY = object()
+
+
+def _pruned(v: Any) -> Any:
+    """prune(v), or _EMPTY when what is left is empty. Strings, the most common leaf, are settled without a
+    call (the card and its draft resource are pruned on every hook call)."""
+    if type(v) is str:
+        return v if v else _EMPTY
+    if v is None:
+        return _EMPTY
+    v = prune(v)
+    return _EMPTY if v == "" or v == [] or v == {} else v
 
 
 def shorten(text: str, limit: int = SUMMARY_MAX) -> str:

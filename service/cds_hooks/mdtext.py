@@ -15,8 +15,15 @@ _SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~&])")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
+# Anything md changes; most card text has none of it and is returned as it is, without the three rewrites.
+_ANY = re.compile(r"[\\`*_{}\[\]()#+!|<>~&\x00-\x1f\x7f]|://|www\.|WWW\.")
+
+
 def md(text: object) -> str:
     """`text` as literal markdown text: no markup, no HTML, no link, no new block."""
-    s = _CONTROL.sub(" ", str(text))
+    s = str(text)
+    if _ANY.search(s) is None:
+        return s
+    s = _CONTROL.sub(" ", s)
     s = _SPECIAL.sub(r"\\\1", s)
     return s.replace("://", ":\\/\\/").replace("www.", "www\\.").replace("WWW.", "WWW\\.")

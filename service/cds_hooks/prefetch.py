@@ -116,16 +116,21 @@ def screen(req: HookRequest) -> tuple[list[Any], dict[str, str]]:
     return items, unusable
 
 
-def prefetch_complete(req: HookRequest) -> bool:
-    """True when every prefetch key was sent (possibly null) and usable: no fallback read is needed."""
+Screened = tuple[list[Any], dict[str, str]]  # what `screen` returns
+
+
+def prefetch_complete(req: HookRequest, screened: Screened | None = None) -> bool:
+    """True when every prefetch key was sent (possibly null) and usable: no fallback read is needed.
+    `screened`: `screen(req)` when the caller has it already (the hook screens once for both questions)."""
     prefetch = req.prefetch or {}
-    return all(k in prefetch for k in prefetch_templates()) and not screen(req)[1]
+    return all(k in prefetch for k in prefetch_templates()) and not (screened or screen(req))[1]
 
 
-async def gather(req: HookRequest, settings: Settings, now: datetime) -> HookData:
+async def gather(req: HookRequest, settings: Settings, now: datetime, screened: Screened | None = None) -> HookData:
     templates = prefetch_templates()
     prefetch = req.prefetch or {}
-    items, unusable = screen(req)
+    items, unusable = screened or screen(req)
+    items = list(items)  # the fallback below extends it: never the caller's list
     for key, why in unusable.items():
         log.info("hook %s: prefetch %s not used: %s", req.hook_instance, key, why)
     missing_keys = [k for k in templates if k not in prefetch or k in unusable]

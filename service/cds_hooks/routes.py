@@ -28,7 +28,7 @@ from .cards import CardContext, CardPlan, decide, quiet_card
 from .discovery import PATIENT_VIEW_ID, SERVICES, discovery_bytes
 from .feedback import store_feedback
 from .models import HookRequest, RequestInvalid, parse_feedback, parse_hook_request
-from .prefetch import DataUnavailable, HookData, gather, prefetch_complete
+from .prefetch import DataUnavailable, HookData, gather, prefetch_complete, screen
 
 log = logging.getLogger("service.cds_hooks")
 
@@ -249,10 +249,11 @@ async def _answer(service_id: str, request: Request,
         return outcome(400, "invalid", exc.message, exc.path), None
 
     now = datetime.now(timezone.utc)
-    if not prefetch_complete(req) and not await jti:
+    screened = screen(req)  # once, for both questions below (~0.03 ms a pass over a 200-resource prefetch)
+    if not prefetch_complete(req, screened) and not await jti:
         return _unauthorized(), None  # a replayed call never makes us read from a FHIR server
     try:
-        data = await gather(req, request.app.state.settings, now)
+        data = await gather(req, request.app.state.settings, now, screened)
     except DataUnavailable as exc:
         return outcome(412, "incomplete", str(exc)), None
     if data.eligibility_unknown:

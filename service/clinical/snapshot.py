@@ -282,27 +282,26 @@ class _Builder:
                 self._guard(handler, res, full_url)
 
     def _guard(self, handler: Callable[..., None], res: dict[str, Any], full_url: str | None) -> None:
-        ref = _ref(res, full_url)
-        if ref in self.seen and res.get("resourceType") != "Patient":
+        # _ref, inlined (this runs for every resource of every hook call); a resource naming another patient as
+        # its subject is skipped
+        kind = res["resourceType"]
+        rid = res.get("id")
+        ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else full_url or f"{kind}/(no id)"
+        if ref in self.seen and kind != "Patient":
             return  # the same resource in two prefetch Bundles
         try:
-            if self.patient_aliases:  # (the check's own first test, inlined: this runs for every resource)
-                self._check_subject(res)
+            if self.patient_aliases and kind != "Patient":
+                subject = res.get("subject") or res.get("patient") or res.get("for")
+                if isinstance(subject, dict):
+                    sref = subject.get("reference")
+                    if isinstance(sref, str) and sref.startswith("Patient/") and sref not in self.patient_aliases:
+                        raise _Skip("belongs to another patient")
             handler(self, res, ref)
         except _Skip as exc:
             self.issues.append(f"{ref} skipped: {exc}")
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             self.issues.append(f"{ref} skipped: malformed ({type(exc).__name__})")
         self.seen.add(ref)
-
-    def _check_subject(self, res: dict[str, Any]) -> None:
-        if not self.patient_aliases or res.get("resourceType") == "Patient":
-            return
-        subject = res.get("subject") or res.get("patient") or res.get("for")
-        if isinstance(subject, dict):
-            ref = subject.get("reference")
-            if isinstance(ref, str) and ref.startswith("Patient/") and ref not in self.patient_aliases:
-                raise _Skip("belongs to another patient")
 
     # ------------------------------------------------------------ Patient
     def _patient(self, res: dict[str, Any], ref: str) -> None:

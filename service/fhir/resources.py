@@ -677,10 +677,12 @@ def _data_displays(snapshot: PatientSnapshot, wanted: set[str]) -> dict[str, str
     on every hook call: only what the referral cites is worded)."""
     out: dict[str, str] = {}
     groups = [snapshot.latest.values(), snapshot.stale.values(), *snapshot.history.values()]
-    for m in (m for g in groups for m in g):
+    for m in (m for g in groups for m in g) if wanted else ():
         if m.ref in wanted and m.ref not in out:
             out[m.ref] = " ".join(x for x in (_measure_label(m.measure), f"{_num(round(m.value, 2))}",
                                               human_unit(m.unit), f"({_utc(m.effective).date().isoformat()})") if x)
+            if len(out) == len(wanted):
+                break  # everything cited is worded: the rest of the history is not read
     for t in snapshot.treatments:
         if t.ref in wanted:
             out.setdefault(t.ref, t.display)
