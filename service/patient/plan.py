@@ -44,7 +44,7 @@ def plan_view(resources: list[dict[str, Any]], today: date, *, care_team_contact
             "thisWeek": [_this_week(sr, today) for sr in _by_code(o) if _covers(sr, today)] or
             [_this_week(sr, today) for sr in _by_code(o)[:1]],
             "stopRules": [ln for ln in _lines(o.referral.get("patientInstruction")) if not ln.endswith(":")],
-            "goals": [g["description"]["text"] for g in resources if g.get("resourceType") == "Goal"
+            "goals": [_plain(g["description"]["text"]) for g in resources if g.get("resourceType") == "Goal"
                       and g.get("lifecycleStatus") in ("active", "on-hold") and _ours(g)
                       and isinstance((g.get("description") or {}).get("text"), str)]}
 
@@ -96,7 +96,11 @@ def _text(cc: Any) -> str:
 def _plain(line: str) -> str:
     """A prescription line without its clinical scales in brackets ("(Borg RPE 6-20: 12-13; 40-59% heart-rate
     reserve)"): the page explains effort in words once, under "How hard?"."""
-    return re.sub(r"\s*\((?:[^()]*(?:RPE|heart-rate|HRR|1RM|%)[^()]*)\)", "", line)
+    while True:  # innermost brackets first: "(... (RPE takes precedence))"
+        plain = re.sub(r"\s*\((?:[^()]*(?:RPE|heart-rate|HRR|1RM|%)[^()]*)\)", "", line)
+        if plain == line:
+            return plain
+        line = plain
 
 
 def _lines(text: Any) -> list[str]:

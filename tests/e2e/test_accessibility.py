@@ -322,8 +322,9 @@ def check_keyboard(page: Page, where: str, targets: dict[str, Locator], problems
     return [s["desc"] for s in stops]
 
 
-def check_tablet(page: Page, where: str, slug: str, targets: dict[str, Locator], problems: list[str]) -> None:
-    for width, height in TABLETS:
+def check_tablet(page: Page, where: str, slug: str, targets: dict[str, Locator], problems: list[str],
+                 sizes: list[tuple[int, int]] = TABLETS) -> None:
+    for width, height in sizes:
         page.set_viewport_size({"width": width, "height": height})
         expect(page.locator("main")).to_be_visible()
         size = page.evaluate(WIDTH_JS)
@@ -344,13 +345,13 @@ def check_tablet(page: Page, where: str, slug: str, targets: dict[str, Locator],
 
 
 def audit(page: Page, where: str, slug: str, targets: dict[str, Locator], problems: list[str],
-          tablet: bool = True) -> None:
+          tablet: bool = True, sizes: list[tuple[int, int]] = TABLETS) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{slug}-1280.png"), full_page=True)
     check_structure(page, where, problems)
     check_contrast(page, where, problems)
     check_keyboard(page, where, targets, problems, shot=slug)
     if tablet:
-        check_tablet(page, where, slug, targets, problems)
+        check_tablet(page, where, slug, targets, problems, sizes)
 
 
 def report(problems: list[str]) -> None:
@@ -455,4 +456,34 @@ def test_auth_server_patient_picker(page: Page, sandbox: Sandbox) -> None:
         "Sign in as": page.get_by_label("Sign in as"), "Patient": page.get_by_label("Patient"),
         "Allow": page.get_by_role("button", name="Allow"), "Deny": page.get_by_role("button", name="Deny"),
     }, problems)
+    report(problems)
+
+
+PHONE = (360, 740)
+COMPANION_PATIENT = "onc-20"
+
+
+def test_patient_companion_at_phone_and_tablet_sizes(page: Page, sandbox: Sandbox) -> None:
+    """Issue 15: the patient's own page, as the patient opens it (the sandbox's patient login), after a red-flag
+    answer (the advice box is audited too): names, contrast, keyboard, and at 360 px nothing scrolls sideways and
+    the buttons are touch targets."""
+    import httpx
+
+    from tests.notify.conftest import sign
+
+    problems: list[str] = []
+    with httpx.Client(base_url=sandbox.url, timeout=60) as clinician:
+        assert sign(clinician, COMPANION_PATIENT, service=None)["status"] == "sent"
+    page.goto(f"{sandbox.url}/patient/launch")
+    page.locator("#patient").select_option(COMPANION_PATIENT)
+    page.get_by_role("button", name="Allow").click()
+    page.wait_for_url(re.compile(r"/patient/app\?s="))
+    page.locator("#check-form input[name=fever]").check()
+    page.locator("#check-form button[type=submit]").click()
+    expect(page.locator("#answer")).to_contain_text("24-hour cancer helpline")
+    audit(page, "Patient companion", "companion", {
+        "Save": page.locator("#log-form button[type=submit]"),
+        "Send check-in": page.locator("#check-form button[type=submit]"),
+        "minutes": page.locator("#minutes"),
+    }, problems, sizes=[PHONE, *TABLETS])
     report(problems)

@@ -50,3 +50,13 @@ def test_the_pa_observation_rules_are_enforced() -> None:
     assert any("PhysicalActivity" in e for e in errors) and any("effective[x]" in e for e in errors)
     group = {k: v for k, v in by_code["PAPanel"].items() if k != "hasMember"}
     assert any("hasMember" in str(i) for i in validate_resource(group) if i.severity == "error")
+
+
+def test_the_plan_speaks_to_the_patient_without_clinical_scales() -> None:
+    """The prescription's lines keep their words and lose the bracketed scales (the page explains effort once)."""
+    from service.patient.plan import _plain
+
+    assert _plain("During aerobic sessions: moderate (Borg RPE 12-13; 40-59% heart-rate reserve; target HR 101-114 "
+                  "beats/min (RPE takes precedence))") == "During aerobic sessions: moderate"
+    assert _plain("Aerobic: Phase 1 of 2 (weeks 1-2): start with 3 days/week") == \
+        "Aerobic: Phase 1 of 2 (weeks 1-2): start with 3 days/week"

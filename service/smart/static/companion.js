@@ -10,13 +10,21 @@
   var queueStatus = document.getElementById("queue-status");
   var notRecorded = [];
 
-  function localDay() {
-    var d = new Date();
+  function iso(d) {
     return d.getFullYear() + "-" + String(d.getMonth() + 1).padStart(2, "0") + "-" + String(d.getDate()).padStart(2, "0");
   }
+  function localDay() { return iso(new Date()); }
+  // The day is chosen from the last week in the patient's own calendar (no date picker to fight with).
   function resetDay() {
     var day = document.getElementById("day");
-    day.value = localDay(); day.max = localDay();
+    while (day.firstChild) { day.removeChild(day.firstChild); }
+    for (var back = 0; back < 8; back++) {
+      var d = new Date(); d.setDate(d.getDate() - back);
+      var label = back === 0 ? "Today" : back === 1 ? "Yesterday" :
+        d.toLocaleDateString(undefined, {weekday: "long", day: "numeric", month: "long"});
+      var o = document.createElement("option"); o.value = iso(d); o.textContent = label;
+      day.appendChild(o);
+    }
   }
   function newId() {
     if (window.crypto && crypto.randomUUID) { return crypto.randomUUID(); }
