@@ -93,7 +93,8 @@ class Assessment:
 def assess(s: PatientSnapshot, as_of: date | None = None, service_on_hold: bool = False) -> Assessment | None:
     """The assessment of the last weeks, or None when nothing was logged at all (no companion, no wearable)."""
     today = as_of or s.as_of.date()
-    minutes = _per_day(s.history.get("exercise-minutes", ()), today, s.device_refs)
+    minutes = day_minutes(s.history.get("exercise-minutes", ()), s.device_refs,
+                          today - timedelta(days=7 * WINDOW_WEEKS - 1), today)
     if not minutes:
         return None
     first = min(minutes)
@@ -159,16 +160,16 @@ def proposal_text(a: Assessment) -> str:
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def _per_day(values: tuple[Measurement, ...], today: date, device_refs: frozenset[str]) -> dict[date, float]:
-    """Minutes per day: the patient's own sessions add up (aerobic and strength on one day), a device's total
-    stands alone (its largest), and the day counts the larger of the two, so one walk logged by hand and by a
-    watch counts once."""
+def day_minutes(values: tuple[Measurement, ...], device_refs: frozenset[str], first: date,
+                last: date) -> dict[date, float]:
+    """Minutes per day from `first` to `last`: the patient's own sessions add up (aerobic and strength on one
+    day), a device's total stands alone (its largest), and the day counts the larger of the two, so one walk
+    logged by hand and by a watch counts once. The one rule for the card, the app and the companion."""
     own: dict[date, float] = {}
     device: dict[date, float] = {}
-    floor = today - timedelta(days=7 * WINDOW_WEEKS - 1)
     for m in values:
         d = m.effective.date()
-        if floor <= d <= today:
+        if first <= d <= last:
             if m.ref in device_refs:
                 device[d] = max(device.get(d, 0.0), m.value)
             else:

@@ -45,13 +45,13 @@ class OpenReferral:
 
     @property
     def from_card(self) -> bool:
-        return any(str(i.get("value", "")).startswith(CARD_DRAFT_PREFIX) for i in _our_identifiers(self.referral))
+        return any(str(i.get("value", "")).startswith(CARD_DRAFT_PREFIX) for i in our_identifiers(self.referral))
 
     def written_by(self, entries: list[dict[str, Any]]) -> bool:
         """This referral is one the given entries write (an interrupted attempt at the same signing committed
         it): it is to be found again by identifier, not revised as an older referral."""
-        ours = {i["value"] for i in _our_identifiers(self.referral)}
-        return any(i["value"] in ours for e in entries for i in _our_identifiers(e.get("resource") or {}))
+        ours = {i["value"] for i in our_identifiers(self.referral)}
+        return any(i["value"] in ours for e in entries for i in our_identifiers(e.get("resource") or {}))
 
     @property
     def careplan_ref(self) -> str | None:
@@ -107,19 +107,20 @@ def open_referrals(resources: Iterable[dict[str, Any]]) -> list[OpenReferral]:
         mine = [t for t in tasks if _points_at(t.get("focus"), ref)]
         carried = {s.get("reference") for s in sr.get("supportingInfo") or () if isinstance(s, dict)}
         rx = tuple(r for r in requests if f"ServiceRequest/{r['id']}" in carried and r.get("status") in OPEN_REQUEST
-                   and _our_identifiers(r))
+                   and our_identifiers(r))
         out.append(OpenReferral(
             referral=sr,
             tasks=tuple(t for t in mine if has_code(t.get("code"), TASK_CODE, "fulfill")),
             clearances=tuple(t for t in mine if has_code(t.get("code"), TASK_CODE, "approve")),
             prescriptions=rx,
-            ours=bool(_our_identifiers(sr)),
+            ours=bool(our_identifiers(sr)),
         ))
     out.sort(key=lambda o: (not o.ours, str(o.referral.get("authoredOn") or ""), o.ref))
     return out
 
 
-def _our_identifiers(resource: dict[str, Any]) -> list[dict[str, Any]]:
+def our_identifiers(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The business identifiers onco-exercise gave a resource it wrote (none: written by someone else)."""
     return [i for i in resource.get("identifier") or () if isinstance(i, dict)
             and i.get("system") == canonical.ID_PRESCRIPTION and isinstance(i.get("value"), str)]
 

@@ -34,7 +34,7 @@ def report_bundle(report: Report, alerts: tuple[Alert, ...], *, entry_id: str, p
                   communications: bool = True) -> dict[str, Any]:
     """The transaction Bundle for one report; `care_team` (e.g. the referral's requester) receives the
     Communications when known; `flags`/`communications`: what the token may create."""
-    b = _Builder(entry_id, patient_ref, report.day.isoformat(), now.isoformat(timespec="seconds"))
+    b = _Builder(entry_id, patient_ref, report.day.isoformat(), now)
     if report.session is not None:
         s = report.session
         members = [
@@ -79,8 +79,11 @@ def _qty(value: float, code: str, unit: str) -> dict[str, Any]:
 
 
 class _Builder:
-    def __init__(self, entry_id: str, patient_ref: str, day: str, now: str) -> None:
-        self.entry_id, self.patient_ref, self.day, self.now = entry_id, patient_ref, day, now
+    def __init__(self, entry_id: str, patient_ref: str, day: str, now: datetime) -> None:
+        self.entry_id, self.patient_ref, self.day = entry_id, patient_ref, day
+        self.now = now.isoformat(timespec="seconds")
+        # when a report stops being news (ALERT_DAYS): the Flag's period ends, so it closes by itself
+        self.until = (now + timedelta(days=ALERT_DAYS)).isoformat(timespec="seconds")
         self.entries: list[Entry] = []
 
     def identifier(self, role: str) -> dict[str, str]:
@@ -129,11 +132,6 @@ class _Builder:
                          "text": alert.clinician_text},
                 "subject": {"reference": self.patient_ref}, "period": {"start": self.now, "end": self.until},
                 "author": {"reference": self.patient_ref}}
-
-    @property
-    def until(self) -> str:
-        """When a report stops being news (ALERT_DAYS): the Flag's period ends, so it closes by itself."""
-        return (datetime.fromisoformat(self.now) + timedelta(days=ALERT_DAYS)).isoformat(timespec="seconds")
 
     def communication(self, alert: Alert, flag_url: str | None, care_team: str | None) -> dict[str, Any]:
         res: dict[str, Any] = {

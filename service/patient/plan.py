@@ -10,9 +10,9 @@ import re
 from datetime import date
 from typing import Any
 
-from service import canonical
 from service.clinical.selfreport import EFFORT_WORDS
-from service.fhir.open_referrals import OpenReferral, open_referrals
+from service.clinical.snapshot import concept_text
+from service.fhir.open_referrals import OpenReferral, open_referrals, our_identifiers
 
 STATE_WORDS = {
     "pending-clearance": "On hold: your doctor needs to check a few things before you start. They will contact you.",
@@ -45,7 +45,7 @@ def plan_view(resources: list[dict[str, Any]], today: date, *, care_team_contact
             [_this_week(sr, today) for sr in _by_code(o)[:1]],
             "stopRules": [ln for ln in _lines(o.referral.get("patientInstruction")) if not ln.endswith(":")],
             "goals": [_plain(g["description"]["text"]) for g in resources if g.get("resourceType") == "Goal"
-                      and g.get("lifecycleStatus") in ("active", "on-hold") and _ours(g)
+                      and g.get("lifecycleStatus") in ("active", "on-hold") and our_identifiers(g)
                       and isinstance((g.get("description") or {}).get("text"), str)]}
 
 
@@ -80,17 +80,8 @@ def _bounds(sr: dict[str, Any]) -> tuple[str | None, str | None]:
             b.get("end") if isinstance(b.get("end"), str) else None)
 
 
-def _ours(resource: dict[str, Any]) -> bool:
-    return any(isinstance(i, dict) and i.get("system") == canonical.ID_PRESCRIPTION
-               for i in resource.get("identifier") or ())
-
-
 def _text(cc: Any) -> str:
-    if not isinstance(cc, dict):
-        return ""
-    if isinstance(cc.get("text"), str):
-        return cc["text"]
-    return next((c.get("display") for c in cc.get("coding") or () if isinstance(c, dict) and c.get("display")), "")
+    return concept_text(cc) or ""
 
 
 def _plain(line: str) -> str:

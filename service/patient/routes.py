@@ -111,26 +111,26 @@ async def read_plan(ehr: Any, request: Request, patient: str) -> dict[str, Any]:
 
 
 async def _minutes_this_week(ehr: Any, patient: str, today: date) -> tuple[int, list[str]]:
-    """Exercise minutes logged since Monday, largest entry per day (the patient's own entries and those another
-    app or a wearable posted, under any of the exercise-minutes codes), and the devices they came from."""
+    """Exercise minutes logged since Monday (the patient's own entries and those another app or a wearable posted,
+    under any of the exercise-minutes codes), read and counted as the clinical core reads and counts them
+    (snapshot units, adaptation.day_minutes), and the devices they came from."""
+    from service.clinical.adaptation import day_minutes
+    from service.clinical.snapshot import build_snapshot
     from service.terminology import get_terminology
 
     monday = today - timedelta(days=today.weekday())
     codes = ",".join(f"{sys}|{code}" for sys, code in get_terminology().observation_codes("exercise-minutes"))
     found = await ehr.search("Observation", [("patient", patient), ("code", codes),
                                              ("date", f"ge{monday.isoformat()}"), ("_count", "100")])
-    per_day: dict[str, float] = {}
+    snap = build_snapshot({"resourceType": "Bundle", "type": "collection",
+                           "entry": [{"resource": r} for r in found.resources]}, datetime.now(timezone.utc))
+    minutes = day_minutes(snap.history.get("exercise-minutes", ()), snap.device_refs, monday, today)
     devices: list[str] = []
     for r in found.resources:
-        day, q = str(r.get("effectiveDateTime") or "")[:10], r.get("valueQuantity") or {}
-        value = q.get("value")
-        if not day or not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        per_day[day] = max(per_day.get(day, 0.0), float(value) * (60 if q.get("code") == "h" else 1))
         device = (r.get("device") or {}).get("display") if isinstance(r.get("device"), dict) else None
-        if isinstance(device, str) and device not in devices:
+        if isinstance(device, str) and device[:60] not in devices:
             devices.append(device[:60])
-    return round(sum(per_day.values())), devices
+    return round(sum(minutes.values())), devices
 
 
 @router.get("/patient/app", include_in_schema=False)
@@ -237,7 +237,7 @@ async def _write(request: Request, s: str, sess: dict[str, Any], report: Report,
     patient_ref = f"Patient/{sess['patient']}"
     try:
         async with fhir_client(of(request), request.app.state.store, s, sess) as ehr:
-            care_team = await _care_team(ehr, request, sess["patient"]) if alerts else None
+            care_team = await _care_team(ehr, sess["patient"]) if alerts else None
             bundle = report_bundle(report, alerts, entry_id=entry_id, patient_ref=patient_ref, now=now,
                                    care_team=care_team, flags=may["Flag"], communications=may["Communication"])
             if not bundle["entry"]:
@@ -277,14 +277,18 @@ def queue_key(sess: dict[str, Any]) -> str:
     return hashlib.sha256(f"{sess['iss']}|{sess['patient']}".encode()).hexdigest()[:24]
 
 
-async def _care_team(ehr: Any, request: Request, patient: str) -> str | None:
-    """Whom the Communications go to: the requester of the patient's open referral, when readable."""
+async def _care_team(ehr: Any, patient: str) -> str | None:
+    """Whom the Communications go to: the requester of the patient's newest open referral of ours, when readable
+    (one search: the referral is all it needs)."""
     from service.fhir.errors import FhirError
+    from service.fhir.open_referrals import open_referrals
 
     try:
-        req = (await read_plan(ehr, request, patient)).get("requester")
+        found = await ehr.search("ServiceRequest", [("patient", patient), ("_count", "100")])
     except FhirError:  # without a recipient the Flag still shows on the clinician's next card
         return None
+    ours = [o for o in open_referrals(found.resources) if o.ours]
+    req = (ours[-1].referral.get("requester") or {}).get("reference") if ours else None
     return req if isinstance(req, str) and req.startswith(("Practitioner/", "PractitionerRole/")) else None
 
 
