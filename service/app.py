@@ -97,6 +97,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(cds_router)
     app.include_router(smart_router)
     app.include_router(patient_router)
+    from service.cds_hooks.direct import DirectHookRoute, hook_route
+
+    app.add_middleware(DirectHookRoute, route=hook_route(cds_router.routes))  # innermost: see its module
 
     if settings.mode == "sandbox":
         from service.sandbox.setup import install as install_sandbox

@@ -77,15 +77,28 @@ class CardContext:
 
 
 def prune(value: Any) -> Any:
-    """Drop None, empty strings, empty lists and empty objects, recursively (the spec forbids them)."""
+    """Drop None, empty strings, empty lists and empty objects, recursively (the spec forbids them).
+
+    One function, the common leaves (strings, numbers) settled inline: the card and its draft resource are
+    pruned on every hook call."""
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
-            if (v := _pruned(v)) is not _EMPTY:
+            if type(v) is str:
+                if v:
+                    out[k] = v
+            elif v is not None and (v := _pruned(v)) is not _EMPTY:
                 out[k] = v
         return out
     if isinstance(value, list):
-        return [v for v in map(_pruned, value) if v is not _EMPTY]
+        kept = []
+        for v in value:
+            if type(v) is str:
+                if v:
+                    kept.append(v)
+            elif v is not None and (v := _pruned(v)) is not _EMPTY:
+                kept.append(v)
+        return kept
     return value
 
 
@@ -93,13 +106,12 @@ _EMPTY = object()
 
 
 def _pruned(v: Any) -> Any:
-    """prune(v), or _EMPTY when what is left is empty. Strings, the most common leaf, are settled without a
-    call (the card and its draft resource are pruned on every hook call)."""
-    if type(v) is str:
+    """prune(v) for a value that is not a plain string or None, or _EMPTY when what is left is empty."""
+    if isinstance(v, (dict, list)):
+        v = prune(v)
         return v if v else _EMPTY
-    if v is None:
-        return _EMPTY
-    v = prune(v)
+    if type(v) in (int, float, bool):
+        return v
     return _EMPTY if v == "" or v == [] or v == {} else v
 
 

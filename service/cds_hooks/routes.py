@@ -101,10 +101,11 @@ async def discovery(request: Request) -> Response:
 
 
 def _decide(req: HookRequest, data: HookData, service_id: str, request: Request, now: datetime) -> CardPlan:
+    from service.clinical.lookback import hook_lookback
     from service.clinical.snapshot import build_snapshot
 
     settings = request.app.state.settings
-    snapshot = build_snapshot(data.items, now)
+    snapshot = build_snapshot(data.items, now, lookback=hook_lookback())
     prescription = None
     if snapshot.has_cancer:
         from service.clinical.prescribe import prescribe

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from functools import lru_cache
 from operator import attrgetter
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 from service.canonical import CS_COMPANION_ALERT as COMPANION_ALERT
 from service.clinical.selfreport import urgency_rank
@@ -257,6 +257,9 @@ class _Builder:
     units: dict[str, str] = field(default_factory=dict)
     # Per-snapshot memo (hot path): a lab panel's results share one timestamp, parsed once per snapshot.
     _dt_memo: dict[str, datetime | None] = field(default_factory=dict, repr=False)
+    # measure -> the time before which its results are set aside unread (see `lookback`), and those set aside
+    cutoffs: dict[str, datetime] = field(default_factory=dict)
+    older: dict[str, list[tuple[datetime, dict[str, Any], str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.measure_by_code = self.term.measure_index()
@@ -289,8 +292,13 @@ class _Builder:
         ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else full_url or f"{kind}/(no id)"
         if ref in self.seen and kind != "Patient":
             return  # the same resource in two prefetch Bundles
+        self._handle(handler, res, ref)
+        self.seen.add(ref)
+
+    def _handle(self, handler: Callable[..., None], res: dict[str, Any], ref: str) -> None:
+        """Run one resource's handler; a resource naming another patient, or malformed, is skipped with a note."""
         try:
-            if self.patient_aliases and kind != "Patient":
+            if self.patient_aliases and res["resourceType"] != "Patient":
                 subject = res.get("subject") or res.get("patient") or res.get("for")
                 if isinstance(subject, dict):
                     sref = subject.get("reference")
@@ -301,7 +309,16 @@ class _Builder:
             self.issues.append(f"{ref} skipped: {exc}")
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             self.issues.append(f"{ref} skipped: malformed ({type(exc).__name__})")
-        self.seen.add(ref)
+
+    def _release(self, measure: str, whole: bool) -> None:
+        """Read the results of `measure` set aside as older than its lookback: all of them, or (not `whole`) the
+        newest first until one reads (the `stale` value shown when there is no current one)."""
+        self.cutoffs.pop(measure, None)
+        for effective, res, ref in sorted(self.older.pop(measure, ()), key=lambda x: (x[0], x[2]), reverse=True):
+            got = self.values.get(measure)
+            if not whole and got and effective < got[0].effective:
+                return  # all that share the newest time are read (a conflict there is shown)
+            self._handle(_Builder._observation, res, ref)
 
     # ------------------------------------------------------------ Patient
     def _patient(self, res: dict[str, Any], ref: str) -> None:
@@ -440,6 +457,10 @@ class _Builder:
                 return
             raise _Skip("no effective time")
         if effective > self.now:
+            return
+        cutoff = self.cutoffs.get(measure)
+        if cutoff is not None and effective < cutoff and "component" not in res:
+            self.older.setdefault(measure, []).append((effective, res, ref))  # read if nothing newer is (result)
             return
         units = self.units
         flag = interpretation_flag(res) if "interpretation" in res else None
@@ -695,6 +716,16 @@ class _Builder:
 
     # ------------------------------------------------------------ result
     def result(self) -> PatientSnapshot:
+        if self.older:
+            # A measure with no result inside its lookback is read in full (its newest older result is `stale`);
+            # neutrophils reported in parts are combined with the white cells of the same draw, so then the
+            # whole blood count is read in full.
+            parts = any(k in self.values or k in self.older for k in NEUTROPHIL_PARTS)
+            for measure in list(self.older):
+                if parts and measure in BLOOD_COUNT:
+                    self._release(measure, whole=True)
+                elif measure not in self.values:
+                    self._release(measure, whole=False)
         for m in derived_anc(self.values):
             self._add(m)
         latest: dict[str, Measurement] = {}
@@ -765,6 +796,11 @@ def _weekly_dose(res: dict[str, Any], ref: str) -> PlannedDose | None:
     start, end = parse_datetime(bounds.get("start")), parse_datetime(bounds.get("end"))
     return PlannedDose(ref, float(freq) * float(minutes) / float(period), start.date() if start else None,
                        end.date() if end else None)
+
+
+NEUTROPHIL_PARTS = ("neutrophils-segmented", "neutrophils-band", "neutrophils-percent", "neutrophils-segmented-percent",
+                    "neutrophils-band-percent")
+BLOOD_COUNT = frozenset({"wbc", "anc", *NEUTROPHIL_PARTS})  # what `derived_anc` combines
 
 
 def derived_anc(values: dict[str, list[Measurement]]) -> list[Measurement]:
@@ -871,17 +907,25 @@ def _walk(item: Any, full_url: str | None, out: list[tuple[dict[str, Any], str |
             _walk(x, None, out)
 
 
-def build_snapshot_report(data: Any, now: datetime,
-                          terminology: Terminology | None = None) -> tuple[PatientSnapshot, tuple[str, ...]]:
-    """The snapshot plus notes on every resource that was skipped (malformed, unusable unit, other patient)."""
-    builder = _Builder(as_utc(now), terminology or get_terminology())
+def build_snapshot_report(data: Any, now: datetime, terminology: Terminology | None = None,
+                          lookback: Mapping[str, int] | None = None) -> tuple[PatientSnapshot, tuple[str, ...]]:
+    """The snapshot plus notes on every resource that was skipped (malformed, unusable unit, other patient).
+
+    `lookback` (measure -> days, see `service.clinical.lookback`) leaves out the history of those measures
+    older than that many days, when a newer result exists: what the rules read is unchanged, the reading of
+    years of monthly labs is saved (the CDS hook). Without it the history is complete (the app's trends).
+    """
+    at = as_utc(now)
+    builder = _Builder(at, terminology or get_terminology())
+    if lookback:
+        builder.cutoffs = {m: at - timedelta(days=days) for m, days in lookback.items()}
     builder.add_all(iter_resources(data))
     return builder.result(), tuple(builder.issues)
 
 
-def build_snapshot(data: Any, now: datetime) -> PatientSnapshot:
+def build_snapshot(data: Any, now: datetime, lookback: Mapping[str, int] | None = None) -> PatientSnapshot:
     """FHIR R4 Bundle(s)/resource(s) as dicts -> PatientSnapshot at `now` (hot path: no model validation)."""
-    return build_snapshot_report(data, now)[0]
+    return build_snapshot_report(data, now, lookback=lookback)[0]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,150 @@
+"""The hook's lookback (issue 17) reads less history and must change nothing the rules, the card or its draft
+referral say.
+
+Every scenario Bundle, every real-world case (tests/fixtures/realworld, coded as EHRs send data) and the
+benchmark's two-year patient is spread over time: each Observation is copied at eight ages from 20 days to 800
+days back, its value scaled to 0.4x or 1.6x so that a copy read by mistake moves a rule (a low platelet count,
+a heavier weight six months ago, a fever). The snapshot with the hook's lookback must give the same current
+and stale values, the same unreadable results, the same prescription and the same card as the full snapshot.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any, Mapping
+
+import pytest
+
+from service.clinical import lookback as lb
+from service.clinical.prescribe import prescribe
+from service.clinical.snapshot import build_snapshot, parse_datetime
+from service.cds_hooks.cards import CardContext, decide
+from service.terminology import get_terminology
+from tests.clinical.support import NOW, bundle, preferences, scenario_names
+from tests.clinical.test_realworld import MANIFEST, REALWORLD
+
+AGES_DAYS = (20, 45, 100, 170, 200, 300, 380, 800)
+CTX = CardContext(service_id="onco-exercise-encounter-start", public_url="https://onco.example",
+                  exercise_service_ref="Organization/exercise-service", user_ref="Practitioner/onc-1",
+                  hook_instance="d3b0c1a2-0000-4000-8000-000000000001", encounter_id="enc-1")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _scaled(holder: dict[str, Any], factor: float) -> None:
+    q = holder.get("valueQuantity")
+    if isinstance(q, dict) and isinstance(q.get("value"), (int, float)) and not isinstance(q.get("value"), bool):
+        q["value"] = round(q["value"] * factor, 3)
+    for comp in holder.get("component") or ():
+        if isinstance(comp, dict):
+            _scaled(comp, factor)
+
+
+def spread(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with every dated Observation also copied at AGES_DAYS before its own time, values scaled."""
+    out = copy.deepcopy(data)
+    extra = []
+    for entry in out.get("entry") or ():
+        res = entry.get("resource") or {}
+        when = parse_datetime(res.get("effectiveDateTime")) if res.get("resourceType") == "Observation" else None
+        if when is None:
+            continue
+        for i, days in enumerate(AGES_DAYS):
+            old = copy.deepcopy(res)
+            old["id"] = f"{res.get('id', 'obs')}-older-{days}"
+            old["effectiveDateTime"] = (when - timedelta(days=days)).isoformat()
+            _scaled(old, 0.4 if i % 2 else 1.6)
+            extra.append({"fullUrl": f"urn:uuid:{old['id']}", "resource": old})
+    out["entry"] = [*(out.get("entry") or []), *extra]
+    return out
+
+
+def _card(prescription: Any, snapshot: Any) -> Any:
+    plan = decide(prescription, snapshot, CTX, complete=True, missing=[], budget=5.0)
+    return plan.kind, json.loads(UUID.sub("U", json.dumps(plan.card, sort_keys=True))) if plan.card else None
+
+
+def outcome(data: dict[str, Any], lookback: Mapping[str, int] | None, prefs: Any = None) -> dict[str, Any]:
+    s = build_snapshot(data, NOW, lookback=lookback)
+    p = prescribe(s, NOW, prefs)
+    return {"latest": s.latest, "stale": s.stale, "unreadable": s.unreadable, "prescription": p,
+            "card": _card(p, s)}
+
+
+def cases() -> list[tuple[str, dict[str, Any], Any]]:
+    from tests.cds_hooks import patients
+
+    out = [(f"scenario/{n}", bundle(n), preferences(n)) for n in scenario_names()]
+    out += [(f"realworld/{n}", json.loads((REALWORLD / f"{n}.json").read_text(encoding="utf-8")), None)
+            for n in sorted(MANIFEST)]
+    bulky = patients.bulky("bench-patient", months=27).prefetch()
+    out.append(("bench/bulky", {"resourceType": "Bundle", "type": "collection",
+                                "entry": [e for b in bulky.values() if isinstance(b, dict)
+                                          for e in (b.get("entry") or () if b.get("resourceType") == "Bundle"
+                                                    else [{"resource": b}])]}, None))
+    return out
+
+
+CASES = cases()
+
+
+@pytest.mark.parametrize("name,data,prefs", CASES, ids=[c[0] for c in CASES])
+def test_the_lookback_changes_nothing_the_rules_or_card_say(name: str, data: dict[str, Any], prefs: Any) -> None:
+    spread_data = spread(data)
+    assert outcome(spread_data, lb.hook_lookback(), prefs) == outcome(spread_data, None, prefs), name
+
+
+def test_the_lookback_reads_less() -> None:
+    data = spread(bundle("baseline_breast"))
+    full = build_snapshot(data, NOW)
+    short = build_snapshot(data, NOW, lookback=lb.hook_lookback())
+    assert sum(map(len, short.history.values())) < sum(map(len, full.history.values())) / 2
+    for key in ("platelets", "hemoglobin"):
+        assert len(full.history[key]) == 1 + len(AGES_DAYS) and len(short.history[key]) == 1, key
+    # the rules' measures only: the follow-up card's functional tests and the companion's logs stay whole
+    assert not lb.CURRENT_VALUE_MEASURES & {"six-minute-walk", "sit-to-stand", "tug", "grip-right", "grip-left",
+                                            "evs-minutes-per-week", "exercise-minutes", "sessions-attended"}
+
+
+def test_every_lookback_covers_the_max_age_and_the_windows() -> None:
+    infos = get_terminology().measures()
+    days = lb.hook_lookback()
+    assert set(days) == lb.CURRENT_VALUE_MEASURES & set(infos)
+    assert set(days) == lb.CURRENT_VALUE_MEASURES, "a lookback measure missing from terminology/"
+    for key, n in days.items():
+        assert n >= infos[key].max_age_days + lb.MARGIN_DAYS, key
+    assert days["weight"] >= 2 * 182 and days["platelets"] >= 14 + 3
+
+
+def test_a_stale_value_is_still_the_newest_older_one() -> None:
+    """With nothing inside the lookback, the newest older result is read (and shown as stale)."""
+    data = bundle("baseline_breast")
+    for e in data["entry"]:
+        r = e["resource"]
+        if r.get("resourceType") == "Observation" and r.get("effectiveDateTime"):
+            r["effectiveDateTime"] = (parse_datetime(r["effectiveDateTime"]) - timedelta(days=400)).isoformat()
+    spread_data = spread(data)
+    short = build_snapshot(spread_data, NOW, lookback=lb.hook_lookback())
+    full = build_snapshot(spread_data, NOW)
+    assert short.stale and short.stale == full.stale and not short.latest
+    assert all(len(v) <= 2 for k, v in short.history.items() if k in lb.CURRENT_VALUE_MEASURES)
+
+
+def test_a_too_short_lookback_is_caught() -> None:
+    """The equivalence check above can fail: a lookback shorter than the rules' windows changes outcomes."""
+    short = {k: 3 for k in lb.hook_lookback()}
+    differs = [name for name, data, prefs in CASES
+               if outcome(spread(data), short, prefs) != outcome(spread(data), None, prefs)]
+    assert len(differs) > 10
+
+
+def test_the_lookback_is_measured_from_now() -> None:
+    data = spread(bundle("baseline_breast"))
+    later = NOW + timedelta(days=30)
+    s = build_snapshot(data, later, lookback=lb.hook_lookback())
+    cut = later - timedelta(days=lb.hook_lookback()["hemoglobin"])
+    hist = s.history.get("hemoglobin", ())
+    assert all(m.effective >= cut for m in hist) or len(hist) == 1
+    assert isinstance(cut, datetime)
