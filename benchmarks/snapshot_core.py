@@ -29,6 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service.clinical.lookback import hook_lookback  # noqa: E402
 from service.clinical.prescribe import prescribe  # noqa: E402
 from service.clinical.snapshot import build_snapshot  # noqa: E402
 from tests.fixtures.build_fixtures import (  # noqa: E402
@@ -172,6 +173,24 @@ def main() -> int:
         total_t.append((t2 - t0) * 1000)
         cpu_t.append((c1 - c0) * 1000)
 
+    # The CDS hook's snapshot reads each lab and vital sign only as far back as a rule looks (issue 17):
+    # on this Bundle and on the wrk benchmark's patient (27 months of monthly labs and vitals).
+    from tests.cds_hooks.patients import bulky
+
+    pre = bulky("bench-patient", months=27).prefetch()
+    two_years = {"resourceType": "Bundle", "type": "collection", "entry": [
+        e for b in pre.values() if isinstance(b, dict)
+        for e in (b.get("entry") or () if b.get("resourceType") == "Bundle" else [{"resource": b}])]}
+    lookback: dict[str, dict[str, list[float]]] = {}
+    for label, bundle in (("this bundle", data), ("27 months", two_years)):
+        times: dict[str, list[float]] = {"full": [], "hook": []}
+        for _ in range(args.runs):
+            for kind, lb in (("full", None), ("hook", hook_lookback())):
+                t0 = time.perf_counter()
+                build_snapshot(bundle, NOW, lookback=lb)
+                times[kind].append((time.perf_counter() - t0) * 1000)
+        lookback[label] = times
+
     def stats(xs: list[float]) -> dict[str, float]:
         xs = sorted(xs)
         return {"median_ms": round(statistics.median(xs), 3), "p95_ms": round(xs[int(len(xs) * 0.95) - 1], 3),
@@ -181,6 +200,9 @@ def main() -> int:
         "benchmark": "snapshot_core", "resources": n_resources, "runs": args.runs,
         "build_snapshot": stats(snap_t), "build_snapshot_plus_prescribe": stats(total_t),
         "build_snapshot_plus_prescribe_cpu": stats(cpu_t),
+        "hook_lookback": {label: {"resources": len((data if label == "this bundle" else two_years)["entry"]),
+                                  "full_history": stats(t["full"]), "hook": stats(t["hook"])}
+                          for label, t in lookback.items()},
         "target_ms": 5.0, "python": platform.python_version(), "machine": platform.machine(),
         "cpus": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -207,6 +229,9 @@ def main() -> int:
     print(f"CPU time (excludes waiting for a core): median "
           f"{result['build_snapshot_plus_prescribe_cpu']['median_ms']:.3f} ms, "
           f"p95 {result['build_snapshot_plus_prescribe_cpu']['p95_ms']:.3f} ms")
+    for label, r in result["hook_lookback"].items():
+        print(f"build_snapshot, {label} ({r['resources']} resources): full history median "
+              f"{r['full_history']['median_ms']:.3f} ms, the hook's lookback {r['hook']['median_ms']:.3f} ms")
     print(f"(load average {result['load_average_1m']} on {result['cpus']} CPUs: p95 includes scheduling noise)")
     print(f"wrote {out.relative_to(ROOT)}")
     return 0

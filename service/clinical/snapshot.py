@@ -259,7 +259,7 @@ class _Builder:
     _dt_memo: dict[str, datetime | None] = field(default_factory=dict, repr=False)
     # measure -> the time before which its results are set aside unread (see `lookback`), and those set aside
     cutoffs: dict[str, datetime] = field(default_factory=dict)
-    older: dict[str, list[tuple[datetime, dict[str, Any], str]]] = field(default_factory=dict)
+    older: dict[str, list[tuple[datetime, dict[str, Any], str | None]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.measure_by_code = self.term.measure_index()
@@ -279,8 +279,12 @@ class _Builder:
                 self.medications[ref] = res
                 if full_url:
                     self.medications[full_url] = res
+        cutoffs = self.cutoffs
         for res, full_url in items:
-            handler = self._HANDLERS.get(res.get("resourceType"))  # type: ignore[arg-type]
+            kind = res.get("resourceType")
+            if kind == "Observation" and cutoffs and self._set_aside(res, full_url):
+                continue
+            handler = self._HANDLERS.get(kind)  # type: ignore[arg-type]
             if handler is not None:
                 self._guard(handler, res, full_url)
 
@@ -292,13 +296,8 @@ class _Builder:
         ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else full_url or f"{kind}/(no id)"
         if ref in self.seen and kind != "Patient":
             return  # the same resource in two prefetch Bundles
-        self._handle(handler, res, ref)
-        self.seen.add(ref)
-
-    def _handle(self, handler: Callable[..., None], res: dict[str, Any], ref: str) -> None:
-        """Run one resource's handler; a resource naming another patient, or malformed, is skipped with a note."""
         try:
-            if self.patient_aliases and res["resourceType"] != "Patient":
+            if self.patient_aliases and kind != "Patient":
                 subject = res.get("subject") or res.get("patient") or res.get("for")
                 if isinstance(subject, dict):
                     sref = subject.get("reference")
@@ -309,16 +308,45 @@ class _Builder:
             self.issues.append(f"{ref} skipped: {exc}")
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             self.issues.append(f"{ref} skipped: malformed ({type(exc).__name__})")
+        self.seen.add(ref)
+
+    def _set_aside(self, res: dict[str, Any], full_url: str | None) -> bool:
+        """True when `res` is a result older than its measure's lookback: kept unread (see `result`). Anything
+        unusual (no plain date, a panel, a status we ignore, a malformed code) goes the normal way instead."""
+        when = res.get("effectiveDateTime")
+        if type(when) is not str or "component" in res or res.get("status") in IGNORED_OBSERVATION:
+            return False
+        # _dt and _measure_of, inlined: this runs for every dated Observation of every hook call
+        effective = self._dt_memo.get(when) or self._dt(when)
+        if effective is None:
+            return False
+        code = res.get("code")
+        codings = code.get("coding") if type(code) is dict else None
+        if type(codings) is not list:
+            return False
+        by_code, measure = self.measure_by_code, None
+        try:
+            for coding in codings:
+                if type(coding) is dict and (measure := by_code.get((coding.get("system"), coding.get("code")))):
+                    break
+        except TypeError:  # an unhashable system or code: malformed, reported by the normal way
+            return False
+        cutoff = self.cutoffs.get(measure) if measure else None
+        if cutoff is None or effective >= cutoff:
+            return False
+        self.older.setdefault(measure, []).append((effective, res, full_url))
+        return True
 
     def _release(self, measure: str, whole: bool) -> None:
         """Read the results of `measure` set aside as older than its lookback: all of them, or (not `whole`) the
         newest first until one reads (the `stale` value shown when there is no current one)."""
         self.cutoffs.pop(measure, None)
-        for effective, res, ref in sorted(self.older.pop(measure, ()), key=lambda x: (x[0], x[2]), reverse=True):
+        for effective, res, full_url in sorted(self.older.pop(measure, ()), key=lambda x: (x[0], _ref(x[1], x[2])),
+                                               reverse=True):
             got = self.values.get(measure)
             if not whole and got and effective < got[0].effective:
                 return  # all that share the newest time are read (a conflict there is shown)
-            self._handle(_Builder._observation, res, ref)
+            self._guard(_Builder._observation, res, full_url)
 
     # ------------------------------------------------------------ Patient
     def _patient(self, res: dict[str, Any], ref: str) -> None:
@@ -457,10 +485,6 @@ class _Builder:
                 return
             raise _Skip("no effective time")
         if effective > self.now:
-            return
-        cutoff = self.cutoffs.get(measure)
-        if cutoff is not None and effective < cutoff and "component" not in res:
-            self.older.setdefault(measure, []).append((effective, res, ref))  # read if nothing newer is (result)
             return
         units = self.units
         flag = interpretation_flag(res) if "interpretation" in res else None

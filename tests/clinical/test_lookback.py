@@ -148,3 +148,22 @@ def test_the_lookback_is_measured_from_now() -> None:
     hist = s.history.get("hemoglobin", ())
     assert all(m.effective >= cut for m in hist) or len(hist) == 1
     assert isinstance(cut, datetime)
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda r: r.update(code={"coding": [{"system": "http://loinc.org", "code": ["718-7"]}]}),
+    lambda r: r.update(code={"coding": {"system": "http://loinc.org"}}),
+    lambda r: r.update(code="718-7"),
+    lambda r: r.update(effectiveDateTime="last spring"),
+    lambda r: r.update(effectiveDateTime=20240101),
+    lambda r: r.update(subject={"reference": "Patient/someone-else"}),
+    lambda r: r.update(status="entered-in-error"),
+], ids=["unhashable code", "coding not a list", "code a string", "date words", "date a number", "other patient",
+        "entered in error"])
+def test_malformed_old_results_are_handled_as_without_the_lookback(mangle: Any) -> None:
+    """An odd old result never breaks the hook's snapshot, and reads the same as without the lookback."""
+    data = spread(bundle("hb_7_g_dl"))
+    for e in data["entry"]:
+        if "-older-" in e["resource"].get("id", ""):
+            mangle(e["resource"])
+    assert outcome(data, lb.hook_lookback()) == outcome(data, None)
