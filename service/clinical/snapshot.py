@@ -59,7 +59,10 @@ def parse_datetime(value: Any) -> datetime | None:
         return None
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # e.g. "0001-01-01T00:00:00+01:00": before year 1 in UTC; no usable date
+        return None
 
 
 def parse_date(value: Any) -> date | None:
@@ -219,6 +222,12 @@ def _cc_display(cc: Any, coding: dict[str, Any] | None, term: Terminology | None
     return coding.get("code", "") if coding else ""
 
 
+@lru_cache(maxsize=8)
+def _measure_positions(term: Terminology) -> dict[str, int]:
+    """measure -> its place in the terminology's observation table (the snapshot's order of measures)."""
+    return {key: i for i, key in enumerate(term.measures())}
+
+
 def _within(days: int, now: datetime, *dates: datetime | None) -> bool:
     """True when any of `dates` (onset, recorded ...) falls within `days` before `now`."""
     return any(d is not None and (now - d).days <= days for d in dates)
@@ -259,13 +268,19 @@ class _Builder:
     _dt_memo: dict[str, datetime | None] = field(default_factory=dict, repr=False)
     # measure -> the time before which its results are set aside unread (see `lookback`), and those set aside
     cutoffs: dict[str, datetime] = field(default_factory=dict)
-    older: dict[str, list[tuple[datetime, dict[str, Any], str | None]]] = field(default_factory=dict)
+    # measure -> (effective, position in the input, resource, ref) of each result set aside
+    older: dict[str, list[tuple[datetime, int, dict[str, Any], str]]] = field(default_factory=dict)
+    anonymous: int = 0  # resources with neither an id nor a fullUrl, each given its own reference
 
     def __post_init__(self) -> None:
         self.measure_by_code = self.term.measure_index()
         self.infos = self.term.measures()
         self.units = {k: m.unit for k, m in self.infos.items()}
         self.reader = value_reader(self.term)
+        self.positions = _measure_positions(self.term)
+
+    def _position(self, measure: str) -> int:
+        return self.positions.get(measure, len(self.positions))
 
     # ------------------------------------------------------------ entry point
     def add_all(self, items: list[tuple[dict[str, Any], str | None]]) -> None:
@@ -293,9 +308,22 @@ class _Builder:
         # its subject is skipped
         kind = res["resourceType"]
         rid = res.get("id")
-        ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else full_url or f"{kind}/(no id)"
+        ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else full_url or self._anonymous(kind)
         if ref in self.seen and kind != "Patient":
             return  # the same resource in two prefetch Bundles
+        self.seen.add(ref)
+        self._run(handler, res, ref)
+
+    def _anonymous(self, kind: str) -> str:
+        """A reference for a resource with neither an id nor a fullUrl: its own, so that it is not taken for a
+        copy of another one and skipped."""
+        self.anonymous += 1
+        return f"{kind}/(no id {self.anonymous})"
+
+    def _run(self, handler: Callable[..., None], res: dict[str, Any], ref: str) -> None:
+        """One resource's handler; a resource naming another patient as its subject, or malformed, is skipped
+        with a note."""
+        kind = res["resourceType"]
         try:
             if self.patient_aliases and kind != "Patient":
                 subject = res.get("subject") or res.get("patient") or res.get("for")
@@ -308,13 +336,13 @@ class _Builder:
             self.issues.append(f"{ref} skipped: {exc}")
         except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             self.issues.append(f"{ref} skipped: malformed ({type(exc).__name__})")
-        self.seen.add(ref)
 
     def _set_aside(self, res: dict[str, Any], full_url: str | None) -> bool:
         """True when `res` is a result older than its measure's lookback: kept unread (see `result`). Anything
         unusual (no plain date, a panel, a status we ignore, a malformed code) goes the normal way instead."""
         when = res.get("effectiveDateTime")
-        if type(when) is not str or "component" in res or res.get("status") in IGNORED_OBSERVATION:
+        status = res.get("status")
+        if type(when) is not str or type(status) is not str or status in IGNORED_OBSERVATION or "component" in res:
             return False
         # _dt and _measure_of, inlined: this runs for every dated Observation of every hook call
         effective = self._dt_memo.get(when) or self._dt(when)
@@ -334,19 +362,32 @@ class _Builder:
         cutoff = self.cutoffs.get(measure) if measure else None
         if cutoff is None or effective >= cutoff:
             return False
-        self.older.setdefault(measure, []).append((effective, res, full_url))
+        rid = res.get("id")  # the first copy of a resource counts, as in _guard
+        ref = f"Observation/{rid}" if isinstance(rid, str) and rid else full_url or self._anonymous("Observation")
+        if ref not in self.seen:
+            self.seen.add(ref)
+            older = self.older.setdefault(measure, [])  # type: ignore[arg-type]
+            older.append((effective, len(older), res, ref))
         return True
 
     def _release(self, measure: str, whole: bool) -> None:
-        """Read the results of `measure` set aside as older than its lookback: all of them, or (not `whole`) the
-        newest first until one reads (the `stale` value shown when there is no current one)."""
+        """Read the results of `measure` set aside as older than its lookback: all of them in their input order,
+        or (not `whole`) the newest first until one reads (the `stale` value when there is no current one)."""
         self.cutoffs.pop(measure, None)
-        for effective, res, full_url in sorted(self.older.pop(measure, ()), key=lambda x: (x[0], _ref(x[1], x[2])),
-                                               reverse=True):
-            got = self.values.get(measure)
-            if not whole and got and effective < got[0].effective:
+        older = self.older.pop(measure, [])
+        if whole:
+            for _, _, res, ref in older:
+                self._run(_Builder._observation, res, ref)
+            return
+        for effective, _, res, ref in sorted(older, key=lambda x: (x[0], x[3]), reverse=True):
+            newest = self._newest(measure)
+            if newest is not None and effective < newest:
                 return  # all that share the newest time are read (a conflict there is shown)
-            self._guard(_Builder._observation, res, full_url)
+            self._run(_Builder._observation, res, ref)
+
+    def _newest(self, measure: str) -> datetime | None:
+        got = self.values.get(measure)
+        return max(m.effective for m in got) if got else None
 
     # ------------------------------------------------------------ Patient
     def _patient(self, res: dict[str, Any], ref: str) -> None:
@@ -748,15 +789,18 @@ class _Builder:
             for measure in list(self.older):
                 if parts and measure in BLOOD_COUNT:
                     self._release(measure, whole=True)
-                elif measure not in self.values:
-                    self._release(measure, whole=False)
+                elif (newest := self._newest(measure)) is None or newest < self.cutoffs[measure]:
+                    self._release(measure, whole=False)  # nothing inside the lookback (a panel's, a period's)
         for m in derived_anc(self.values):
             self._add(m)
         latest: dict[str, Measurement] = {}
         stale: dict[str, Measurement] = {}
         history: dict[str, tuple[Measurement, ...]] = {}
         measures = self.infos
-        for measure, values in self.values.items():
+        # in the terminology's order, not the input's: what reads them in order (findings, wording) is the same
+        # whatever order the EHR sent them in
+        for measure in sorted(self.values, key=self._position):
+            values = self.values[measure]
             values.sort(key=_BY_TIME)  # (effective, ref)
             history[measure] = tuple(values)
             newest = values[-1]

@@ -677,7 +677,11 @@ def _data_displays(snapshot: PatientSnapshot, wanted: set[str]) -> dict[str, str
     on every hook call: only what the referral cites is worded)."""
     out: dict[str, str] = {}
     groups = [snapshot.latest.values(), snapshot.stale.values(), *snapshot.history.values()]
-    for m in (m for g in groups for m in g) if wanted else ():
+    # A count derived from parts (ANC from white cells x neutrophil %) carries its first part's reference: that
+    # resource is worded as what it holds, the derived count only when nothing else has the reference.
+    measured = (m for g in groups for m in g if not m.derived_from)
+    derived = (m for g in groups for m in g if m.derived_from)
+    for m in (m for part in (measured, derived) for m in part) if wanted else ():
         if m.ref in wanted and m.ref not in out:
             out[m.ref] = " ".join(x for x in (_measure_label(m.measure), f"{_num(round(m.value, 2))}",
                                               human_unit(m.unit), f"({_utc(m.effective).date().isoformat()})") if x)

@@ -139,6 +139,34 @@ def test_accepts_several_bundles_and_bare_resources() -> None:
     assert build_snapshot(iter([b]), NOW) == build_snapshot(b, NOW)
 
 
+def _platelets(value: float, when: str, **extra: object) -> dict:
+    res = {"resourceType": "Observation", "status": "final",
+           "code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]},
+           "valueQuantity": {"value": value, "unit": "10*3/uL", "system": "http://unitsofmeasure.org",
+                             "code": "10*3/uL"}, "effectiveDateTime": when}
+    res.update(extra)
+    return res
+
+
+def test_resources_without_an_id_are_each_read() -> None:
+    """Two platelet counts with neither an id nor a fullUrl are two results, not one resource sent twice: the
+    low newer one was dropped before (both were "Observation/(no id)")."""
+    b = bundle("baseline_breast")
+    b = {**b, "entry": [*b["entry"], {"resource": _platelets(150, "2026-11-01T09:00:00Z")},
+                        {"resource": _platelets(12, "2026-11-19T09:00:00Z")}]}
+    s = build_snapshot(b, NOW)
+    assert s.latest["platelets"].value == 12
+    assert len({m.ref for m in s.history["platelets"]}) == len(s.history["platelets"])
+
+
+def test_a_date_before_year_one_in_utc_is_unreadable_not_a_crash() -> None:
+    b = bundle("baseline_breast")
+    b = {**b, "entry": [*b["entry"], {"resource": _platelets(12, "0001-01-01T00:00:00+01:00", id="ancient")}]}
+    s = build_snapshot(b, NOW)
+    assert ("Observation/ancient", "defer") in {(u.ref, u.requires) for u in s.unreadable}
+    assert parse_datetime("0001-01-01T00:00:00+01:00") is None
+
+
 def test_naive_now_is_utc() -> None:
     b = bundle("fever_celsius")
     assert build_snapshot(b, NOW.replace(tzinfo=None)) == build_snapshot(b, NOW)
