@@ -177,10 +177,8 @@ def main() -> int:
     # on this Bundle and on the wrk benchmark's patient (27 months of monthly labs and vitals).
     from tests.cds_hooks.patients import bulky
 
-    pre = bulky("bench-patient", months=27).prefetch()
-    two_years = {"resourceType": "Bundle", "type": "collection", "entry": [
-        e for b in pre.values() if isinstance(b, dict)
-        for e in (b.get("entry") or () if b.get("resourceType") == "Bundle" else [{"resource": b}])]}
+    two_years = {"resourceType": "Bundle", "type": "collection",
+                 "entry": [{"resource": r} for r in bulky("bench-patient", months=27).resources()]}
     lookback: dict[str, dict[str, list[float]]] = {}
     for label, bundle in (("this bundle", data), ("27 months", two_years)):
         times: dict[str, list[float]] = {"full": [], "hook": []}

@@ -203,13 +203,6 @@ def _has_value(res: dict[str, Any]) -> bool:
     return any(k.startswith("value") for k in res)
 
 
-def _ref(res: dict[str, Any], full_url: str | None) -> str:
-    rid = res.get("id")
-    if isinstance(rid, str) and rid:
-        return f"{res['resourceType']}/{rid}"
-    return full_url or f"{res['resourceType']}/(no id)"
-
-
 def _cc_display(cc: Any, coding: dict[str, Any] | None, term: Terminology | None = None) -> str:
     if coding and isinstance(coding.get("display"), str):
         return coding["display"]
@@ -268,8 +261,8 @@ class _Builder:
     _dt_memo: dict[str, datetime | None] = field(default_factory=dict, repr=False)
     # measure -> the time before which its results are set aside unread (see `lookback`), and those set aside
     cutoffs: dict[str, datetime] = field(default_factory=dict)
-    # measure -> (effective, position in the input, resource, ref) of each result set aside
-    older: dict[str, list[tuple[datetime, int, dict[str, Any], str]]] = field(default_factory=dict)
+    # measure -> (effective, resource, ref) of each result set aside, in input order
+    older: dict[str, list[tuple[datetime, dict[str, Any], str]]] = field(default_factory=dict)
     anonymous: int = 0  # resources with neither an id nor a fullUrl, each given its own reference
 
     def __post_init__(self) -> None:
@@ -290,7 +283,7 @@ class _Builder:
             if kind == "Patient" and self.patient_ref is None:
                 self._guard(_Builder._patient, res, full_url)
             elif kind == "Medication":
-                ref = _ref(res, full_url)
+                ref = self._ref(kind, res, full_url)
                 self.medications[ref] = res
                 if full_url:
                     self.medications[full_url] = res
@@ -304,19 +297,21 @@ class _Builder:
                 self._guard(handler, res, full_url)
 
     def _guard(self, handler: Callable[..., None], res: dict[str, Any], full_url: str | None) -> None:
-        # _ref, inlined (this runs for every resource of every hook call); a resource naming another patient as
-        # its subject is skipped
         kind = res["resourceType"]
-        rid = res.get("id")
-        ref = f"{kind}/{rid}" if isinstance(rid, str) and rid else full_url or self._anonymous(kind)
+        ref = self._ref(kind, res, full_url)
         if ref in self.seen and kind != "Patient":
             return  # the same resource in two prefetch Bundles
         self.seen.add(ref)
         self._run(handler, res, ref)
 
-    def _anonymous(self, kind: str) -> str:
-        """A reference for a resource with neither an id nor a fullUrl: its own, so that it is not taken for a
-        copy of another one and skipped."""
+    def _ref(self, kind: str, res: dict[str, Any], full_url: str | None) -> str:
+        """`Kind/id`, else the fullUrl; a resource with neither gets one of its own (`Kind/(no id 2)`), so that
+        it is not taken for a copy of another one and skipped."""
+        rid = res.get("id")
+        if isinstance(rid, str) and rid:
+            return f"{kind}/{rid}"
+        if full_url:
+            return full_url
         self.anonymous += 1
         return f"{kind}/(no id {self.anonymous})"
 
@@ -362,24 +357,21 @@ class _Builder:
         cutoff = self.cutoffs.get(measure) if measure else None
         if cutoff is None or effective >= cutoff:
             return False
-        rid = res.get("id")  # the first copy of a resource counts, as in _guard
-        ref = f"Observation/{rid}" if isinstance(rid, str) and rid else full_url or self._anonymous("Observation")
-        if ref not in self.seen:
+        ref = self._ref("Observation", res, full_url)
+        if ref not in self.seen:  # the first copy of a resource counts, as in _guard
             self.seen.add(ref)
-            older = self.older.setdefault(measure, [])  # type: ignore[arg-type]
-            older.append((effective, len(older), res, ref))
+            self.older.setdefault(measure, []).append((effective, res, ref))  # type: ignore[arg-type]
         return True
 
     def _release(self, measure: str, whole: bool) -> None:
         """Read the results of `measure` set aside as older than its lookback: all of them in their input order,
         or (not `whole`) the newest first until one reads (the `stale` value when there is no current one)."""
-        self.cutoffs.pop(measure, None)
         older = self.older.pop(measure, [])
         if whole:
-            for _, _, res, ref in older:
+            for _, res, ref in older:
                 self._run(_Builder._observation, res, ref)
             return
-        for effective, _, res, ref in sorted(older, key=lambda x: (x[0], x[3]), reverse=True):
+        for effective, res, ref in sorted(older, key=lambda x: (x[0], x[2]), reverse=True):
             newest = self._newest(measure)
             if newest is not None and effective < newest:
                 return  # all that share the newest time are read (a conflict there is shown)

@@ -87,11 +87,9 @@ def cases() -> list[tuple[str, dict[str, Any], Any]]:
     out = [(f"scenario/{n}", bundle(n), preferences(n)) for n in scenario_names()]
     out += [(f"realworld/{n}", json.loads((REALWORLD / f"{n}.json").read_text(encoding="utf-8")), None)
             for n in sorted(MANIFEST)]
-    bulky = patients.bulky("bench-patient", months=27).prefetch()
+    bulky = patients.bulky("bench-patient", months=27).resources()
     out.append(("bench/bulky", {"resourceType": "Bundle", "type": "collection",
-                                "entry": [e for b in bulky.values() if isinstance(b, dict)
-                                          for e in (b.get("entry") or () if b.get("resourceType") == "Bundle"
-                                                    else [{"resource": b}])]}, None))
+                                "entry": [{"resource": r} for r in bulky]}, None))
     return out
 
 
