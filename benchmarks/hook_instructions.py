@@ -236,15 +236,6 @@ def measure(src: Path, calls: int, work: Path, tag: str, part: str | None = None
             "accounted": sum(own.values()) / total if total else 0.0, "seconds": round(time.monotonic() - began)}
 
 
-def checkout(ref: str, work: Path) -> Path:
-    dest = work / f"src-{ref.replace('/', '_')}"
-    dest.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "service", "terminology", "profiles"],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
-
-
 def head() -> str:
     sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "service", "terminology", "profiles"],
@@ -271,6 +262,8 @@ def main() -> int:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     with tempfile.TemporaryDirectory() as t:
         work = Path(t)
+        from cds_hooks_wrk import checkout  # git archive of REF, as its --baseline
+
         targets = [(head(), ROOT)] + [(ref, checkout(ref, work)) for ref in args.ref]
         jobs = [(name, src, i) for name, src in targets for i in range(args.repeat)]
         with ThreadPoolExecutor(max_workers=2) as pool:
