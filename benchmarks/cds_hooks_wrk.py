@@ -23,8 +23,9 @@ per-worker RSS (VmRSS and peak VmHWM of each process after the runs) and, with `
 of each target (the service on a shared Redis, as replicas are deployed) loaded by two wrk processes at once.
 
     .venv/bin/python benchmarks/cds_hooks_wrk.py [--runs 3] [--rounds 3] [--duration 4] [--levels 1,8,32]
-        [--baseline REF] [--two-workers 32] [--max-load 1.5] [--wait 600]
+        [--baseline REF] [--two-workers 32] [--max-load 1.5] [--wait 600] [--alg ES384|RS384] [--out FILE]
 
+`--alg RS384` signs the client JWTs with a 2048-bit RSA key instead (the other algorithm CDS Hooks clients use).
 Prints a table and writes benchmarks/results/cds_hooks_wrk.json.
 """
 
@@ -204,7 +205,8 @@ def start_onco(name: str, tmp: Path, key: Any, env: dict[str, str] | None = None
     from cds_hooks import PATH, Target, start_service
 
     base, procs = start_service(storage, str(tmp), key, "http://127.0.0.1:9/fhir", name=name, env_extra=env)
-    return Server(name, f"{base}{PATH}", procs, Target(name, base, procs[-1].pid, key, "ES384"))
+    alg = "ES384" if key.key_type == "EC" else "RS384"
+    return Server(name, f"{base}{PATH}", procs, Target(name, base, procs[-1].pid, key, alg))
 
 
 def check(server: Server, body: bytes) -> str:
@@ -287,6 +289,8 @@ def main() -> int:
     parser.add_argument("--two-workers", type=int, default=0, help="also measure 2 workers at this many clients")
     parser.add_argument("--no-healthchain", action="store_true")
     parser.add_argument("--months", type=int, default=27)
+    parser.add_argument("--alg", default="ES384", choices=["ES384", "RS384"],
+                        help="the client JWTs' algorithm (CDS Hooks: clients use ES384 or RS384)")
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--wait", type=float, default=600)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -298,7 +302,7 @@ def main() -> int:
         return 0
 
     sys.path[:0] = [str(HERE), str(ROOT)]
-    from joserfc.jwk import ECKey
+    from joserfc.jwk import ECKey, RSAKey
 
     from cds_hooks import hook_template, make_bodies, wait_for_quiet
 
@@ -306,7 +310,8 @@ def main() -> int:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     hc_py = None if args.no_healthchain else healthchain_python()
     levels = [int(x) for x in args.levels.split(",")]
-    key = ECKey.generate_key("P-384", parameters={"kid": "bench-1"})
+    key = (ECKey.generate_key("P-384", parameters={"kid": "bench-1"}) if args.alg == "ES384"
+           else RSAKey.generate_key(2048, parameters={"kid": "bench-1"}))
     patient, body = hook_template(args.months)
     waited = wait_for_quiet(args.max_load, args.wait)
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
@@ -316,7 +321,7 @@ def main() -> int:
                     "cpu": next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
                                  if x.startswith("model name")), "?"),
                     "load_generator": wrk_version.strip()},
-        "payload": {"resources": len(patient.resources()), "bytes": len(make_bodies(body, 1)[0]), "jwt_alg": "ES384"},
+        "payload": {"resources": len(patient.resources()), "bytes": len(make_bodies(body, 1)[0]), "jwt_alg": args.alg},
         "method": {"runs": args.runs, "rounds": args.rounds, "seconds_per_wrk_run": args.duration,
                    "per_run": "median over rounds", "table": "median over runs"},
         "load_average_1min": {"waited": waited, "start": round(os.getloadavg()[0], 2)},
