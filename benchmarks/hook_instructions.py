@@ -22,6 +22,11 @@ the card with its draft, and writing the answer.
 `--ref REF` measures the service at REF too, from `git archive` (as `cds_hooks_wrk.py --baseline`). Targets run
 two at a time (valgrind is single-threaded; about a minute each). Needs valgrind (`apt-get install valgrind`).
 Prints a table and writes benchmarks/results/hook_instructions.json.
+
+What instructions miss: callgrind counts user-space instructions only. Time in the kernel (the SQLite store's
+WAL writes, socket I/O under uvicorn) and cache misses are not in the count. `--wall` times the same calls
+without valgrind (CPU seconds, 3 rounds, medians), once with the file store `serve` uses and once with SQLite in
+memory: the difference is what the store's three writes per call cost, kernel time included.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,8 +65,8 @@ GROUPS = (
 
 # -- the child: the app under callgrind ------------------------------------------------------------------------
 
-def child(src: str, calls: int) -> None:
-    """Drive `calls` hook calls through the serve app; zero callgrind's counters before, dump them after."""
+def child(src: str, calls: int, timed: bool = False) -> None:
+    """Drive `calls` hook calls through the serve app, counted by callgrind (or, `timed`, by CPU seconds)."""
     sys.path[:0] = [src, str(HERE)]  # the service at `src`; the bench body and signer from this checkout
     from joserfc import jwt
     from joserfc.jwk import ECKey
@@ -131,7 +137,12 @@ def child(src: str, calls: int) -> None:
     lifespan = app.router.lifespan_context(app)
     loop.run_until_complete(lifespan.__aenter__())
     loop.run_until_complete(warm())
-    counting(loop.run_until_complete, counted())
+    if timed:
+        began = time.process_time()
+        loop.run_until_complete(counted())
+        print(json.dumps({"cpu_ms_per_call": (time.process_time() - began) / calls * 1000}))
+    else:
+        counting(loop.run_until_complete, counted())
     loop.run_until_complete(lifespan.__aexit__(None, None, None))
 
 
@@ -236,6 +247,31 @@ def measure(src: Path, calls: int, work: Path, tag: str, part: str | None = None
             "accounted": sum(own.values()) / total if total else 0.0, "seconds": round(time.monotonic() - began)}
 
 
+def wall(src: Path, calls: int, store: str) -> float:
+    """CPU milliseconds per call without valgrind, with the file store (`serve`'s) or SQLite in memory."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if store == "memory":
+        env["ONCO_EXERCISE_STORAGE_URL"] = "sqlite:///:memory:"
+    done = subprocess.run([sys.executable, str(Path(__file__)), "--child", str(src), "--calls", str(calls),
+                           "--timed"], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"timed run failed:\n{done.stderr[-2000:]}")
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["cpu_ms_per_call"])
+
+
+def wall_rounds(calls: int, rounds: int = 3) -> dict[str, Any]:
+    """Alternate the two stores, one process at a time (nothing else should run), and take medians."""
+    runs: dict[str, list[float]] = {"file": [], "memory": []}
+    for _ in range(rounds):
+        for store in runs:
+            runs[store].append(wall(ROOT, calls, store))
+    med = {store: statistics.median(v) for store, v in runs.items()}
+    print(f"CPU per call, {calls} calls x {rounds} rounds: file store {med['file']:.3f} ms "
+          f"({' / '.join(f'{v:.3f}' for v in runs['file'])}), in memory {med['memory']:.3f} ms "
+          f"({' / '.join(f'{v:.3f}' for v in runs['memory'])}): the store's writes {med['file'] - med['memory']:.3f} ms")
+    return {"calls": calls, "cpu_ms_per_call": runs, "median": med, "store_ms": med["file"] - med["memory"]}
+
+
 def head() -> str:
     sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "service", "terminology", "profiles"],
@@ -249,15 +285,20 @@ def main() -> int:
     parser.add_argument("--ref", action="append", default=[], help="also measure the service at this git ref")
     parser.add_argument("--repeat", type=int, default=1, help="measure each target this many times")
     parser.add_argument("--parts", action="store_true", help="also count each stage of a call on its own")
+    parser.add_argument("--wall", action="store_true",
+                        help="instead, time calls without valgrind, with the file store and in memory")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--part", help=argparse.SUPPRESS)
+    parser.add_argument("--timed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         if args.part:
             child_part(args.child, args.part, args.calls)
         else:
-            child(args.child, args.calls)
+            child(args.child, args.calls, args.timed)
         return 0
+    if args.wall:
+        return save_wall(wall_rounds(max(args.calls, 1000)))
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     with tempfile.TemporaryDirectory() as t:
@@ -295,6 +336,16 @@ def main() -> int:
         "targets": results,
         "stages": {part: r["instructions_per_call"] for part, r in stages},
     }, indent=2) + "\n")
+    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+def save_wall(figures: dict[str, Any]) -> int:
+    """Add the timed figures to the result file, beside the instruction counts."""
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"benchmark": "hook_instructions"}
+    saved["wall"] = {"date": time.strftime("%Y-%m-%d"), "commit": head(), **figures}
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 
