@@ -17,7 +17,8 @@ alike):
 Fairness: every target gets byte-for-byte the same bodies in each round (only the JWT's `aud` differs), the
 same warm-up (calls at 1 and 8 clients before measuring), and the same number of alternating rounds per
 concurrency level; throughput and server CPU per call are the median over rounds, latency percentiles pool
-all calls. Server CPU per call (user+system of the server process, from /proc) does not depend on how busy the
+all calls. Server CPU per call (user+system of the server process and of the processes it started, i.e. the
+signature process, from /proc) does not depend on how busy the
 rest of the machine is, so `cpu_ratio_vs_floor` (floor CPU / service CPU per call) is the load-independent
 form of the throughput ratio. The load average is recorded at the start, per level and at the end; by default
 the run waits (up to --wait seconds) for the 1-minute load average to drop to --max-load.
@@ -63,6 +64,41 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes a server started (the service's signature process), at every depth."""
+    found: list[int] = []
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            kids = [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found += [kid, *descendants(kid)]
+    return found
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of a server and of each process it started (one that exits meanwhile is left out)."""
+    out: dict[int, float] = {}
+    for p in (pid, *descendants(pid)):
+        try:
+            out[p] = cpu_seconds(p)
+        except OSError:
+            pass
+    return out
+
+
+def cpu_since(before: dict[int, float], pid: int) -> tuple[float, float]:
+    """(all, helpers): CPU seconds a server and the processes it started used since `tree_cpu` gave `before`."""
+    now = tree_cpu(pid)
+    spent = {p: t - before.get(p, 0.0) for p, t in now.items()}
+    return sum(spent.values()), sum(t for p, t in spent.items() if p != pid)
 
 
 def load() -> float:
@@ -216,11 +252,11 @@ async def run_batch(url: str, requests: list[tuple[bytes, dict[str, str]]], clie
 
         # connections are opened before the clock starts
         await asyncio.gather(*(http.get(url.rsplit("/cds-services", 1)[0] + "/healthz") for _ in range(clients)))
-        cpu0 = cpu_seconds(pid) if pid else 0.0
+        cpu0 = tree_cpu(pid) if pid else {}
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - t0
-        cpu = cpu_seconds(pid) - cpu0 if pid else None
+        cpu = cpu_since(cpu0, pid)[0] if pid else None  # the signature process's CPU included
     out: dict[str, Any] = {"latencies": latencies, "wall": wall, "errors": errors}
     if cpu is not None:
         out["server_cpu"] = cpu

@@ -12,18 +12,21 @@ Targets (each its own process with one uvicorn worker, all up at once, sent call
    Every call carries its own pre-signed ES384 JWT (unique jti) and a new patient id (the Lua script
    `cds_hooks_wrk.lua` fills the body template per call), so the replay cache and the card claim do real work
    and every call answers the referral card with its draft ServiceRequest (a call that does not is counted).
-4. `--baseline REF` adds **service@REF**: the same, run from `git archive REF` (before/after in one run; use the
+4. `--inline` adds **service-inline**: the same service with `ONCO_EXERCISE_CDS_SIGNATURE_PROCESS=off`, so the
+   client JWT's signature is checked on the event loop instead of in the worker's signature process.
+5. `--baseline REF` adds **service@REF**: the same, run from `git archive REF` (before/after in one run; use the
    commit a change started from, e.g. `git merge-base main HEAD`, not a moving branch).
 
 Method: per concurrency level, `--rounds` rounds; in each round every target gets one wrk run of `--duration`
 seconds (the order rotates per round). Throughput, wrk's p50 and server CPU per call (user+system of the
-server process from /proc) are the median over the rounds; each run starts fresh processes; `--runs` runs, and
+server process and of the processes it started, i.e. the signature process, from /proc; the helper's share is
+also given on its own) are the median over the rounds; each run starts fresh processes; `--runs` runs, and
 the table reports the median of the runs. The 1-minute load average is recorded per level. After the runs:
 per-worker RSS (VmRSS and peak VmHWM of each process after the runs) and, with `--two-workers`, two processes
 of each target (the service on a shared Redis, as replicas are deployed) loaded by two wrk processes at once.
 
     .venv/bin/python benchmarks/cds_hooks_wrk.py [--runs 3] [--rounds 3] [--duration 4] [--levels 1,8,32]
-        [--baseline REF] [--two-workers 32] [--max-load 1.5] [--wait 600] [--alg ES384|RS384] [--out FILE]
+        [--inline] [--baseline REF] [--two-workers 32] [--max-load 1.5] [--wait 600] [--alg ES384|RS384] [--out FILE]
 
 `--alg RS384` signs the client JWTs with a 2048-bit RSA key instead (the other algorithm CDS Hooks clients use).
 Prints a table and writes benchmarks/results/cds_hooks_wrk.json.
@@ -124,13 +127,15 @@ def write_tokens(path: Path, signer: Any, n: int) -> None:
 
 def measure(server: Server, clients: int, seconds: float, template: Path, tmp: Path, tag: str) -> dict[str, Any]:
     """One wrk run against one server: rate, latency, server CPU per call, bad answers."""
-    from cds_hooks import cpu_seconds
+    from cds_hooks import cpu_since, tree_cpu
 
     tokens = tmp / f"tokens-{server.name}-{server.pid}.txt"
     write_tokens(tokens, server.signer, int(server.rate * 1.6 * seconds) + 300)
-    cpu0 = sum(cpu_seconds(p.pid) for p in server.procs if p.poll() is None)
+    live = [p.pid for p in server.procs if p.poll() is None]
+    before = {pid: tree_cpu(pid) for pid in live}
     r = wrk(server.url, clients, seconds, template, tokens, tag)
-    cpu = sum(cpu_seconds(p.pid) for p in server.procs if p.poll() is None) - cpu0
+    spent = [cpu_since(before[pid], pid) for pid in live]
+    cpu, helper_cpu = sum(s[0] for s in spent), sum(s[1] for s in spent)
     bad = r["nocard"] + r["connect_errors"] + r["read_errors"] + r["write_errors"] + r["timeouts"]
     if r["reused_tokens"] and server.signer:
         raise RuntimeError(f"{server.name}: {r['reused_tokens']} tokens reused: raise the token budget")
@@ -138,7 +143,8 @@ def measure(server: Server, clients: int, seconds: float, template: Path, tmp: P
     rate = max(r["requests"] / (r["duration_us"] / 1e6), 100.0)
     server.rate, server.seen = (max(server.rate, rate) if server.seen else rate), True
     return {"rate": r["requests"] / (r["duration_us"] / 1e6), "p50_ms": r["p50_us"] / 1000,
-            "p99_ms": r["p99_us"] / 1000, "cpu_ms": 1000 * cpu / max(1, r["requests"]), "bad": bad,
+            "p99_ms": r["p99_us"] / 1000, "cpu_ms": 1000 * cpu / max(1, r["requests"]),
+            "helper_cpu_ms": 1000 * helper_cpu / max(1, r["requests"]), "bad": bad,
             "requests": r["requests"]}
 
 
@@ -162,23 +168,36 @@ def one_run(servers: list[Server], levels: list[int], rounds: int, seconds: floa
                 "p50_ms": round(statistics.median(x["p50_ms"] for x in rs), 3),
                 "p99_ms": round(statistics.median(x["p99_ms"] for x in rs), 3),
                 "server_cpu_ms_per_call": round(statistics.median(x["cpu_ms"] for x in rs), 3),
+                "helper_cpu_ms_per_call": round(statistics.median(x["helper_cpu_ms"] for x in rs), 3),
                 "bad_answers": sum(x["bad"] for x in rs), "calls": sum(x["requests"] for x in rs),
                 "rounds": [round(x["rate"], 1) for x in rs]}
             v = level[name]
             print(f"run {run} c={c:3d} {name:18s} {v['calls_per_s']:7.1f}/s p50 {v['p50_ms']:6.2f} ms "
                   f"p99 {v['p99_ms']:7.2f} ms cpu/call {v['server_cpu_ms_per_call']:6.3f} ms "
+                  f"(helper {v['helper_cpu_ms_per_call']:5.3f}) "
                   f"bad {v['bad_answers']} (load {loads})", flush=True)
         levels_out[str(c)] = level
     return levels_out
 
 
-def rss(pid: int) -> dict[str, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
+def _vm(pid: int) -> dict[str, float]:
     out = {}
-    for line in status.splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(("VmRSS:", "VmHWM:")):
             out[line.split(":")[0]] = round(int(line.split()[1]) / 1024, 1)
-    return {"rss_mib": out.get("VmRSS", 0.0), "peak_rss_mib": out.get("VmHWM", 0.0)}
+    return out
+
+
+def rss(pid: int) -> dict[str, float]:
+    """The worker's RSS and peak, and (when it has one) its signature process's RSS."""
+    own = _vm(pid)
+    result = {"rss_mib": own.get("VmRSS", 0.0), "peak_rss_mib": own.get("VmHWM", 0.0)}
+    from cds_hooks import descendants
+
+    helpers = [_vm(h) for h in descendants(pid)]
+    if helpers:
+        result["helper_rss_mib"] = round(sum(h.get("VmRSS", 0.0) for h in helpers), 1)
+    return result
 
 
 # -- starting the targets -----------------------------------------------------------------------------------
@@ -286,6 +305,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--baseline", help="also run the service from this git ref (e.g. main)")
+    parser.add_argument("--inline", action="store_true",
+                        help="also run the service with its signature process off (checks in-process)")
     parser.add_argument("--two-workers", type=int, default=0, help="also measure 2 workers at this many clients")
     parser.add_argument("--no-healthchain", action="store_true")
     parser.add_argument("--months", type=int, default=27)
@@ -340,6 +361,9 @@ def main() -> int:
                 servers.append(start_healthchain(hc_py))
             try:
                 servers.append(start_onco("service", tmp / f"run{run}", key))
+                if args.inline:
+                    servers.append(start_onco("service-inline", tmp / f"run{run}", key,
+                                              {"ONCO_EXERCISE_CDS_SIGNATURE_PROCESS": "off"}))
                 if baseline_src:
                     servers.append(start_onco(f"service@{args.baseline}", tmp / f"run{run}", key,
                                               {"PYTHONPATH": str(baseline_src)}))
@@ -357,9 +381,12 @@ def main() -> int:
             result["two_workers"] = two_workers(args.two_workers, args.duration, args.rounds, template, tmp, key,
                                                 py, hc_py or Path(py))
     result["load_average_1min"]["end"] = round(os.getloadavg()[0], 2)
-    result["rss_mib_after_runs"] = {name: {"rss_mib": statistics.median(x["rss_mib"] for x in v),
-                                           "peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in v)}
-                                    for name, v in rss_seen.items()}
+    result["rss_mib_after_runs"] = {
+        name: {"rss_mib": statistics.median(x["rss_mib"] for x in v),
+               "peak_rss_mib": statistics.median(x["peak_rss_mib"] for x in v),
+               **({"helper_rss_mib": statistics.median(x["helper_rss_mib"] for x in v)}
+                  if all("helper_rss_mib" in x for x in v) else {})}
+        for name, v in rss_seen.items()}
 
     # the table: per target and level, the median of the runs
     table: dict[str, Any] = {}
@@ -371,6 +398,7 @@ def main() -> int:
                 "calls_per_s": round(statistics.median(x["calls_per_s"] for x in runs), 1),
                 "p50_ms": round(statistics.median(x["p50_ms"] for x in runs), 3),
                 "server_cpu_ms_per_call": round(statistics.median(x["server_cpu_ms_per_call"] for x in runs), 3),
+                "helper_cpu_ms_per_call": round(statistics.median(x["helper_cpu_ms_per_call"] for x in runs), 3),
                 "per_run": [x["calls_per_s"] for x in runs], "bad_answers": sum(x["bad_answers"] for x in runs)}
     result["table"] = table
     summary: dict[str, Any] = {}

@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     from service.fhir.validate import warm_up_lifespan
     from service.notify.outbox import retry_lifespan
+    from service.cds_hooks.signature_process import signature_process_lifespan
     from service.metrics import set_build_info
     from service.clinical.rules import RULESET_VERSION
 
@@ -77,8 +78,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     set_build_info(__version__, RULESET_VERSION)
 
     # compile the validator before the first signing; load the UCUM parser before the first odd unit; retry
-    # notifications to exercise services that are due (also those from before a restart)
-    parts: list[LifespanPart] = [warm_up_lifespan, warm_units_lifespan, retry_lifespan]
+    # notifications to exercise services that are due (also those from before a restart);
+    # check CDS client signatures in a helper process when there is a second CPU for it
+    parts: list[LifespanPart] = [warm_up_lifespan, warm_units_lifespan, retry_lifespan,
+                                 signature_process_lifespan]
 
     app = FastAPI(
         title="onco-exercise",

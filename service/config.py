@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     hook_budget_seconds: float = 2.0
     card_repeat_hours: float = 12.0  # a shown suggestion stays quiet this long (patient-view offers the app)
     cds_jwt_allow_sha256: bool = False  # also accept RS256/ES256 client JWTs (spec recommends RS384/ES384)
+    cds_signature_process: Literal["auto", "on", "off"] = "auto"  # client JWT signatures checked in a helper
     fhir_timeout_seconds: float = 10.0
     max_body_bytes: int = 2_000_000
     session_ttl_seconds: int = 8 * 3600

@@ -66,6 +66,7 @@ def _verifier(app: FastAPI) -> ClientVerifier:
     v = getattr(app.state, "cds_verifier", None)
     if v is None:
         v = app.state.cds_verifier = ClientVerifier(app.state.settings, app.state.store)
+    v.signatures = getattr(app.state, "signature_process", None)  # this lifespan's (None outside one)
     return v
 
 
