@@ -28,6 +28,9 @@ HOOK_BUDGET_EXHAUSTED = Counter("onco_cds_hook_budget_exhausted_total", "Hook ca
                                 "they had when the time budget ran out", ["service"], registry=REGISTRY)
 JWT_REFUSALS = Counter("onco_cds_jwt_refusals_total", "CDS client JWTs refused, by reason", ["reason"],
                        registry=REGISTRY)
+SIGNATURE_CHECKS = Counter("onco_cds_signature_checks_total", "CDS client JWT signatures checked while the "
+                           "signature process is on, by where: helper, or in_process when it could not answer",
+                           ["where"], registry=REGISTRY)
 FEEDBACK = Counter("onco_cds_feedback_total", "CDS feedback by outcome and override reason",
                    ["service", "outcome", "reason"], registry=REGISTRY)
 WRITEBACK = Counter("onco_writeback_total", "Write-backs by strategy and result", ["strategy", "result"],

@@ -27,7 +27,7 @@ import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 
@@ -73,8 +73,10 @@ def wanted(setting: str, cpus: float) -> bool:
 class SignatureProcess:
     """The worker's side: one child, started on the first check, restarted (rate-limited) if it exits."""
 
-    def __init__(self, *, timeout: float = ANSWER_TIMEOUT_SECONDS) -> None:
+    def __init__(self, *, timeout: float = ANSWER_TIMEOUT_SECONDS,
+                 count: Callable[[str], None] = lambda where: None) -> None:
         self.timeout = timeout
+        self._count = count  # told "helper" or "in_process" per check (the app's metric)
         self._child: asyncio.subprocess.Process | None = None  # the last child started
         self._proc: asyncio.subprocess.Process | None = None  # that child, once it said it is ready
         self._reader: asyncio.Task[None] | None = None
@@ -83,7 +85,7 @@ class SignatureProcess:
         self._next_id = 0
         self._last_start = -1e9
         self._closed = False
-        self.checked_in_child = 0  # counters for /metrics-style introspection and tests
+        self.checked_in_child = 0
         self.checked_in_process = 0
 
     @property
@@ -98,8 +100,10 @@ class SignatureProcess:
             verdict = await self._ask(header, alg, key, signing_input, signature)
         except ChildUnavailable:
             self.checked_in_process += 1
+            self._count("in_process")
             return signature_valid(header, alg, key, signing_input, signature)
         self.checked_in_child += 1
+        self._count("helper")
         return verdict
 
     async def _ask(self, header: dict[str, Any], alg: str, key: Any, signing_input: bytes,
@@ -220,8 +224,11 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 async def signature_process_lifespan(app: Any) -> AsyncIterator[None]:
     """Give the app a `SignatureProcess` when the setting wants one (the child starts on the first check) and
     stop its child on the way out."""
+    from service.metrics import SIGNATURE_CHECKS  # the worker's side only: the child does not import it
+
     setting = getattr(app.state.settings, "cds_signature_process", "auto")
-    checker = SignatureProcess() if wanted(setting, available_cpus()) else None
+    count = {where: SIGNATURE_CHECKS.labels(where=where).inc for where in ("helper", "in_process")}
+    checker = SignatureProcess(count=lambda where: count[where]()) if wanted(setting, available_cpus()) else None
     app.state.signature_process = checker
     try:
         yield

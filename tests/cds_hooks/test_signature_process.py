@@ -202,10 +202,16 @@ def test_auto_uses_the_child_only_with_two_cpus(tmp_path: Path) -> None:
     assert sp.wanted("on", 1.0) and not sp.wanted("off", 8.0)
 
 
+def _sample(metrics: str, name: str) -> float:
+    line = next((x for x in metrics.splitlines() if x.startswith(name + " ")), None)
+    return float(line.split()[-1]) if line else 0.0
+
+
+
 @pytest.mark.parametrize("setting", ["on", "off"])
 def test_hook_calls_through_the_service(setting: str, tmp_path: Path, keys: dict[str, Any]) -> None:
     """The real service over HTTP: good tokens get the card, bad ones the 401, with the helper on or off; the
-    helper is gone when the service stops."""
+    helper is gone when the service stops; `/metrics` counts the checks the helper made (none when off)."""
     port = free_port()
     app = create_app(make_settings(port, tmp_path, keys, None, cds_signature_process=setting))
     path = f"/cds-services/{ENCOUNTER_START_ID}"
@@ -213,6 +219,8 @@ def test_hook_calls_through_the_service(setting: str, tmp_path: Path, keys: dict
         ehr = Ehr(url, keys["es"])
         stranger = Ehr(url, keys["stranger"])  # same kid, another key: a forged signature
         checker = app.state.signature_process
+        counted = 'onco_cds_signature_checks_total{where="helper"}'
+        before = _sample(httpx.get(f"{url}/metrics").text, counted)  # the registry is the test process's
         assert (checker is not None) is (setting == "on")
         deadline = time.monotonic() + 30
         while True:
@@ -230,5 +238,8 @@ def test_hook_calls_through_the_service(setting: str, tmp_path: Path, keys: dict
         replay = httpx.post(f"{url}{path}", json=hook_body(ENCOUNTER_START_ID, None, "p-2"),
                             headers={"Authorization": f"Bearer {token}"})
         assert replay.status_code == 401
+        helper = _sample(httpx.get(f"{url}/metrics").text, counted) - before
+        assert helper == (checker.checked_in_child if checker is not None else 0)
+        assert (helper >= 2) if setting == "on" else (helper == 0)
     if pid is not None:
         assert _gone(pid)
