@@ -243,3 +243,24 @@ def test_hook_calls_through_the_service(setting: str, tmp_path: Path, keys: dict
         assert (helper >= 2) if setting == "on" else (helper == 0)
     if pid is not None:
         assert _gone(pid)
+
+
+@pytest.mark.parametrize("extra", [{"use": "enc"}, {"key_ops": ["encrypt"]}, {"alg": "ES512"}, {"use": "sig"}])
+async def test_what_a_key_allows_crosses_to_the_child(extra: dict[str, Any]) -> None:
+    """The child gets the key as a public JWK: `use`, `key_ops` and `alg` must arrive, or a key the client
+    published for encryption (or another algorithm) would verify there and be refused in-process."""
+    from joserfc.jwk import KeySet
+
+    header, parts = _parts(ES, "ES384")
+    key = KeySet.import_key_set({"keys": [{**ES.as_dict(private=False), **extra}]}).keys[0]
+    expected = extra == {"use": "sig"}
+    assert signature_valid(header, "ES384", key, _input(parts), parts[2]) is expected
+    checker = sp.SignatureProcess()
+    try:
+        _, good_header, _, good_key, good, _ = _cases()[0]
+        await _running(checker, good_header, good_key, good)
+        in_child = checker.checked_in_child
+        assert await checker.check(header, "ES384", key, _input(parts), parts[2]) is expected
+        assert checker.checked_in_child == in_child + 1
+    finally:
+        await checker.close()
