@@ -44,6 +44,12 @@ ANSWER_TIMEOUT_SECONDS = 0.5  # a check not answered by then (~1,000x its cost) 
 # kept ahead of checking in-process (560 against 512/s at 8 clients).
 MAX_WAITING = 64
 RESTART_AFTER_SECONDS = 5.0  # a child that exited is started again at most this often
+MAX_EARLY_EXITS = 3  # children that exit before they are ready, in a row, before the worker stops starting them
+GRACE_SECONDS = 0.05  # after the timeout, time for an answer already in the pipe (the worker's own loop may have
+# stalled: its clock, not the child's, ran out)
+# The child's environment: where Python finds the packages (the worker's own path) and how OpenSSL loads; nothing
+# else (no settings, no state keys).
+_PASSED_ENV = ("LD_LIBRARY_PATH", "OPENSSL_CONF", "OPENSSL_MODULES")
 MAX_FRAME_BYTES = 64_000  # a token header + payload is far smaller; anything larger is checked in-process
 _LENGTH = struct.Struct("<I")
 _KEY_CACHE_SIZE = 64
@@ -85,6 +91,7 @@ class SignatureProcess:
         self._next_id = 0
         self._last_start = -1e9
         self._closed = False
+        self._early_exits = 0
         self.checked_in_child = 0
         self.checked_in_process = 0
 
@@ -122,13 +129,14 @@ class SignatureProcess:
         answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
         try:
-            proc.stdin.write(_LENGTH.pack(len(frame)) + frame)
-            code = await asyncio.wait_for(answer, self.timeout)
-        except asyncio.TimeoutError:
-            self._abandon(proc, "did not answer in time")
-            raise ChildUnavailable from None
-        except (ConnectionError, ChildUnavailable):
-            raise ChildUnavailable from None
+            proc.stdin.write(_LENGTH.pack(len(frame)) + frame)  # a dead pipe drops it: the reader fails `answer`
+            done, _ = await asyncio.wait({answer}, timeout=self.timeout)
+            if not done:  # one more look: the answer may be in the pipe while this loop was busy
+                done, _ = await asyncio.wait({answer}, timeout=GRACE_SECONDS)
+            if not done:
+                self._abandon(proc, "did not answer in time")
+                raise ChildUnavailable
+            code = answer.result()  # raises ChildUnavailable when the child went away
         finally:
             self._waiting.pop(request_id, None)
         if code == UNCHECKED:
@@ -141,6 +149,7 @@ class SignatureProcess:
             return self._proc
         child_alive = self._child is not None and self._child.returncode is None  # starting, or being stopped
         if not self._closed and self._starting is None and not child_alive \
+                and self._early_exits < MAX_EARLY_EXITS \
                 and time.monotonic() - self._last_start >= RESTART_AFTER_SECONDS:
             self._last_start = time.monotonic()
             self._starting = asyncio.get_running_loop().create_task(self._start())
@@ -149,10 +158,12 @@ class SignatureProcess:
     async def _start(self) -> None:
         try:
             root = Path(__file__).resolve().parents[2]  # the folder holding the `service` package
+            path = os.pathsep.join([str(root), *(p for p in sys.path if p)])
+            env = {"PYTHONPATH": path, **{k: os.environ[k] for k in _PASSED_ENV if k in os.environ}}
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-P", "-s", "-m", "service.cds_hooks.signature_process",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL, env={"PYTHONPATH": str(root)}, cwd=str(root))
+                stderr=asyncio.subprocess.DEVNULL, env=env, cwd=str(root))
         except OSError as exc:
             log.warning("signature process could not start (%s): checking signatures in-process",
                         type(exc).__name__)
@@ -173,6 +184,7 @@ class SignatureProcess:
                 request_id, code = orjson.loads(await proc.stdout.readexactly(length))
                 if request_id == -1 and self._proc is None and not self._closed:  # imports done: ready
                     self._proc = proc
+                    self._early_exits = 0
                     log.info("checking CDS client signatures in a helper process (pid %d)", proc.pid)
                     continue
                 answer = self._waiting.get(request_id)
@@ -181,8 +193,18 @@ class SignatureProcess:
         except (asyncio.IncompleteReadError, ConnectionError, ValueError, TypeError, orjson.JSONDecodeError):
             pass
         finally:
+            ready = self._proc is proc
             self._abandon(proc, "exited")
             await proc.wait()
+            if not ready and not self._closed:
+                self._early_exits += 1
+                if self._early_exits >= MAX_EARLY_EXITS:
+                    log.error("signature process exited before it was ready %d times in a row (code %s): no "
+                              "more attempts; every signature is checked in-process", self._early_exits,
+                              proc.returncode)
+                else:
+                    log.warning("signature process exited before it was ready (code %s): checking signatures "
+                                "in-process; another start in %.0f s", proc.returncode, RESTART_AFTER_SECONDS)
 
     def _abandon(self, proc: asyncio.subprocess.Process, why: str) -> None:
         """Stop using this child: whatever is in flight is checked in-process; a new one starts later."""
@@ -261,7 +283,8 @@ def child_main() -> int:
     """Answer checks from stdin until it closes. Ctrl+C in a terminal goes to the worker, not here."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl+C or a process-group SIGTERM is the
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # worker's to handle; this child exits when its input closes
     source, sink = sys.stdin.buffer, sys.stdout.buffer
     keys: dict[bytes, Any] = {}
     hello = orjson.dumps([-1, VALID])

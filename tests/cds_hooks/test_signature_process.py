@@ -103,6 +103,7 @@ async def test_the_child_gives_the_same_verdict_as_in_process() -> None:
         many = [cases[i % len(cases)] for i in range(40)]
         verdicts = await asyncio.gather(*(checker.check(h, a, k, _input(p), p[2]) for _, h, a, k, p, _ in many))
         assert verdicts == [expected for *_, expected in many]
+        assert checker._waiting == {}  # every check leaves the table
     finally:
         await checker.close()
 
@@ -178,7 +179,9 @@ async def test_the_child_gets_no_secrets_and_stops_with_its_worker(monkeypatch: 
     checker = sp.SignatureProcess()
     pid = await _running(checker, header, key, parts)
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    assert [e.split(b"=")[0] for e in environ if e] == [b"PYTHONPATH"]
+    names = {e.split(b"=")[0] for e in environ if e}
+    assert b"PYTHONPATH" in names
+    assert names <= {b"PYTHONPATH", b"LD_LIBRARY_PATH", b"OPENSSL_CONF", b"OPENSSL_MODULES"}
     await checker.close()
     assert _gone(pid)
     assert checker.pid is None
@@ -262,5 +265,60 @@ async def test_what_a_key_allows_crosses_to_the_child(extra: dict[str, Any]) -> 
         in_child = checker.checked_in_child
         assert await checker.check(header, "ES384", key, _input(parts), parts[2]) is expected
         assert checker.checked_in_child == in_child + 1
+    finally:
+        await checker.close()
+
+
+async def test_a_check_the_child_could_not_make_is_made_in_process() -> None:
+    """The child answers "could not check" (here: a JWK it cannot import): the worker checks with its own key,
+    so a bad signature is still refused and a good one accepted (never "valid" by default)."""
+    _, header, alg, key, parts, _ = _cases()[0]
+    _, _, _, _, bad, _ = _cases()[3]
+    odd = public_key(ES.as_dict(private=False))
+    odd.as_dict = lambda **_: {"kty": "EC", "crv": "P-999", "x": "AA", "y": "AA", "kid": "es-1"}
+    checker = sp.SignatureProcess()
+    try:
+        await _running(checker, header, key, parts)
+        in_process, in_child = checker.checked_in_process, checker.checked_in_child
+        assert await checker.check(header, alg, odd, _input(bad), bad[2]) is False
+        assert await checker.check(header, alg, odd, _input(parts), parts[2]) is True
+        assert (checker.checked_in_process, checker.checked_in_child) == (in_process + 2, in_child)
+    finally:
+        await checker.close()
+
+
+async def test_a_child_that_never_gets_ready_is_logged_and_given_up(monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(sp, "RESTART_AFTER_SECONDS", 0.05)
+    monkeypatch.setattr(sp.sys, "executable", "/bin/false")  # starts, and exits before it is ready
+    _, header, alg, key, parts, _ = _cases()[0]
+    _, _, _, _, bad, _ = _cases()[3]
+    checker = sp.SignatureProcess()
+    try:
+        for _ in range(100):
+            assert await checker.check(header, alg, key, _input(bad), bad[2]) is False
+            assert await checker.check(header, alg, key, _input(parts), parts[2]) is True
+            await asyncio.sleep(0.02)
+        assert checker.checked_in_child == 0
+        assert checker._early_exits == sp.MAX_EARLY_EXITS
+        messages = [r.getMessage() for r in caplog.records if r.name == sp.__name__]
+        assert sum("exited before it was ready" in m for m in messages) == sp.MAX_EARLY_EXITS
+        assert any("no more attempts" in m for m in messages)
+    finally:
+        await checker.close()
+
+
+async def test_a_busy_worker_loop_does_not_condemn_a_child_that_answered() -> None:
+    """The timeout runs on the worker's loop: when the loop itself stalls past it, the answer already in the pipe
+    is used and the child kept."""
+    _, header, alg, key, parts, _ = _cases()[0]
+    checker = sp.SignatureProcess(timeout=0.2)
+    try:
+        pid = await _running(checker, header, key, parts)
+        pending = asyncio.ensure_future(checker.check(header, alg, key, _input(parts), parts[2]))
+        await asyncio.sleep(0)  # the check is sent
+        time.sleep(0.4)  # the loop stalls past the timeout while the child answers
+        assert await pending is True
+        assert checker.pid == pid
     finally:
         await checker.close()
