@@ -112,26 +112,21 @@ class PendingToken:
     def signing_input(self) -> bytes:
         return f"{self.parts[0]}.{self.parts[1]}".encode("ascii")
 
-    def check_signature(self) -> None:
-        """Raise Unauthorized unless the signature verifies (in this process)."""
-        if not signature_valid(self.header, self.alg, self.key, self.signing_input, self.parts[2]):
-            raise Unauthorized("bad signature")
-
-    async def check_signature_in(self, signatures: SignatureProcess | None) -> None:
+    async def check_signature(self, signatures: SignatureProcess | None) -> None:
         """Raise Unauthorized unless the signature verifies: in the signature process when there is one (the
         event loop serves other calls meanwhile), else here."""
-        if signatures is None:
-            self.check_signature()
-        elif not await signatures.check(self.header, self.alg, self.key, self.signing_input, self.parts[2]):
+        args = (self.header, self.alg, self.key, self.signing_input, self.parts[2])
+        valid = signature_valid(*args) if signatures is None else await signatures.check(*args)
+        if not valid:
             raise Unauthorized("bad signature")
 
 
 class ClientVerifier:
     """Verifies `Authorization: Bearer <JWT>` for one audience URL; one instance per app."""
 
-    def __init__(self, settings: Settings, store: Store, signatures: SignatureProcess | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.store = store
-        self.signatures = signatures
+        self.signatures: SignatureProcess | None = None  # set per call from the app's lifespan (routes._verifier)
         allow_sha256 = getattr(settings, "cds_jwt_allow_sha256", ALLOW_SHA256_DEFAULT)
         self.algorithms = STRONG_ALGS | (SHA256_ALGS if allow_sha256 else frozenset())
         self.clients: dict[str, _Client] = {}
@@ -208,7 +203,7 @@ class ClientVerifier:
     async def verify_token(self, authorization: str | None, audience: str) -> tuple[str, dict[str, Any]]:
         """Every check except the replay cache: (issuer, claims), or raise Unauthorized."""
         token = await self.prepare(authorization, audience)
-        await token.check_signature_in(self.signatures)
+        await token.check_signature(self.signatures)
         return token.iss, token.claims
 
     async def prepare(self, authorization: str | None, audience: str) -> PendingToken:
